@@ -1,0 +1,170 @@
+"""The agent: starts, supervises and restarts the worker processes of one host.
+
+An agent is given an assignment (processor instances) and keeps exactly those workers
+running: a worker that dies is restarted with backoff, and the messages it held are released
+to the other consumers at once. Workers are separate OS processes (one per CPU core by default)
+so that processors use every core and a crash in user code takes down only its own worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .brokers import Broker
+from .flow import Flow
+from .worker import EXIT_CONFIG
+
+log = logging.getLogger("elasticcode.agent")
+
+#: A worker that ran at least this long before dying restarts without delay.
+STABLE_AFTER = 10.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Instance:
+    processor: str
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    consumer: str = ""
+    started: float = 0.0
+    restarts: int = 0
+    failures: int = 0
+    next_start: float = 0.0
+    finished: bool = False
+    last_exit: int | None = None
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def instance_count(flow: Flow, processor: str, workers: int | None = None) -> int:
+    """How many instances a processor runs: its own setting, else one per core."""
+    spec = flow.get(processor)
+    if spec.is_source:
+        return 1
+    if isinstance(spec.instances, int):
+        return spec.instances
+    return workers or os.cpu_count() or 1
+
+
+class Agent:
+    """Keeps one worker process running per assigned processor instance."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        flow_file: Path,
+        run_id: int,
+        broker_url: str,
+        state_url: str,
+        log_dir: Path,
+        workers: int | None = None,
+    ) -> None:
+        self.flow = flow
+        self.flow_file = flow_file
+        self.run_id = run_id
+        self.broker_url = broker_url
+        self.state_url = state_url
+        self.log_dir = log_dir
+        self.instances = [
+            Instance(p.name, i)
+            for p in flow.processors
+            for i in range(instance_count(flow, p.name, workers))
+        ]
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for inst in self.instances:
+            self._spawn(inst)
+
+    def _spawn(self, inst: Instance) -> None:
+        inst.consumer = f"{os.uname().nodename}:{inst.processor}:{inst.index}:{uuid.uuid4().hex[:8]}"
+        if inst.log_file is None:
+            inst.log_file = open(self.log_dir / f"{inst.processor}-{inst.index}.log", "ab")  # noqa: SIM115
+        cmd = [
+            sys.executable, "-m", "elasticcode.worker",
+            "--flow", str(self.flow_file), "--processor", inst.processor,
+            "--instance", str(inst.index), "--run", str(self.run_id),
+            "--broker", self.broker_url, "--state", self.state_url, "--consumer", inst.consumer,
+        ]
+        inst.process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=inst.log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the agent, which stops workers in order
+        )
+        inst.started = time.monotonic()
+        log.debug("started %s[%d] pid %d", inst.processor, inst.index, inst.process.pid)
+
+    async def supervise(self, broker: Broker) -> list[str]:
+        """Restart dead workers (after releasing their messages); return what happened."""
+        events = []
+        now = time.monotonic()
+        for inst in self.instances:
+            if inst.finished:
+                continue
+            if inst.process is None:
+                if now >= inst.next_start:
+                    inst.restarts += 1
+                    self._spawn(inst)
+                continue
+            code = inst.process.poll()
+            if code is None:
+                continue
+            inst.last_exit = code
+            inst.process = None
+            released = await broker.release(inst.consumer)
+            if code == 0:
+                inst.finished = True
+                continue
+            ran = now - inst.started
+            inst.failures = 0 if ran >= STABLE_AFTER else inst.failures + 1
+            delay = 0.0 if inst.failures <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (inst.failures - 1))
+            if code == EXIT_CONFIG:
+                delay = max(delay, 5.0)
+            inst.next_start = now + delay
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            events.append(
+                f"worker {inst.processor}[{inst.index}] died ({how}); {released} message(s) "
+                f"released; restarting{f' in {delay:.1f}s' if delay else ''}"
+            )
+        return events
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask every worker to finish its batch and exit; kill those that do not in time."""
+        for inst in self.instances:
+            if inst.alive and inst.process is not None:
+                inst.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for inst in self.instances:
+            if inst.process is None:
+                continue
+            try:
+                inst.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s[%d] did not stop in time; killing it", inst.processor, inst.index)
+                inst.process.kill()
+                inst.process.wait()
+        for inst in self.instances:
+            if inst.log_file is not None:
+                inst.log_file.close()
+                inst.log_file = None
+
+    def kill(self) -> None:
+        for inst in self.instances:
+            if inst.alive and inst.process is not None:
+                inst.process.kill()

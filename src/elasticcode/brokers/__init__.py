@@ -1,0 +1,45 @@
+"""Queue backends, chosen by URL scheme or by ``module:Class`` for a user's own."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from ..errors import UnknownBackend
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement
+
+__all__ = ["Broker", "DeadLetter", "Delivery", "QueueStats", "Settlement", "open_broker"]
+
+#: scheme -> "module:Class" (imported lazily so that optional drivers stay optional)
+BACKENDS: dict[str, str] = {
+    "sqlite": "elasticcode.brokers.sqlite:SQLiteBroker",
+}
+
+
+def broker_class(url: str) -> type[Broker]:
+    scheme, sep, _ = url.partition("://")
+    if not sep and ":" in url:  # module:Class naming a user's own backend
+        target = url
+    else:
+        target = BACKENDS.get(scheme.lower(), "")
+    if not target:
+        near = difflib.get_close_matches(scheme, BACKENDS, n=1)
+        hint = f" Did you mean {near[0]}://?" if near else ""
+        raise UnknownBackend(
+            f"No broker for {scheme!r} URLs. Known schemes: {', '.join(sorted(BACKENDS))}; "
+            f"or name your own backend as module:Class.{hint}"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownBackend(f"cannot load broker backend {target!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Broker)):
+        raise UnknownBackend(f"{target!r} is not a subclass of elasticcode.brokers.Broker")
+    return cls
+
+
+def open_broker(url: str, **options: Any) -> Broker:
+    """Build (not yet connect) the broker a URL names."""
+    return broker_class(url)(url, **options)

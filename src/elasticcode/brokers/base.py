@@ -1,0 +1,153 @@
+"""The broker contract: the few primitives every queue backend implements.
+
+Every connection in a flow is a durable queue on a broker. Workers ``fetch`` deliveries with a
+prefetch limit, run the processor, then ``settle`` the batch: publish the outputs, acknowledge
+the inputs, schedule retries and dead-letter what has failed for good. ``settle`` must not
+acknowledge an input before its outputs are durable; a backend that can do all of it in one
+transaction (the embedded SQLite broker) overrides it to do so atomically.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..message import DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to one consumer, held by it until settled."""
+
+    queue: str
+    body: bytes
+    tag: Any
+    #: How many times this message has been handed out, this delivery included.
+    delivery: int = 1
+
+
+@dataclass(slots=True)
+class QueueStats:
+    messages: int = 0
+    bytes: int = 0
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: Any
+    queue: str
+    body: bytes
+    error: str
+    deliveries: int
+    failed_at: float
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Everything one consumer decided about one batch."""
+
+    publish: list[tuple[str, bytes]] = field(default_factory=list)
+    ack: list[Delivery] = field(default_factory=list)
+    #: (delivery, delay in seconds, error text)
+    retry: list[tuple[Delivery, float, str]] = field(default_factory=list)
+    #: (delivery, error text)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.publish or self.ack or self.retry or self.dead)
+
+
+class Broker(abc.ABC):
+    """Base class of queue backends. Subclasses implement the abstract primitives."""
+
+    #: URL schemes this backend serves.
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, url: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.url = url
+        self.max_message_bytes = max_message_bytes
+
+    async def __aenter__(self) -> Broker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Open connections; called once before any other method."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def declare(self, queues: Sequence[str]) -> None:
+        """Create the named durable queues if they do not exist."""
+
+    @abc.abstractmethod
+    async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Append bodies to queues; return only once the broker holds them durably."""
+
+    @abc.abstractmethod
+    async def fetch(
+        self, queues: Sequence[str], limit: int, consumer: str, timeout: float
+    ) -> list[Delivery]:
+        """Take up to ``limit`` visible messages for ``consumer``, waiting up to ``timeout``."""
+
+    @abc.abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove settled deliveries from their queues."""
+
+    @abc.abstractmethod
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Return a delivery to its queue, visible again after ``delay`` seconds."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, delivery: Delivery, error: str) -> None:
+        """Move a delivery to the dead-letter store with the error that ended it."""
+
+    @abc.abstractmethod
+    async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """Depth (messages and bytes, in-flight included) of each named queue."""
+
+    async def depth(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(messages, bytes) per queue, for back pressure; backends may make it cheaper."""
+        return {q: (s.messages, s.bytes) for q, s in (await self.stats(queues)).items()}
+
+    @abc.abstractmethod
+    async def release(self, consumer: str) -> int:
+        """Make every message held by a consumer that is gone visible again."""
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Drop every message of a queue; return how many were dropped."""
+
+    @abc.abstractmethod
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        """Return the bodies at the head of a queue without taking them."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """List dead-lettered messages, oldest first."""
+
+    @abc.abstractmethod
+    async def replay(self, ids: Sequence[Any] | None = None, queue: str | None = None) -> int:
+        """Put dead letters back on their queues (all, or those named); return the count."""
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Publish outputs, then acknowledge, retry or dead-letter the inputs.
+
+        Publishing comes first so that an input is never acknowledged before its outputs are
+        durable; a crash in between redelivers the input (at-least-once).
+        """
+        if settlement.publish:
+            await self.publish(settlement.publish)
+        for delivery, error in settlement.dead:
+            await self.dead_letter(delivery, error)
+        for delivery, delay, error in settlement.retry:
+            await self.retry(delivery, delay, error)
+        if settlement.ack:
+            await self.ack(settlement.ack)

@@ -1,0 +1,107 @@
+"""Acting on a flow's queues from outside a run: inject messages, inspect and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .brokers import Broker, DeadLetter, open_broker
+from .errors import FlowError
+from .flow import Flow
+from .message import Message, encode
+from .runner import state_paths
+
+T = TypeVar("T")
+
+
+def _with_broker(flow: Flow, state_dir: str | Path | None, broker: str | None,
+                 action: Callable[[Broker], Awaitable[T]]) -> T:
+    _, url, _ = state_paths(flow, state_dir, broker)
+
+    async def go() -> T:
+        b = open_broker(url, max_message_bytes=flow.settings.max_message_bytes)
+        await b.connect()
+        try:
+            await b.declare(flow.queues())
+            return await action(b)
+        finally:
+            await b.close()
+
+    return asyncio.run(go())
+
+
+def target_queue(flow: Flow, target: str) -> str:
+    """The inbox queue of ``processor`` or ``processor.port``."""
+    name, _, port = target.partition(".")
+    proc = flow.get(name)
+    ports = proc.input_ports
+    if not ports:
+        raise FlowError(f"processor {name!r} is a source and takes no input; send to a processor it feeds")
+    if not port:
+        if len(ports) > 1:
+            raise FlowError(f"processor {name!r} has several inputs ({', '.join(ports)}); name one as {name}.PORT")
+        port = ports[0]
+    if port not in ports:
+        raise FlowError(f"processor {name!r} has no input port {port!r}; its inputs are {', '.join(ports)}")
+    return flow.inbox(name, port)
+
+
+def send(
+    flow: Flow,
+    target: str,
+    payloads: Iterable[Any],
+    *,
+    attributes: dict[str, Any] | None = None,
+    state_dir: str | Path | None = None,
+    broker: str | None = None,
+) -> list[str]:
+    """Queue payloads for a processor's input port; return their message ids.
+
+    The messages wait durably until a run of the flow consumes them.
+    """
+    queue = target_queue(flow, target)
+    now = time.time()
+    ids: list[str] = []
+    items = []
+    for payload in payloads:
+        msg = Message(payload, uuid.uuid4().hex, flow.name, "send", now, (), dict(attributes or {}))
+        items.append((queue, encode(msg, flow.settings.max_message_bytes)))
+        ids.append(msg.id)
+
+    async def publish(b: Broker) -> None:
+        for start in range(0, len(items), 1000):
+            await b.publish(items[start:start + 1000])
+
+    _with_broker(flow, state_dir, broker, publish)
+    return ids
+
+
+def queue_depths(flow: Flow, state_dir: str | Path | None = None,
+                 broker: str | None = None) -> dict[str, tuple[int, int]]:
+    return _with_broker(flow, state_dir, broker, lambda b: b.depth(flow.queues()))
+
+
+def dead_letters(flow: Flow, state_dir: str | Path | None = None, broker: str | None = None,
+                 limit: int = 100) -> list[DeadLetter]:
+    async def listing(b: Broker) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        for q in flow.queues():
+            out += await b.dead_letters(q, limit)
+        return sorted(out, key=lambda d: d.failed_at)[:limit]
+
+    return _with_broker(flow, state_dir, broker, listing)
+
+
+def replay(flow: Flow, ids: list[Any] | None = None, state_dir: str | Path | None = None,
+           broker: str | None = None) -> int:
+    """Put dead letters (all of the flow's, or those named) back on their queues."""
+    async def again(b: Broker) -> int:
+        if ids is not None:
+            return await b.replay(ids)
+        return sum([await b.replay(None, q) for q in flow.queues()])
+
+    return _with_broker(flow, state_dir, broker, again)

@@ -1,0 +1,80 @@
+"""One exception tree for everything ElasticCode raises.
+
+``ElasticCodeError`` is the root. Errors a user can cause carry a message that says what was
+wrong and how to fix it. Control-flow exceptions that processors raise on purpose
+(``Reject``) live apart from the error families.
+"""
+
+from __future__ import annotations
+
+
+class ElasticCodeError(Exception):
+    """Root of every error raised by ElasticCode."""
+
+
+class FlowError(ElasticCodeError):
+    """A flow definition is malformed or inconsistent."""
+
+
+class FlowFileError(FlowError):
+    """A flow file cannot be read; carries the file and, where known, the line and column."""
+
+    def __init__(
+        self, message: str, path: str | None = None, line: int | None = None, column: int | None = None
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        where = ""
+        if path:
+            where = path
+            if line is not None:
+                where += f":{line}"
+                if column is not None:
+                    where += f":{column}"
+            where += ": "
+        super().__init__(where + message)
+        self.message = message
+
+
+class ProcessorError(ElasticCodeError):
+    """A processor's code cannot be loaded or called as declared."""
+
+    def __init__(self, processor: str, message: str) -> None:
+        self.processor = processor
+        super().__init__(f"processor {processor!r}: {message}")
+
+
+class MessageError(ElasticCodeError):
+    """A message cannot be built, encoded or decoded."""
+
+
+class SerializationError(MessageError):
+    """An output cannot be encoded as a message payload."""
+
+
+class PayloadTooLarge(MessageError):
+    """An encoded message is larger than the configured maximum."""
+
+
+class BrokerError(ElasticCodeError):
+    """A broker operation failed."""
+
+
+class UnknownBackend(BrokerError):
+    """A broker URL names a scheme that no backend serves."""
+
+
+class StateError(ElasticCodeError):
+    """The state store cannot be opened or used."""
+
+
+class RunLocked(StateError):
+    """Another run already owns this state directory."""
+
+
+class Reject(Exception):
+    """Raised by a processor to send the current message to ``failure`` without retrying.
+
+    Use it for input that can never succeed (bad data); ordinary exceptions are retried.
+    """

@@ -1,0 +1,527 @@
+"""The flow model: processors, their ports, and the connections between them.
+
+A flow is declared in YAML or JSON (``Flow.load``) or in Python (``Flow(...)`` with
+``processor()`` and ``connect()``); both give the same validated model, and ``Flow.dump``
+writes a file that loads back equal. Errors in a flow file name the file, line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import FlowError, FlowFileError
+from .message import DEFAULT_MAX_MESSAGE_BYTES
+
+NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+DEFAULT_INPUT = "input"
+DEFAULT_OUTPUTS = ("success", "failure")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``500ms``, ``5s``, ``2m``, ``1h``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 500ms or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*", str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 5s, 500ms, 2m or 1h")
+        seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a number or a string such as ``64MB`` or ``1GiB``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64MB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", str(value), re.I)
+        if not match:
+            raise ValueError(f"{value!r} is not a size; write e.g. 65536, 64KB, 64MB or 1GiB")
+        size = int(float(match[1]) * _SIZES[(match[2] or "").lower()])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Name = Annotated[str, Field(pattern=NAME)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class Schedule(_Model):
+    """When a source is called: once (iterate what it returns), on an interval, or by cron."""
+
+    interval: Duration | None = None
+    cron: str | None = None
+    #: Stop after this many calls (default: forever for schedules, once otherwise).
+    count: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Schedule:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("give either interval or cron, not both")
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError("interval must be greater than zero")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(
+                    f"{self.cron!r} is not a cron expression; write five fields, e.g. '*/5 * * * *'"
+                )
+        return self
+
+    @property
+    def scheduled(self) -> bool:
+        return self.interval is not None or self.cron is not None
+
+
+class Retry(_Model):
+    """How often a failing message is retried, and how long to wait in between."""
+
+    max: int = Field(default=3, ge=0)
+    backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): exponential, capped."""
+        return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+def _source(value: Any) -> Any:
+    if value is True:
+        return Schedule()
+    if value is False or value is None:
+        return None
+    return value
+
+
+class Processor(_Model):
+    """One processor: its code, configuration, ports and run settings."""
+
+    name: Name
+    code: str | None = None
+    inline: str | None = None
+    entry: str = "process"
+    config: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[Name] | None = None
+    outputs: list[Name] = Field(default_factory=lambda: list(DEFAULT_OUTPUTS))
+    source: Annotated[
+        Schedule | None,
+        BeforeValidator(_source),
+        PlainSerializer(lambda s: None if s is None else (s.model_dump(exclude_none=True) or True)),
+    ] = None
+    instances: int | Literal["auto"] = "auto"
+    prefetch: int = Field(default=100, ge=1, le=10_000)
+    retries: Retry = Field(default_factory=Retry)
+    description: str = ""
+
+    @field_validator("code")
+    @classmethod
+    def _code_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value
+        ):
+            raise ValueError(
+                f"{value!r} is not of the form module:function (e.g. mypkg.steps:clean)"
+            )
+        return value
+
+    @field_validator("instances")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("instances must be at least 1, or 'auto' (one per CPU core)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Processor:
+        if (self.code is None) == (self.inline is None):
+            raise ValueError("give exactly one of code (module:function) or inline (source text)")
+        if self.source is not None:
+            if self.inputs:
+                raise ValueError("a source has no inputs; remove inputs or source")
+            if self.instances not in ("auto", 1):
+                raise ValueError("a source runs as a single instance; remove instances")
+        for port_list in (self.inputs or [], self.outputs):
+            if len(set(port_list)) != len(port_list):
+                raise ValueError("port names must be unique")
+        return self
+
+    @property
+    def input_ports(self) -> list[str]:
+        if self.source is not None:
+            return []
+        return self.inputs if self.inputs is not None else [DEFAULT_INPUT]
+
+    @property
+    def is_source(self) -> bool:
+        return self.source is not None
+
+    def port(self, name: str) -> str:
+        """``processor.port`` reference for ``Flow.connect``."""
+        return f"{self.name}.{name}"
+
+
+class Connection(_Model):
+    """An output port wired to an input port through a durable queue."""
+
+    source: str = Field(alias="from")
+    target: str = Field(alias="to")
+    #: Back pressure: upstream stops consuming while the queue holds more than this.
+    max_messages: int = Field(default=10_000, ge=1)
+    max_bytes: Size = 64 * 2**20
+
+    @field_validator("source", "target")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)?", value):
+            raise ValueError(f"{value!r} is not 'processor' or 'processor.port'")
+        return value
+
+    def ends(self) -> tuple[str, str, str, str]:
+        """(source processor, output port, target processor, input port)."""
+        src, _, out = self.source.partition(".")
+        dst, _, inp = self.target.partition(".")
+        return src, out or "success", dst, inp or ""
+
+
+class Settings(_Model):
+    max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class Flow(_Model):
+    """A named graph of processors and connections."""
+
+    name: Name
+    description: str = ""
+    #: Folders (relative to the flow file) searched for processor modules.
+    path: list[str] = Field(default_factory=lambda: ["."])
+    settings: Settings = Field(default_factory=Settings)
+    processors: list[Processor] = Field(default_factory=list)
+    connections: list[Connection] = Field(default_factory=list)
+    #: Folder of the file the flow came from; module paths are relative to it.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _graph(self) -> Flow:
+        problems = list(self.problems())
+        if problems:
+            raise GraphProblems(problems)
+        return self
+
+    # -- building in Python ------------------------------------------------------------------
+    def processor(self, name: str, code: str | None = None, **fields: Any) -> Processor:
+        """Add a processor and return it."""
+        try:
+            proc = Processor(name=name, code=code, **fields)
+            self.processors = [*self.processors, proc]
+        except ValidationError as exc:
+            raise FlowError(str(_located(exc, {}, ""))) from None
+        return proc
+
+    def connect(self, source: str | Processor, target: str | Processor, **fields: Any) -> Connection:
+        """Wire ``source`` (``proc`` or ``proc.port``) to ``target``; return the connection."""
+        try:
+            conn = Connection(**{"from": _ref(source), "to": _ref(target)}, **fields)
+            self.connections = [*self.connections, conn]
+        except ValidationError as exc:
+            raise FlowError(str(_located(exc, {}, ""))) from None
+        return conn
+
+    # -- queries ----------------------------------------------------------------------------
+    def get(self, name: str) -> Processor:
+        for proc in self.processors:
+            if proc.name == name:
+                return proc
+        raise FlowError(
+            f"flow {self.name!r} has no processor {name!r}; it has "
+            f"{', '.join(p.name for p in self.processors) or 'none'}"
+        )
+
+    def resolved(self, conn: Connection) -> tuple[str, str, str, str]:
+        """A connection's ends with the default input port filled in."""
+        src, out, dst, inp = conn.ends()
+        if not inp:
+            ports = self.get(dst).input_ports
+            inp = ports[0] if len(ports) == 1 else ""
+        return src, out, dst, inp
+
+    def queue_name(self, conn: Connection) -> str:
+        src, out, dst, inp = self.resolved(conn)
+        return f"{self.name}.{src}.{out}-{dst}.{inp}"
+
+    def inbox(self, processor: str, port: str) -> str:
+        """The queue that ``send`` writes to for a processor's input port."""
+        return f"{self.name}.{processor}.{port}.inbox"
+
+    def inputs_of(self, name: str) -> dict[str, str]:
+        """queue name -> input port, for every queue a processor consumes."""
+        proc = self.get(name)
+        out = {self.inbox(name, port): port for port in proc.input_ports}
+        for conn in self.connections:
+            _, _, dst, inp = self.resolved(conn)
+            if dst == name:
+                out[self.queue_name(conn)] = inp
+        return out
+
+    def outputs_of(self, name: str) -> dict[str, list[Connection]]:
+        """output port -> connections leaving it."""
+        out: dict[str, list[Connection]] = {p: [] for p in self.get(name).outputs}
+        for conn in self.connections:
+            src, port, _, _ = self.resolved(conn)
+            if src == name:
+                out[port].append(conn)
+        return out
+
+    def queues(self) -> list[str]:
+        names = [self.queue_name(c) for c in self.connections]
+        for proc in self.processors:
+            names += [self.inbox(proc.name, port) for port in proc.input_ports]
+        return names
+
+    def problems(self) -> Iterator[tuple[tuple[Any, ...], str]]:
+        """(location, message) for every inconsistency in the graph."""
+        seen: dict[str, Processor] = {}
+        for i, proc in enumerate(self.processors):
+            if proc.name in seen:
+                yield ("processors", i, "name"), f"processor name {proc.name!r} is used twice"
+            seen[proc.name] = proc
+        for i, conn in enumerate(self.connections):
+            src, out, dst, inp = conn.ends()
+            if src not in seen:
+                yield ("connections", i, "from"), _unknown(src, seen)
+            elif out not in seen[src].outputs:
+                yield ("connections", i, "from"), (
+                    f"processor {src!r} has no output port {out!r}; its outputs are "
+                    f"{', '.join(seen[src].outputs)} (declare more under outputs)"
+                )
+            if dst not in seen:
+                yield ("connections", i, "to"), _unknown(dst, seen)
+            else:
+                ports = seen[dst].input_ports
+                if not ports:
+                    yield ("connections", i, "to"), f"processor {dst!r} is a source and takes no input"
+                elif inp and inp not in ports:
+                    yield ("connections", i, "to"), (
+                        f"processor {dst!r} has no input port {inp!r}; its inputs are {', '.join(ports)}"
+                    )
+                elif not inp and len(ports) > 1:
+                    yield ("connections", i, "to"), (
+                        f"processor {dst!r} has several inputs ({', '.join(ports)}); "
+                        f"name one, e.g. {dst}.{ports[0]}"
+                    )
+
+    # -- files ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_defaults=True, exclude={"base_dir"}
+        )
+
+    def dump(self, path: str | Path | None = None, fmt: str | None = None) -> str:
+        """The flow as YAML (or JSON); written to ``path`` when given."""
+        fmt = fmt or ("json" if path and str(path).endswith(".json") else "yaml")
+        data = self.to_dict()
+        text = (
+            json.dumps(data, indent=2) + "\n"
+            if fmt == "json"
+            else yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        )
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Any, base_dir: Path | None = None) -> Flow:
+        return cls.model_validate(_with_base(data, base_dir))
+
+    @classmethod
+    def loads(cls, text: str, source: str = "<flow>", base_dir: Path | None = None) -> Flow:
+        """Parse YAML or JSON text; errors point at the line and column at fault."""
+        if source.endswith(".json"):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise FlowFileError(f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno) from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise FlowFileError(
+                f"invalid YAML: {exc.problem or exc.context}",
+                source,
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+            ) from None
+        except yaml.YAMLError as exc:
+            raise FlowFileError(f"invalid YAML: {exc}", source) from None
+        if not isinstance(data, dict):
+            raise FlowFileError(
+                "a flow file must be a mapping with name, processors and connections", source, 1, 1
+            )
+        marks = _marks(node)
+        duplicate = _duplicate_key(node)
+        if duplicate:
+            key, mark = duplicate
+            raise FlowFileError(f"key {key!r} appears twice", source, mark.line + 1, mark.column + 1)
+        try:
+            return cls.from_dict(data, base_dir)
+        except ValidationError as exc:
+            raise _located(exc, marks, source) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Flow:
+        """Read a flow file (``.yaml``, ``.yml`` or ``.json``)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FlowFileError(f"cannot read flow file: {exc.strerror}", str(path)) from None
+        return cls.loads(text, str(path), path.resolve().parent)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (inline code) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+class GraphProblems(ValueError):
+    def __init__(self, problems: list[tuple[tuple[Any, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(msg for _, msg in problems))
+
+
+def _ref(end: str | Processor) -> str:
+    return end.name if isinstance(end, Processor) else end
+
+
+def _unknown(name: str, seen: dict[str, Processor]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, seen, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; processors are {', '.join(seen) or 'none'}"
+    return f"no processor named {name!r}{hint}"
+
+
+def _with_base(data: Any, base_dir: Path | None) -> Any:
+    if isinstance(data, dict) and base_dir is not None:
+        return {**data, "base_dir": base_dir}
+    return data
+
+
+def _marks(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], yaml.Mark]:
+    out: dict[tuple[Any, ...], yaml.Mark] = {}
+    if node is None:
+        return out
+    out[path] = node.start_mark
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, key.value)
+            out.update(_marks(value, sub))
+            out[sub] = key.start_mark
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            out.update(_marks(value, (*path, i)))
+    return out
+
+
+def _duplicate_key(node: yaml.Node | None) -> tuple[str, yaml.Mark] | None:
+    if isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
+        for key, value in node.value:
+            if key.value in keys:
+                return key.value, key.start_mark
+            keys.add(key.value)
+            found = _duplicate_key(value)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            found = _duplicate_key(value)
+            if found:
+                return found
+    return None
+
+
+def _located(exc: ValidationError, marks: dict[tuple[Any, ...], yaml.Mark], source: str) -> FlowFileError:
+    """The first validation error as a FlowFileError at its place in the file; all in the text."""
+    lines: list[tuple[tuple[Any, ...], str]] = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, GraphProblems):
+            lines.extend(cause.problems)
+            continue
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}; check its spelling"
+        elif err["type"] == "missing":
+            msg = f"field {loc[-1]!r} is required"
+        lines.append((loc, msg))
+    located = []
+    first: yaml.Mark | None = None
+    for loc, msg in lines:
+        mark = _nearest(marks, loc)
+        where = f"line {mark.line + 1}: " if mark else ""
+        first = first or mark
+        located.append(f"{where}{_dotted(loc)}: {msg}" if loc else f"{where}{msg}")
+    text = located[0] if len(located) == 1 else f"{len(located)} problems:\n  " + "\n  ".join(located)
+    mark = _nearest(marks, lines[0][0]) if lines else None
+    return FlowFileError(
+        text.split(": ", 1)[1] if len(located) == 1 and mark else text,
+        source,
+        mark.line + 1 if mark else None,
+        mark.column + 1 if mark else None,
+    )
+
+
+def _nearest(marks: dict[tuple[Any, ...], yaml.Mark], loc: tuple[Any, ...]) -> yaml.Mark | None:
+    for n in range(len(loc), -1, -1):
+        mark = marks.get(loc[:n])
+        if mark is not None:
+            return mark
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

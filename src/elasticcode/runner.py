@@ -1,0 +1,239 @@
+"""``elasticcode run``: one flow on one host, embedded by default.
+
+The runner prepares the state directory (queues, state, logs, a snapshot of the flow), starts a
+local agent with its workers, shows live progress, and stops when every source is exhausted
+and every queue is drained (or, with ``forever``, when interrupted). An interrupted run resumes
+on the next start: its queues are durable and its sources remember how far they got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .agent import Agent
+from .brokers import Broker, open_broker
+from .errors import FlowError, RunLocked
+from .flow import Flow
+from .processor import import_paths, load
+from .progress import Progress
+from .state import StateStore, WorkerReport
+
+
+@dataclass
+class ProcessorTotals:
+    name: str
+    instances: int = 0
+    received: int = 0
+    emitted: int = 0
+    errors: int = 0
+    retried: int = 0
+    dead: int = 0
+    status: str = ""
+    last_error: str | None = None
+
+
+@dataclass
+class RunResult:
+    flow: str
+    run_id: int
+    status: str
+    seconds: float
+    resumed: bool
+    processors: dict[str, ProcessorTotals] = field(default_factory=dict)
+    queues: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    events: list[str] = field(default_factory=list)
+    state_dir: Path = Path()
+
+
+def state_paths(flow: Flow, state_dir: str | Path | None = None, broker: str | None = None) -> tuple[Path, str, str]:
+    """(state dir, broker URL, state URL) for a flow, embedded defaults filled in."""
+    root = Path(state_dir) if state_dir else Path.cwd() / ".elasticcode" / flow.name
+    root = root.resolve()
+    return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
+
+
+def check_code(flow: Flow) -> None:
+    """Load every processor once, so that code errors show before anything starts."""
+    if not flow.processors:
+        raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
+    for spec in flow.processors:
+        load(spec, flow)
+
+
+def snapshot(flow: Flow, root: Path) -> Path:
+    """Write the flow as run (module paths made absolute) for the workers to load."""
+    frozen = flow.model_copy(update={"path": import_paths(flow), "base_dir": root})
+    path = root / "flow.yaml"
+    tmp = path.with_suffix(".tmp")
+    frozen.dump(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class _Lock:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.file: IO[str] = open(root / "run.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RunLocked(
+                f"another `elasticcode run` is using {root}; stop it first, or give this run "
+                "its own --state-dir"
+            ) from None
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def run(
+    flow: Flow | str | Path,
+    *,
+    state_dir: str | Path | None = None,
+    broker: str | None = None,
+    workers: int | None = None,
+    forever: bool = False,
+    fresh: bool = False,
+    progress: Progress | None = None,
+    on_start: Callable[[Agent], None] | None = None,
+) -> RunResult:
+    """Run a flow until it is done (or interrupted); return what happened."""
+    if not isinstance(flow, Flow):
+        flow = Flow.load(flow)
+    check_code(flow)
+    root, broker_url, state_url = state_paths(flow, state_dir, broker)
+    lock = _Lock(root)
+    try:
+        return asyncio.run(_run(flow, root, broker_url, state_url, workers, forever, fresh,
+                                progress or Progress(None), on_start))
+    finally:
+        lock.release()
+
+
+async def _run(
+    flow: Flow, root: Path, broker_url: str, state_url: str, workers: int | None,
+    forever: bool, fresh: bool, progress: Progress, on_start: Callable[[Agent], None] | None,
+) -> RunResult:
+    state = StateStore(state_url)
+    broker = open_broker(broker_url, max_message_bytes=flow.settings.max_message_bytes)
+    await broker.connect()
+    queues = flow.queues()
+    await broker.declare(queues)
+    run_id, resumed = state.start_run(flow.name, fresh=fresh)
+    events: list[str] = []
+    if fresh:
+        dropped = sum([await broker.purge(q) for q in queues])
+        if dropped:
+            events.append(f"--fresh: dropped {dropped} message(s) left by an earlier run")
+    released = await _release_all(broker)
+    if released:
+        events.append(f"released {released} message(s) held by workers of an earlier run")
+    flow_file = snapshot(flow, root)
+    agent = Agent(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
+    sources = [p.name for p in flow.processors if p.is_source]
+
+    stop = asyncio.Event()
+    interrupts = 0
+
+    def interrupted() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            agent.kill()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    loop.add_signal_handler(signal.SIGTERM, interrupted)
+    started = time.monotonic()
+    agent.start()
+    if on_start is not None:
+        on_start(agent)
+    progress.begin(flow, run_id, resumed, root)
+    status = "interrupted"
+    try:
+        while True:
+            for event in await agent.supervise(broker):
+                events.append(event)
+                progress.event(event)
+            reports = state.worker_reports(run_id)
+            depths = await broker.depth(queues)
+            progress.update(_totals(flow, agent, reports), depths)
+            if stop.is_set():
+                break
+            if not forever and sum(n for n, _ in depths.values()) == 0 and state.sources_done(run_id, sources):
+                status = "finished"
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except TimeoutError:
+                pass
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        progress.stopping()
+        await loop.run_in_executor(None, agent.stop)
+        await _release_all(broker)
+        state.end_run(run_id, status)
+        totals = _totals(flow, agent, state.worker_reports(run_id))
+        depths = await broker.depth(queues)
+        dead = len(await broker.dead_letters(limit=1_000_000))
+        await broker.close()
+        state.close()
+    result = RunResult(
+        flow.name, run_id, status, time.monotonic() - started, resumed, totals,
+        {q: n for q, (n, _) in depths.items()}, dead, events, root,
+    )
+    progress.end(result)
+    return result
+
+
+async def _release_all(broker: Broker) -> int:
+    release_all = getattr(broker, "release_all", None)
+    return int(await release_all()) if release_all is not None else 0
+
+
+def _totals(flow: Flow, agent: Agent, reports: list[WorkerReport]) -> dict[str, ProcessorTotals]:
+    totals = {p.name: ProcessorTotals(p.name) for p in flow.processors}
+    for inst in agent.instances:
+        totals[inst.processor].instances += 1
+    statuses: dict[str, set[str]] = {}
+    for r in reports:
+        t = totals.get(r.processor)
+        if t is None:
+            continue
+        t.received += r.received
+        t.emitted += r.emitted
+        t.errors += r.errors
+        t.retried += r.retried
+        t.dead += r.dead
+        t.last_error = r.last_error or t.last_error
+        statuses.setdefault(r.processor, set()).add(r.status)
+    for name, seen in statuses.items():
+        for s in ("error", "failed", "back-pressure", "running", "done", "stopped"):
+            if s in seen:
+                totals[name].status = s
+                break
+    return totals
+
+
+def summarize(result: RunResult) -> dict[str, Any]:
+    """A JSON-friendly summary of a run."""
+    return {
+        "flow": result.flow,
+        "run": result.run_id,
+        "status": result.status,
+        "seconds": round(result.seconds, 3),
+        "processors": {n: vars(t) for n, t in result.processors.items()},
+        "queued": sum(result.queues.values()),
+        "dead_letters": result.dead_letters,
+    }

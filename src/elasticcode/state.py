@@ -1,0 +1,242 @@
+"""The state store: runs, source progress, worker reports and processor key-value state.
+
+Built on SQLAlchemy Core so that the embedded SQLite file and a shared PostgreSQL database
+take the same code. Nothing here is on the per-message hot path except processor state
+(``ctx.state``), which processors such as ``join`` use on purpose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .errors import StateError
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(200), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("ended", sa.Float),
+)
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("offset", sa.BigInteger, nullable=False, default=0),
+    sa.Column("calls", sa.BigInteger, nullable=False, default=0),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("processor", sa.String(200), nullable=False),
+    sa.Column("instance", sa.Integer, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("received", sa.BigInteger, nullable=False, default=0),
+    sa.Column("emitted", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("retried", sa.BigInteger, nullable=False, default=0),
+    sa.Column("dead", sa.BigInteger, nullable=False, default=0),
+    sa.Column("busy", sa.Float, nullable=False, default=0.0),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+)
+
+kv = sa.Table(
+    "kv",
+    metadata,
+    sa.Column("namespace", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(500), primary_key=True),
+    sa.Column("field", sa.String(200), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
+
+@dataclass(slots=True)
+class WorkerReport:
+    id: str
+    run_id: int
+    processor: str
+    instance: int
+    pid: int
+    status: str = "starting"
+    received: int = 0
+    emitted: int = 0
+    errors: int = 0
+    retried: int = 0
+    dead: int = 0
+    busy: float = 0.0
+    last_error: str | None = None
+
+
+class StateStore:
+    """One state database, opened by URL (``sqlite:///…`` or ``postgresql://…``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite:"):
+                path = url.split(":///", 1)[1] if ":///" in url else ""
+                if path:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.engine = sa.create_engine(url, connect_args={"timeout": 60})
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "
+                             f"{getattr(exc, 'orig', exc)}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs ------------------------------------------------------------------------------
+    def last_run(self, flow: str) -> tuple[int, str] | None:
+        with self.engine.connect() as db:
+            row = db.execute(
+                sa.select(runs.c.id, runs.c.status).where(runs.c.flow == flow).order_by(runs.c.id.desc()).limit(1)
+            ).first()
+        return (row.id, row.status) if row else None
+
+    def start_run(self, flow: str, fresh: bool = False) -> tuple[int, bool]:
+        """Resume the flow's unfinished run, or begin a new one; return (run id, resumed)."""
+        last = self.last_run(flow)
+        with self.engine.begin() as db:
+            if last and last[1] in ("running", "interrupted") and not fresh:
+                db.execute(runs.update().where(runs.c.id == last[0]).values(status="running", ended=None))
+                return last[0], True
+            if last and last[1] in ("running", "interrupted"):
+                db.execute(runs.update().where(runs.c.id == last[0]).values(status="abandoned", ended=time.time()))
+            run_id = db.execute(
+                runs.insert().values(flow=flow, status="running", started=time.time())
+            ).inserted_primary_key[0]
+        return int(run_id), False
+
+    def end_run(self, run_id: int, status: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(runs.update().where(runs.c.id == run_id).values(status=status, ended=time.time()))
+
+    # -- sources ---------------------------------------------------------------------------
+    def source_progress(self, run_id: int, processor: str) -> tuple[int, int, bool]:
+        with self.engine.connect() as db:
+            row = db.execute(
+                sa.select(sources.c.offset, sources.c.calls, sources.c.done).where(
+                    sources.c.run_id == run_id, sources.c.processor == processor
+                )
+            ).first()
+        return (int(row.offset), int(row.calls), bool(row.done)) if row else (0, 0, False)
+
+    def save_source(self, run_id: int, processor: str, offset: int, calls: int, done: bool) -> None:
+        values = {"run_id": run_id, "processor": processor, "offset": offset, "calls": calls, "done": done}
+        with self.engine.begin() as db:
+            db.execute(self._upsert(sources, values, ["run_id", "processor"]))
+
+    def sources_done(self, run_id: int, names: list[str]) -> bool:
+        if not names:
+            return True
+        with self.engine.connect() as db:
+            n = db.execute(
+                sa.select(sa.func.count()).select_from(sources).where(
+                    sources.c.run_id == run_id, sources.c.processor.in_(names), sources.c.done.is_(True)
+                )
+            ).scalar_one()
+        return int(n) == len(names)
+
+    # -- workers ---------------------------------------------------------------------------
+    def report(self, r: WorkerReport) -> None:
+        values = {
+            "id": r.id, "run_id": r.run_id, "processor": r.processor, "instance": r.instance,
+            "pid": r.pid, "status": r.status, "received": r.received, "emitted": r.emitted,
+            "errors": r.errors, "retried": r.retried, "dead": r.dead, "busy": r.busy,
+            "updated": time.time(), "last_error": r.last_error,
+        }
+        with self.engine.begin() as db:
+            db.execute(self._upsert(workers, values, ["id"]))
+
+    def worker_reports(self, run_id: int) -> list[WorkerReport]:
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(workers).where(workers.c.run_id == run_id)).mappings().all()
+        return [WorkerReport(**{k: v for k, v in row.items() if k != "updated"}) for row in rows]
+
+    # -- processor state -------------------------------------------------------------------
+    def kv(self, namespace: str) -> KeyValue:
+        return KeyValue(self, namespace)
+
+    def _upsert(self, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).values(**values)
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
+        )
+
+
+class KeyValue:
+    """Durable key → {field: value} state for one processor, shared by all its instances."""
+
+    def __init__(self, store: StateStore, namespace: str) -> None:
+        self.store = store
+        self.namespace = namespace
+
+    def merge(self, key: str, field: str, value: Any) -> dict[str, Any]:
+        """Set one field of a key and return all its fields, atomically."""
+        row = {"namespace": self.namespace, "key": key, "field": field,
+               "value": msgpack.packb(value, use_bin_type=True)}
+        with self.store.engine.begin() as db:
+            db.execute(self.store._upsert(kv, row, ["namespace", "key", "field"]))
+            rows = db.execute(
+                sa.select(kv.c.field, kv.c.value).where(kv.c.namespace == self.namespace, kv.c.key == key)
+            ).all()
+        return {f: msgpack.unpackb(v, raw=False, strict_map_key=False) for f, v in rows}
+
+    def get(self, key: str) -> dict[str, Any]:
+        with self.store.engine.connect() as db:
+            rows = db.execute(
+                sa.select(kv.c.field, kv.c.value).where(kv.c.namespace == self.namespace, kv.c.key == key)
+            ).all()
+        return {f: msgpack.unpackb(v, raw=False, strict_map_key=False) for f, v in rows}
+
+    def delete(self, key: str) -> None:
+        with self.store.engine.begin() as db:
+            db.execute(kv.delete().where(kv.c.namespace == self.namespace, kv.c.key == key))
+
+    def count(self) -> int:
+        with self.store.engine.connect() as db:
+            return int(
+                db.execute(
+                    sa.select(sa.func.count(sa.distinct(kv.c.key))).where(kv.c.namespace == self.namespace)
+                ).scalar_one()
+            )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _safe(url: str) -> str:
+    """A URL with any password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<state store URL>"

@@ -1,0 +1,446 @@
+"""A worker: one OS process running one processor instance.
+
+A consuming worker fetches a batch from its input queues (prefetch), calls the processor for
+each message, and settles the batch: outputs published, inputs acknowledged, failures retried
+with backoff or routed to ``failure`` / the dead-letter store. An input is never acknowledged
+before its outputs are durable. A source worker calls its source (once, on an interval or by
+cron), publishes what it produces in batches, and records its progress so that a restarted
+run resumes where it stopped.
+
+Run as ``python -m elasticcode.worker``; the agent starts and supervises these processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from .brokers import Broker, Delivery, Settlement, open_broker
+from .errors import ElasticCodeError, MessageError, ProcessorError, Reject
+from .flow import Flow
+from .message import Message, decode, derive_id, encode
+from .processor import Context, Loaded, Output, collect, load
+from .state import StateStore, WorkerReport
+
+log = logging.getLogger("elasticcode.worker")
+
+REPORT_EVERY = 0.5
+SOURCE_BATCH = 500
+SOURCE_FLUSH = 0.02
+EXIT_CONFIG = 3
+
+
+class OutputError(ElasticCodeError):
+    """An output cannot be delivered as emitted; retrying would not help."""
+
+
+class Worker:
+    def __init__(
+        self,
+        flow: Flow,
+        processor: str,
+        broker: Broker,
+        state: StateStore,
+        run_id: int,
+        instance: int = 0,
+        consumer: str | None = None,
+    ) -> None:
+        self.flow = flow
+        self.spec = flow.get(processor)
+        self.name = processor
+        self.broker = broker
+        self.state = state
+        self.run_id = run_id
+        self.consumer = consumer or f"{os.uname().nodename}:{os.getpid()}:{processor}:{instance}"
+        self.inputs = flow.inputs_of(processor)
+        self.outputs = {
+            port: [flow.queue_name(c) for c in conns] for port, conns in flow.outputs_of(processor).items()
+        }
+        self.limits = {
+            flow.queue_name(c): (c.max_messages, c.max_bytes)
+            for conns in flow.outputs_of(processor).values()
+            for c in conns
+        }
+        self.max_bytes = flow.settings.max_message_bytes
+        self.report = WorkerReport(self.consumer, run_id, processor, instance, os.getpid())
+        self.stopping = False
+        self._reported = 0.0
+        self._parent = os.getppid()
+        self.loaded: Loaded | None = None
+        self._calls = 0
+        self.ctx = Context(
+            flow.name, processor, self.spec.config, logging.getLogger(f"elasticcode.processor.{processor}"),
+            state.kv(f"{flow.name}.{processor}"), tuple(self.spec.input_ports),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping = True
+
+    async def run(self) -> int:
+        """Run until stopped (or, for a source, until it is exhausted); return an exit code."""
+        try:
+            self.loaded = load(self.spec, self.flow)
+            if self.loaded.setup is not None:
+                await _maybe_await(_call_hook(self.loaded.setup, self.ctx))
+        except ProcessorError as exc:
+            return self._fatal(str(exc))
+        except Exception as exc:
+            return self._fatal(f"processor {self.name!r}: setup() failed: {exc!r}")
+        try:
+            await self.broker.connect()
+            await self.broker.declare(list(self.inputs) + list(self.limits))
+            self.report.status = "running"
+            self._publish_report(force=True)
+            if self.spec.is_source:
+                await self._source()
+            else:
+                await self._consume()
+        finally:
+            if self.loaded.teardown is not None:
+                try:
+                    await _maybe_await(_call_hook(self.loaded.teardown, self.ctx))
+                except Exception:
+                    log.exception("processor %s: teardown() failed", self.name)
+            if self.report.status == "running":
+                self.report.status = "stopped"
+            self._publish_report(force=True)
+            await self.broker.close()
+        return 0
+
+    def _fatal(self, message: str) -> int:
+        log.error("%s", message)
+        self.report.status = "error"
+        self.report.last_error = message
+        self._publish_report(force=True)
+        return EXIT_CONFIG
+
+    def _publish_report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._reported >= REPORT_EVERY:
+            self._reported = now
+            if os.getppid() != self._parent:  # the agent is gone: do not run unsupervised
+                log.warning("agent process is gone; stopping")
+                self.stopping = True
+            try:
+                self.state.report(self.report)
+            except Exception as exc:  # reporting must never stop the data plane
+                log.warning("cannot write worker report: %s", exc)
+
+    async def _wait_for_room(self) -> None:
+        """Back pressure: wait while any outgoing connection is over its threshold."""
+        if not self.limits:
+            return
+        while not self.stopping:
+            depths = await self.broker.depth(list(self.limits))
+            full = [q for q, (n, size) in depths.items()
+                    if n >= self.limits[q][0] or size >= self.limits[q][1]]
+            if not full:
+                if self.report.status == "back-pressure":
+                    self.report.status = "running"
+                return
+            self.report.status = "back-pressure"
+            self._publish_report()
+            await asyncio.sleep(0.05)
+
+    # -- consuming --------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        assert self.loaded is not None
+        queues = list(self.inputs)
+        prefetch = self.spec.prefetch
+        is_async = self.loaded.is_async
+        while not self.stopping:
+            self._publish_report()
+            await self._wait_for_room()
+            if self.stopping:
+                break
+            batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
+            if not batch:
+                continue
+            settlement = Settlement()
+            deferred: list[Any] = []
+            started = time.perf_counter()
+            if is_async:
+                await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
+            else:
+                for d in batch:
+                    await self._handle(d, settlement, deferred)
+            self.report.busy += time.perf_counter() - started
+            await self.broker.settle(settlement)
+            for fn in deferred:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("processor %s: after_settle callback failed", self.name)
+
+    async def _handle(self, d: Delivery, settlement: Settlement, deferred: list[Any]) -> None:
+        assert self.loaded is not None
+        self.report.received += 1
+        try:
+            msg = decode(d.body, d.delivery)
+        except MessageError as exc:
+            self._failed(d, None, f"undecodable message on {d.queue}: {exc}", "", settlement, retry=False)
+            return
+        if d.delivery > self.spec.retries.max + 1:
+            self._failed(
+                d, msg,
+                f"handed out {d.delivery - 1} times without being settled: the worker processing it "
+                "died or was stopped each time (does the processor crash the interpreter or run "
+                "out of memory on this input?)",
+                "", settlement, retry=False,
+            )
+            return
+        ctx = self.ctx.child(msg, self.inputs[d.queue])
+        try:
+            outputs = await collect(self.loaded.call(msg.payload, ctx), ctx)
+            items = self._encode(msg, outputs)
+        except Reject as exc:
+            self._failed(d, msg, f"rejected: {exc}", "", settlement, retry=False)
+        except OutputError as exc:
+            self._failed(d, msg, str(exc), "", settlement, retry=False)
+        except Exception as exc:
+            tb = traceback.format_exc()
+            self._failed(d, msg, f"{type(exc).__name__}: {exc}", tb, settlement, retry=True)
+        else:
+            settlement.publish.extend(items)
+            settlement.ack.append(d)
+            self.report.emitted += len(outputs)
+            deferred.extend(ctx.deferred)
+
+    def _encode(self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()) -> list[tuple[str, bytes]]:
+        items: list[tuple[str, bytes]] = []
+        counts: dict[str, int] = {}
+        given = iter(ids)
+        now = time.time()
+        for out in outputs:
+            queues = self.outputs.get(out.port)
+            if queues is None:
+                raise OutputError(
+                    f"processor {self.name!r} emitted to port {out.port!r}, which it does not "
+                    f"declare; declare it under outputs (now: {', '.join(self.outputs)})"
+                )
+            n = counts[out.port] = counts.get(out.port, -1) + 1
+            if not queues:
+                continue  # port not connected: the message ends here
+            if out.key is not None:
+                mid = derive_id(self.flow.name, self.name, out.port, out.key)
+            elif parent is not None:
+                mid = derive_id(parent.id, self.name, out.port, n)
+            else:
+                mid = next(given)
+            attributes = parent.attributes if parent is not None else {}
+            if out.attributes:
+                attributes = {**attributes, **out.attributes}
+            child = Message(out.payload, mid, self.flow.name, self.name, now,
+                            (parent.id,) if parent is not None else (), attributes)
+            try:
+                body = encode(child, self.max_bytes)
+            except MessageError as exc:
+                raise OutputError(f"processor {self.name!r}, output on port {out.port!r}: {exc}") from None
+            items.extend((q, body) for q in queues)
+        return items
+
+    def _failed(
+        self, d: Delivery, msg: Message | None, error: str, tb: str, settlement: Settlement, retry: bool
+    ) -> None:
+        report = self.report
+        report.errors += 1
+        attempt = d.delivery
+        report.last_error = f"{error} (attempt {attempt})"
+        retries = self.spec.retries
+        if retry and attempt <= retries.max:
+            report.retried += 1
+            settlement.retry.append((d, retries.delay(attempt), error))
+            log.info("processor %s: %s; retry %d of %d", self.name, error, attempt, retries.max)
+            return
+        log.warning("processor %s: %s; giving up after %d attempt(s)", self.name, error, attempt)
+        failure = self.outputs.get("failure")
+        if failure and msg is not None:
+            attrs = {**msg.attributes, "error": error, "failed_processor": self.name, "attempts": attempt}
+            if tb:
+                attrs["traceback"] = tb
+            child = Message(msg.payload, derive_id(msg.id, self.name, "failure", 0), self.flow.name,
+                            self.name, time.time(), (msg.id,), attrs)
+            try:
+                body = encode(child, self.max_bytes)
+            except MessageError:
+                pass  # too large with the traceback attached: dead-letter instead
+            else:
+                settlement.publish.extend((q, body) for q in failure)
+                settlement.ack.append(d)
+                return
+        report.dead += 1
+        settlement.dead.append((d, f"processor {self.name!r}: {error}" + (f"\n{tb}" if tb else "")))
+
+    # -- sources ----------------------------------------------------------------------------
+    async def _source(self) -> None:
+        spec = self.spec
+        schedule = spec.source
+        assert schedule is not None and self.loaded is not None
+        offset, calls, done = self.state.source_progress(self.run_id, self.name)
+        self._calls = calls
+        failures = 0
+        last_call = 0.0
+        while not done and not self.stopping:
+            if schedule.scheduled:
+                if schedule.count is not None and calls >= schedule.count:
+                    break
+                if not await self._sleep_until(self._next_tick(last_call)):
+                    break
+                last_call = time.time()
+            try:
+                skip = 0 if schedule.scheduled else offset
+                offset = await self._produce(offset, skip, calls + 1)
+            except _Stopped:
+                return
+            except Exception as exc:
+                failures += 1
+                self.report.errors += 1
+                self.report.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("source %s failed: %s", self.name, traceback.format_exc())
+                if schedule.scheduled:
+                    calls = self._calls = calls + 1
+                    self.state.save_source(self.run_id, self.name, offset, calls, False)
+                    continue
+                if failures > spec.retries.max:
+                    self.report.status = "failed"
+                    self.state.save_source(self.run_id, self.name, offset, calls, True)
+                    return
+                await asyncio.sleep(spec.retries.delay(failures))
+                continue
+            calls = self._calls = calls + 1
+            done = not schedule.scheduled
+            self.state.save_source(self.run_id, self.name, offset, calls, done)
+        if not self.stopping:
+            self.state.save_source(self.run_id, self.name, offset, calls, True)
+            self.report.status = "done"
+
+    def _next_tick(self, last_call: float) -> float:
+        schedule = self.spec.source
+        assert schedule is not None
+        if schedule.cron is not None:
+            from croniter import croniter
+
+            return float(croniter(schedule.cron, time.time()).get_next(float))
+        assert schedule.interval is not None
+        return last_call + schedule.interval if last_call else time.time()
+
+    async def _sleep_until(self, when: float) -> bool:
+        while not self.stopping:
+            left = when - time.time()
+            if left <= 0:
+                return True
+            self._publish_report()
+            await asyncio.sleep(min(left, 0.2))
+        return False
+
+    async def _produce(self, offset: int, skip: int, call_no: int) -> int:
+        """Call the source once and publish what it produces; return the new offset."""
+        assert self.loaded is not None
+        ctx = self.ctx.child(None, None)
+        result = self.loaded.call(ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        pending: list[Output] = []
+        flushed = time.monotonic()
+        position = 0
+        async for item in _items(result, ctx):
+            position += 1
+            if position <= skip:
+                continue  # emitted before a restart
+            pending.append(item)
+            if len(pending) >= SOURCE_BATCH or time.monotonic() - flushed > SOURCE_FLUSH:
+                offset = await self._flush(pending, offset)
+                pending = []
+                flushed = time.monotonic()
+                if self.stopping:
+                    raise _Stopped
+        if pending:
+            offset = await self._flush(pending, offset)
+        return offset
+
+    async def _flush(self, outputs: list[Output], offset: int) -> int:
+        await self._wait_for_room()
+        ids = [derive_id(self.flow.name, self.run_id, self.name, offset + i) for i in range(len(outputs))]
+        items = self._encode(None, outputs, ids)
+        await self.broker.publish(items)
+        offset += len(outputs)
+        self.report.emitted += len(outputs)
+        self.state.save_source(self.run_id, self.name, offset, self._calls, False)
+        self._publish_report()
+        return offset
+
+
+class _Stopped(Exception):
+    pass
+
+
+async def _items(result: Any, ctx: Context) -> AsyncIterator[Output]:
+    """What a source call produced, one output at a time."""
+    for out in ctx.outputs:
+        yield out
+    if result is None:
+        return
+    if isinstance(result, Output):
+        yield result
+    elif inspect.isasyncgen(result):
+        async for item in result:
+            yield item if isinstance(item, Output) else Output(item)
+    elif isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
+        yield Output(result)
+    else:
+        for item in result:
+            yield item if isinstance(item, Output) else Output(item)
+
+
+def _call_hook(hook: Any, ctx: Context) -> Any:
+    params = inspect.signature(hook).parameters
+    return hook(ctx) if params else hook()
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m elasticcode.worker",
+                                     description="Run one processor instance (started by an agent).")
+    parser.add_argument("--flow", required=True, help="flow file")
+    parser.add_argument("--processor", required=True)
+    parser.add_argument("--instance", type=int, default=0)
+    parser.add_argument("--run", type=int, required=True, dest="run_id")
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--state", required=True)
+    parser.add_argument("--consumer", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s {args.processor}[{args.instance}] %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
+    flow = Flow.load(args.flow)
+    broker = open_broker(args.broker, max_message_bytes=flow.settings.max_message_bytes)
+    state = StateStore(args.state)
+    worker = Worker(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
+
+    async def go() -> int:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+        return await worker.run()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        state.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
