@@ -94,17 +94,35 @@ class Agent:
             self._spawn(inst)
 
     def _spawn(self, inst: Instance) -> None:
-        inst.consumer = f"{os.uname().nodename}:{inst.processor}:{inst.index}:{uuid.uuid4().hex[:8]}"
+        inst.consumer = (
+            f"{os.uname().nodename}:{inst.processor}:{inst.index}:{uuid.uuid4().hex[:8]}"
+        )
         if inst.log_file is None:
             inst.log_file = open(self.log_dir / f"{inst.processor}-{inst.index}.log", "ab")  # noqa: SIM115
         cmd = [
-            sys.executable, "-m", "elasticcode.worker",
-            "--flow", str(self.flow_file), "--processor", inst.processor,
-            "--instance", str(inst.index), "--run", str(self.run_id),
-            "--broker", self.broker_url, "--state", self.state_url, "--consumer", inst.consumer,
+            sys.executable,
+            "-m",
+            "elasticcode.worker",
+            "--flow",
+            str(self.flow_file),
+            "--processor",
+            inst.processor,
+            "--instance",
+            str(inst.index),
+            "--run",
+            str(self.run_id),
+            "--broker",
+            self.broker_url,
+            "--state",
+            self.state_url,
+            "--consumer",
+            inst.consumer,
         ]
         inst.process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=inst.log_file, stderr=subprocess.STDOUT,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=inst.log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the agent, which stops workers in order
         )
         inst.started = time.monotonic()
@@ -156,7 +174,9 @@ class Agent:
             try:
                 inst.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker %s[%d] did not stop in time; killing it", inst.processor, inst.index)
+                log.warning(
+                    "worker %s[%d] did not stop in time; killing it", inst.processor, inst.index
+                )
                 inst.process.kill()
                 inst.process.wait()
         for inst in self.instances:

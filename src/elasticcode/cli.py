@@ -23,7 +23,9 @@ FLOW_HELP = "FLOW is a flow file (.yaml, .yml, .json), a Python file defining `f
 
 def load_flow(ref: str) -> Flow:
     """A flow from a file, a Python file, or ``module:attribute``."""
-    path_part, _, attr = ref.partition(":") if ref.count(":") == 1 and not Path(ref).exists() else (ref, "", "")
+    path_part, _, attr = (
+        ref.partition(":") if ref.count(":") == 1 and not Path(ref).exists() else (ref, "", "")
+    )
     path = Path(path_part)
     if path.suffix in (".yaml", ".yml", ".json"):
         return Flow.load(path)
@@ -46,9 +48,7 @@ def load_flow(ref: str) -> Flow:
         if not isinstance(obj, Flow):
             raise FlowError(f"{ref} is not a Flow")
         return obj
-    raise FlowError(
-        f"cannot tell what {ref!r} is; {FLOW_HELP}"
-    )
+    raise FlowError(f"cannot tell what {ref!r} is; {FLOW_HELP}")
 
 
 class _Group(click.Group):
@@ -67,11 +67,15 @@ def main() -> None:
 
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False), default=None,
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
     help="Where queues, state and logs live [default: ./.elasticcode/FLOW-NAME].",
 )
 broker_option = click.option(
-    "--broker", default=None, metavar="URL",
+    "--broker",
+    default=None,
+    metavar="URL",
     help="Broker URL [default: the embedded SQLite queues in the state dir].",
 )
 
@@ -80,28 +84,51 @@ broker_option = click.option(
 @click.argument("flow")
 @state_dir_option
 @broker_option
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Instances of each processor whose instances are 'auto' [default: CPU cores].")
-@click.option("--forever", is_flag=True, help="Keep running when sources are exhausted and queues drained.")
-@click.option("--fresh", is_flag=True, help="Drop an interrupted run's queued messages and start over.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Instances of each processor whose instances are 'auto' [default: CPU cores].",
+)
+@click.option(
+    "--forever", is_flag=True, help="Keep running when sources are exhausted and queues drained."
+)
+@click.option(
+    "--fresh", is_flag=True, help="Drop an interrupted run's queued messages and start over."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; print only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def run_cmd(flow: str, state_dir: str | None, broker: str | None, workers: int | None,
-            forever: bool, fresh: bool, quiet: bool, as_json: bool) -> None:
+def run_cmd(
+    flow: str,
+    state_dir: str | None,
+    broker: str | None,
+    workers: int | None,
+    forever: bool,
+    fresh: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Run FLOW until its sources are exhausted and its queues drained.
 
     Ctrl-C stops it gracefully (twice: at once); running it again resumes.
     """
     result = run(
-        load_flow(flow), state_dir=state_dir, broker=broker, workers=workers, forever=forever,
-        fresh=fresh, progress=Progress(None if (quiet or as_json) else Console()),
+        load_flow(flow),
+        state_dir=state_dir,
+        broker=broker,
+        workers=workers,
+        forever=forever,
+        fresh=fresh,
+        progress=Progress(None if (quiet or as_json) else Console()),
     )
     if as_json:
         click.echo(json.dumps(summarize(result), indent=2))
     elif quiet:
         s = summarize(result)
-        click.echo(f"{s['flow']}: run {s['run']} {s['status']} in {s['seconds']}s; "
-                   f"{s['queued']} queued, {s['dead_letters']} dead letter(s)")
+        click.echo(
+            f"{s['flow']}: run {s['run']} {s['status']} in {s['seconds']}s; "
+            f"{s['queued']} queued, {s['dead_letters']} dead letter(s)"
+        )
     sys.exit(0 if result.status == "finished" or forever else 1)
 
 
@@ -110,21 +137,37 @@ def run_cmd(flow: str, state_dir: str | None, broker: str | None, workers: int |
 @click.argument("target")
 @click.argument("data", required=False)
 @click.option("--text", is_flag=True, help="Send DATA as a string instead of parsing it as JSON.")
-@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="An attribute to attach (repeatable).")
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An attribute to attach (repeatable).",
+)
 @state_dir_option
 @broker_option
-def send(flow: str, target: str, data: str | None, text: bool, attrs: tuple[str, ...],
-         state_dir: str | None, broker: str | None) -> None:
+def send(
+    flow: str,
+    target: str,
+    data: str | None,
+    text: bool,
+    attrs: tuple[str, ...],
+    state_dir: str | None,
+    broker: str | None,
+) -> None:
     """Queue DATA for TARGET (PROCESSOR or PROCESSOR.PORT) of FLOW.
 
     DATA is JSON unless --text; without DATA (or with -), each line of standard input is one
     message. Messages wait durably until a run consumes them.
     """
-    lines = [data] if data not in (None, "-") else [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
+    lines = (
+        [data] if data not in (None, "-") else [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
+    )
     payloads = [line if text else _json(line) for line in lines]
     attributes = dict(_pair(a) for a in attrs)
-    ids = control.send(load_flow(flow), target, payloads, attributes=attributes,
-                       state_dir=state_dir, broker=broker)
+    ids = control.send(
+        load_flow(flow), target, payloads, attributes=attributes, state_dir=state_dir, broker=broker
+    )
     click.echo(f"queued {len(ids)} message(s) for {target}", err=True)
     for i in ids:
         click.echo(i)
@@ -134,7 +177,9 @@ def _json(line: str | None) -> Any:
     try:
         return json.loads(line or "")
     except json.JSONDecodeError as exc:
-        raise FlowError(f"DATA is not valid JSON ({exc.msg} at column {exc.colno}); pass --text to send it as a string") from None
+        raise FlowError(
+            f"DATA is not valid JSON ({exc.msg} at column {exc.colno}); pass --text to send it as a string"
+        ) from None
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -150,14 +195,23 @@ def validate(flow: str) -> None:
     """Check FLOW and load every processor's code, without running anything."""
     f = load_flow(flow)
     check_code(f)
-    click.echo(f"{f.name}: {len(f.processors)} processor(s), {len(f.connections)} connection(s): OK")
+    click.echo(
+        f"{f.name}: {len(f.processors)} processor(s), {len(f.connections)} connection(s): OK"
+    )
 
 
 @main.command(epilog=FLOW_HELP)
 @click.argument("flow")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file [default: stdout].")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default=None,
-              help="Output format [default: from the file name, else yaml].")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to this file [default: stdout]."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default=None,
+    help="Output format [default: from the file name, else yaml].",
+)
 def export(flow: str, output: str | None, fmt: str | None) -> None:
     """Write FLOW (for example one built in Python) as a YAML or JSON flow file."""
     text = load_flow(flow).dump(output, fmt)
@@ -198,17 +252,23 @@ def dead_list(flow: str, limit: int, full: bool, state_dir: str | None, broker: 
         except MessageError:
             payload = f"<{len(d.body)} undecodable bytes>"
         error = d.error if full else d.error.splitlines()[0]
-        click.echo(f"#{d.id}  {d.queue}  deliveries={d.deliveries}\n    payload: {payload}\n    error:   {error}")
+        click.echo(
+            f"#{d.id}  {d.queue}  deliveries={d.deliveries}\n    payload: {payload}\n    error:   {error}"
+        )
     click.echo(f"{len(letters)} dead letter(s)", err=True)
 
 
 @dead_letters.command("replay", epilog=FLOW_HELP)
 @click.argument("flow")
-@click.option("--id", "ids", multiple=True, type=int, help="Replay only this dead letter (repeatable).")
+@click.option(
+    "--id", "ids", multiple=True, type=int, help="Replay only this dead letter (repeatable)."
+)
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter of FLOW.")
 @state_dir_option
 @broker_option
-def dead_replay(flow: str, ids: tuple[int, ...], everything: bool, state_dir: str | None, broker: str | None) -> None:
+def dead_replay(
+    flow: str, ids: tuple[int, ...], everything: bool, state_dir: str | None, broker: str | None
+) -> None:
     """Put dead letters back on their queues; the next run processes them again."""
     if not ids and not everything:
         raise click.UsageError("name dead letters with --id N, or pass --all")

@@ -18,8 +18,12 @@ from .runner import state_paths
 T = TypeVar("T")
 
 
-def _with_broker(flow: Flow, state_dir: str | Path | None, broker: str | None,
-                 action: Callable[[Broker], Awaitable[T]]) -> T:
+def _with_broker(
+    flow: Flow,
+    state_dir: str | Path | None,
+    broker: str | None,
+    action: Callable[[Broker], Awaitable[T]],
+) -> T:
     _, url, _ = state_paths(flow, state_dir, broker)
 
     async def go() -> T:
@@ -40,13 +44,19 @@ def target_queue(flow: Flow, target: str) -> str:
     proc = flow.get(name)
     ports = proc.input_ports
     if not ports:
-        raise FlowError(f"processor {name!r} is a source and takes no input; send to a processor it feeds")
+        raise FlowError(
+            f"processor {name!r} is a source and takes no input; send to a processor it feeds"
+        )
     if not port:
         if len(ports) > 1:
-            raise FlowError(f"processor {name!r} has several inputs ({', '.join(ports)}); name one as {name}.PORT")
+            raise FlowError(
+                f"processor {name!r} has several inputs ({', '.join(ports)}); name one as {name}.PORT"
+            )
         port = ports[0]
     if port not in ports:
-        raise FlowError(f"processor {name!r} has no input port {port!r}; its inputs are {', '.join(ports)}")
+        raise FlowError(
+            f"processor {name!r} has no input port {port!r}; its inputs are {', '.join(ports)}"
+        )
     return flow.inbox(name, port)
 
 
@@ -74,19 +84,21 @@ def send(
 
     async def publish(b: Broker) -> None:
         for start in range(0, len(items), 1000):
-            await b.publish(items[start:start + 1000])
+            await b.publish(items[start : start + 1000])
 
     _with_broker(flow, state_dir, broker, publish)
     return ids
 
 
-def queue_depths(flow: Flow, state_dir: str | Path | None = None,
-                 broker: str | None = None) -> dict[str, tuple[int, int]]:
+def queue_depths(
+    flow: Flow, state_dir: str | Path | None = None, broker: str | None = None
+) -> dict[str, tuple[int, int]]:
     return _with_broker(flow, state_dir, broker, lambda b: b.depth(flow.queues()))
 
 
-def dead_letters(flow: Flow, state_dir: str | Path | None = None, broker: str | None = None,
-                 limit: int = 100) -> list[DeadLetter]:
+def dead_letters(
+    flow: Flow, state_dir: str | Path | None = None, broker: str | None = None, limit: int = 100
+) -> list[DeadLetter]:
     async def listing(b: Broker) -> list[DeadLetter]:
         out: list[DeadLetter] = []
         for q in flow.queues():
@@ -96,9 +108,14 @@ def dead_letters(flow: Flow, state_dir: str | Path | None = None, broker: str | 
     return _with_broker(flow, state_dir, broker, listing)
 
 
-def replay(flow: Flow, ids: list[Any] | None = None, state_dir: str | Path | None = None,
-           broker: str | None = None) -> int:
+def replay(
+    flow: Flow,
+    ids: list[Any] | None = None,
+    state_dir: str | Path | None = None,
+    broker: str | None = None,
+) -> int:
     """Put dead letters (all of the flow's, or those named) back on their queues."""
+
     async def again(b: Broker) -> int:
         if ids is not None:
             return await b.replay(ids)

@@ -20,7 +20,11 @@ class FlowFileError(FlowError):
     """A flow file cannot be read; carries the file and, where known, the line and column."""
 
     def __init__(
-        self, message: str, path: str | None = None, line: int | None = None, column: int | None = None
+        self,
+        message: str,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
     ) -> None:
         self.path = path
         self.line = line

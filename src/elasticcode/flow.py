@@ -32,8 +32,16 @@ NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 DEFAULT_INPUT = "input"
 DEFAULT_OUTPUTS = ("success", "failure")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_SIZES = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_duration(value: Any) -> float:
@@ -148,9 +156,7 @@ class Processor(_Model):
     @field_validator("code")
     @classmethod
     def _code_form(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(
-            r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value
-        ):
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
             raise ValueError(
                 f"{value!r} is not of the form module:function (e.g. mypkg.steps:clean)"
             )
@@ -249,10 +255,12 @@ class Flow(_Model):
             raise FlowError(str(_located(exc, {}, ""))) from None
         return proc
 
-    def connect(self, source: str | Processor, target: str | Processor, **fields: Any) -> Connection:
+    def connect(
+        self, source: str | Processor, target: str | Processor, **fields: Any
+    ) -> Connection:
         """Wire ``source`` (``proc`` or ``proc.port``) to ``target``; return the connection."""
         try:
-            conn = Connection(**{"from": _ref(source), "to": _ref(target)}, **fields)
+            conn = Connection.model_validate({"from": _ref(source), "to": _ref(target), **fields})
             self.connections = [*self.connections, conn]
         except ValidationError as exc:
             raise FlowError(str(_located(exc, {}, ""))) from None
@@ -321,24 +329,36 @@ class Flow(_Model):
             if src not in seen:
                 yield ("connections", i, "from"), _unknown(src, seen)
             elif out not in seen[src].outputs:
-                yield ("connections", i, "from"), (
-                    f"processor {src!r} has no output port {out!r}; its outputs are "
-                    f"{', '.join(seen[src].outputs)} (declare more under outputs)"
+                yield (
+                    ("connections", i, "from"),
+                    (
+                        f"processor {src!r} has no output port {out!r}; its outputs are "
+                        f"{', '.join(seen[src].outputs)} (declare more under outputs)"
+                    ),
                 )
             if dst not in seen:
                 yield ("connections", i, "to"), _unknown(dst, seen)
             else:
                 ports = seen[dst].input_ports
                 if not ports:
-                    yield ("connections", i, "to"), f"processor {dst!r} is a source and takes no input"
+                    yield (
+                        ("connections", i, "to"),
+                        f"processor {dst!r} is a source and takes no input",
+                    )
                 elif inp and inp not in ports:
-                    yield ("connections", i, "to"), (
-                        f"processor {dst!r} has no input port {inp!r}; its inputs are {', '.join(ports)}"
+                    yield (
+                        ("connections", i, "to"),
+                        (
+                            f"processor {dst!r} has no input port {inp!r}; its inputs are {', '.join(ports)}"
+                        ),
                     )
                 elif not inp and len(ports) > 1:
-                    yield ("connections", i, "to"), (
-                        f"processor {dst!r} has several inputs ({', '.join(ports)}); "
-                        f"name one, e.g. {dst}.{ports[0]}"
+                    yield (
+                        ("connections", i, "to"),
+                        (
+                            f"processor {dst!r} has several inputs ({', '.join(ports)}); "
+                            f"name one, e.g. {dst}.{ports[0]}"
+                        ),
                     )
 
     # -- files ------------------------------------------------------------------------------
@@ -371,7 +391,9 @@ class Flow(_Model):
             try:
                 json.loads(text)
             except json.JSONDecodeError as exc:
-                raise FlowFileError(f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno) from None
+                raise FlowFileError(
+                    f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno
+                ) from None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text)
@@ -393,7 +415,9 @@ class Flow(_Model):
         duplicate = _duplicate_key(node)
         if duplicate:
             key, mark = duplicate
-            raise FlowFileError(f"key {key!r} appears twice", source, mark.line + 1, mark.column + 1)
+            raise FlowFileError(
+                f"key {key!r} appears twice", source, mark.line + 1, mark.column + 1
+            )
         try:
             return cls.from_dict(data, base_dir)
         except ValidationError as exc:
@@ -436,7 +460,9 @@ def _unknown(name: str, seen: dict[str, Processor]) -> str:
     import difflib
 
     near = difflib.get_close_matches(name, seen, n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else f"; processors are {', '.join(seen) or 'none'}"
+    hint = (
+        f"; did you mean {near[0]!r}?" if near else f"; processors are {', '.join(seen) or 'none'}"
+    )
     return f"no processor named {name!r}{hint}"
 
 
@@ -480,7 +506,9 @@ def _duplicate_key(node: yaml.Node | None) -> tuple[str, yaml.Mark] | None:
     return None
 
 
-def _located(exc: ValidationError, marks: dict[tuple[Any, ...], yaml.Mark], source: str) -> FlowFileError:
+def _located(
+    exc: ValidationError, marks: dict[tuple[Any, ...], yaml.Mark], source: str
+) -> FlowFileError:
     """The first validation error as a FlowFileError at its place in the file; all in the text."""
     lines: list[tuple[tuple[Any, ...], str]] = []
     for err in exc.errors():
@@ -502,7 +530,9 @@ def _located(exc: ValidationError, marks: dict[tuple[Any, ...], yaml.Mark], sour
         where = f"line {mark.line + 1}: " if mark else ""
         first = first or mark
         located.append(f"{where}{_dotted(loc)}: {msg}" if loc else f"{where}{msg}")
-    text = located[0] if len(located) == 1 else f"{len(located)} problems:\n  " + "\n  ".join(located)
+    text = (
+        located[0] if len(located) == 1 else f"{len(located)} problems:\n  " + "\n  ".join(located)
+    )
     mark = _nearest(marks, lines[0][0]) if lines else None
     return FlowFileError(
         text.split(": ", 1)[1] if len(located) == 1 and mark else text,

@@ -51,8 +51,18 @@ class Output:
 class Context:
     """What a processor can reach while it handles one message."""
 
-    __slots__ = ("config", "deferred", "flow", "input_ports", "logger", "message", "outputs",
-                 "port", "processor", "state")
+    __slots__ = (
+        "config",
+        "deferred",
+        "flow",
+        "input_ports",
+        "logger",
+        "message",
+        "outputs",
+        "port",
+        "processor",
+        "state",
+    )
 
     def __init__(
         self,
@@ -90,7 +100,9 @@ class Context:
 
     def child(self, message: Any, port: str | None) -> Context:
         """A context for one message, sharing everything but the message and its outputs."""
-        ctx = Context(self.flow, self.processor, self.config, self.logger, self.state, self.input_ports)
+        ctx = Context(
+            self.flow, self.processor, self.config, self.logger, self.state, self.input_ports
+        )
         ctx.message = message
         ctx.port = port
         return ctx
@@ -116,7 +128,9 @@ def load(spec: Processor, flow: Flow) -> Loaded:
     if inspect.isclass(obj):
         return _load_class(spec, target, obj)
     if not callable(obj):
-        raise ProcessorError(spec.name, f"{target} is a {type(obj).__name__}, not a function or class")
+        raise ProcessorError(
+            spec.name, f"{target} is a {type(obj).__name__}, not a function or class"
+        )
     call = _bind(spec, target, obj)
     return Loaded(spec.name, target, call, _is_async(obj))
 
@@ -160,14 +174,19 @@ def _resolve(spec: Processor, flow: Flow) -> Any:
         ) from None
     except SyntaxError as exc:
         raise ProcessorError(
-            spec.name, f"module {module_name!r} has a syntax error at {exc.filename}:{exc.lineno}: {exc.msg}"
+            spec.name,
+            f"module {module_name!r} has a syntax error at {exc.filename}:{exc.lineno}: {exc.msg}",
         ) from None
     except Exception as exc:
-        raise ProcessorError(spec.name, f"importing module {module_name!r} failed: {exc!r}") from None
+        raise ProcessorError(
+            spec.name, f"importing module {module_name!r} failed: {exc!r}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            names = [
+                n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
+            ]
             raise ProcessorError(
                 spec.name,
                 f"module {module_name!r} has no {attr!r}; it defines {', '.join(names) or 'nothing callable'}",
@@ -190,7 +209,9 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
 
-def _bind(spec: Processor, target: str, fn: Callable[..., Any], skip_self: bool = False) -> Callable[..., Any]:
+def _bind(
+    spec: Processor, target: str, fn: Callable[..., Any], skip_self: bool = False
+) -> Callable[..., Any]:
     """Check a callable's signature against the flow, return ``call(payload, ctx)``."""
     try:
         sig = inspect.signature(fn)
@@ -204,8 +225,9 @@ def _bind(spec: Processor, target: str, fn: Callable[..., Any], skip_self: bool 
     if takes_payload:
         if not params or params[0].kind not in positional or params[0].name == "ctx":
             raise ProcessorError(
-                spec.name, f"{target} must take the message payload as its first argument, "
-                "e.g. def process(payload, ctx): ..."
+                spec.name,
+                f"{target} must take the message payload as its first argument, "
+                "e.g. def process(payload, ctx): ...",
             )
         params = params[1:]
     wants_ctx = False
@@ -252,16 +274,28 @@ def _load_class(spec: Processor, target: str, cls: type) -> Loaded:
     method = "generate" if spec.is_source else "process"
     if not callable(getattr(cls, method, None)):
         raise ProcessorError(spec.name, f"class {target} has no {method}() method")
-    init_params = [
-        p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    ] if cls.__init__ is not object.__init__ else []
+    init = vars(cls).get("__init__") or next(
+        (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), None
+    )
+    init_params = (
+        [
+            p
+            for p in list(inspect.signature(init).parameters.values())[1:]
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if init is not None and init is not object.__init__
+        else []
+    )
     init_names = {p.name for p in init_params}
     init_kw = {k: v for k, v in spec.config.items() if k in init_names}
     for p in init_params:
         if p.name not in spec.config and p.default is inspect.Parameter.empty:
-            raise ProcessorError(spec.name, f"{target}() needs {p.name!r}; give it under config in the flow")
-    rest = spec.model_copy(update={"config": {k: v for k, v in spec.config.items() if k not in init_names}})
+            raise ProcessorError(
+                spec.name, f"{target}() needs {p.name!r}; give it under config in the flow"
+            )
+    rest = spec.model_copy(
+        update={"config": {k: v for k, v in spec.config.items() if k not in init_names}}
+    )
     try:
         instance = cls(**init_kw)
     except Exception as exc:

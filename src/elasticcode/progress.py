@@ -45,7 +45,9 @@ class Progress:
         if self.console is not None:
             self.console.print(f"[yellow]{text}[/]")
 
-    def update(self, totals: dict[str, ProcessorTotals], depths: dict[str, tuple[int, int]]) -> None:
+    def update(
+        self, totals: dict[str, ProcessorTotals], depths: dict[str, tuple[int, int]]
+    ) -> None:
         now = time.monotonic()
         for name, t in totals.items():
             count = t.received or t.emitted
@@ -61,21 +63,36 @@ class Progress:
             self.live.update(self._render(totals, depths))
         elif now - self._printed >= PLAIN_EVERY:
             self._printed = now
-            parts = [f"{n} in={t.received} out={t.emitted} err={t.errors}" for n, t in totals.items()]
+            parts = [
+                f"{n} in={t.received} out={t.emitted} err={t.errors}" for n, t in totals.items()
+            ]
             queued = sum(n for n, _ in depths.values())
-            self.console.print(f"[{now - self._started:6.1f}s] " + " | ".join(parts) + f" | queued={queued}")
+            self.console.print(
+                f"[{now - self._started:6.1f}s] " + " | ".join(parts) + f" | queued={queued}"
+            )
 
-    def _render(self, totals: dict[str, ProcessorTotals], depths: dict[str, tuple[int, int]]) -> Group:
-        procs = Table(title=f"{self.flow.name if self.flow else ''} — {time.monotonic() - self._started:.1f}s",
-                      title_justify="left")
+    def _render(
+        self, totals: dict[str, ProcessorTotals], depths: dict[str, tuple[int, int]]
+    ) -> Group:
+        procs = Table(
+            title=f"{self.flow.name if self.flow else ''} — {time.monotonic() - self._started:.1f}s",
+            title_justify="left",
+        )
         for col in ("processor", "workers", "in", "out", "errors", "rate/s", "status"):
             procs.add_column(col, justify="left" if col in ("processor", "status") else "right")
         for name, t in totals.items():
             status = t.status or "starting"
             if t.status in ("error", "failed") and t.last_error:
                 status = f"[red]{t.status}: {t.last_error[:60]}[/]"
-            procs.add_row(name, str(t.instances), f"{t.received:,}", f"{t.emitted:,}",
-                          f"{t.errors:,}", f"{self._rates.get(name, 0.0):,.0f}", status)
+            procs.add_row(
+                name,
+                str(t.instances),
+                f"{t.received:,}",
+                f"{t.emitted:,}",
+                f"{t.errors:,}",
+                f"{self._rates.get(name, 0.0):,.0f}",
+                status,
+            )
         conns = Table()
         for col in ("queue", "depth", "bytes"):
             conns.add_column(col, justify="left" if col == "queue" else "right")
@@ -94,12 +111,21 @@ class Progress:
     def end(self, result: RunResult) -> None:
         if self.console is None:
             return
-        table = Table(title=f"{result.flow}: run {result.run_id} {result.status} in {result.seconds:.1f}s",
-                      title_justify="left")
+        table = Table(
+            title=f"{result.flow}: run {result.run_id} {result.status} in {result.seconds:.1f}s",
+            title_justify="left",
+        )
         for col in ("processor", "in", "out", "errors", "retried", "dead-lettered"):
             table.add_column(col, justify="left" if col == "processor" else "right")
         for name, t in result.processors.items():
-            table.add_row(name, f"{t.received:,}", f"{t.emitted:,}", f"{t.errors:,}", f"{t.retried:,}", f"{t.dead:,}")
+            table.add_row(
+                name,
+                f"{t.received:,}",
+                f"{t.emitted:,}",
+                f"{t.errors:,}",
+                f"{t.retried:,}",
+                f"{t.dead:,}",
+            )
         self.console.print(table)
         queued = sum(result.queues.values())
         if queued:

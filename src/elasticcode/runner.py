@@ -9,6 +9,7 @@ on the next start: its queues are durable and its sources remember how far they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -54,7 +55,9 @@ class RunResult:
     state_dir: Path = Path()
 
 
-def state_paths(flow: Flow, state_dir: str | Path | None = None, broker: str | None = None) -> tuple[Path, str, str]:
+def state_paths(
+    flow: Flow, state_dir: str | Path | None = None, broker: str | None = None
+) -> tuple[Path, str, str]:
     """(state dir, broker URL, state URL) for a flow, embedded defaults filled in."""
     root = Path(state_dir) if state_dir else Path.cwd() / ".elasticcode" / flow.name
     root = root.resolve()
@@ -114,15 +117,33 @@ def run(
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
     lock = _Lock(root)
     try:
-        return asyncio.run(_run(flow, root, broker_url, state_url, workers, forever, fresh,
-                                progress or Progress(None), on_start))
+        return asyncio.run(
+            _run(
+                flow,
+                root,
+                broker_url,
+                state_url,
+                workers,
+                forever,
+                fresh,
+                progress or Progress(None),
+                on_start,
+            )
+        )
     finally:
         lock.release()
 
 
 async def _run(
-    flow: Flow, root: Path, broker_url: str, state_url: str, workers: int | None,
-    forever: bool, fresh: bool, progress: Progress, on_start: Callable[[Agent], None] | None,
+    flow: Flow,
+    root: Path,
+    broker_url: str,
+    state_url: str,
+    workers: int | None,
+    forever: bool,
+    fresh: bool,
+    progress: Progress,
+    on_start: Callable[[Agent], None] | None,
 ) -> RunResult:
     state = StateStore(state_url)
     broker = open_broker(broker_url, max_message_bytes=flow.settings.max_message_bytes)
@@ -171,13 +192,15 @@ async def _run(
             progress.update(_totals(flow, agent, reports), depths)
             if stop.is_set():
                 break
-            if not forever and sum(n for n, _ in depths.values()) == 0 and state.sources_done(run_id, sources):
+            if (
+                not forever
+                and sum(n for n, _ in depths.values()) == 0
+                and state.sources_done(run_id, sources)
+            ):
                 status = "finished"
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-            except TimeoutError:
-                pass
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         progress.stopping()
@@ -190,8 +213,16 @@ async def _run(
         await broker.close()
         state.close()
     result = RunResult(
-        flow.name, run_id, status, time.monotonic() - started, resumed, totals,
-        {q: n for q, (n, _) in depths.items()}, dead, events, root,
+        flow.name,
+        run_id,
+        status,
+        time.monotonic() - started,
+        resumed,
+        totals,
+        {q: n for q, (n, _) in depths.items()},
+        dead,
+        events,
+        root,
     )
     progress.end(result)
     return result

@@ -102,8 +102,10 @@ class StateStore:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
             metadata.create_all(self.engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise StateError(f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "
-                             f"{getattr(exc, 'orig', exc)}") from None
+            raise StateError(
+                f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "
+                f"{getattr(exc, 'orig', exc)}"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -112,7 +114,10 @@ class StateStore:
     def last_run(self, flow: str) -> tuple[int, str] | None:
         with self.engine.connect() as db:
             row = db.execute(
-                sa.select(runs.c.id, runs.c.status).where(runs.c.flow == flow).order_by(runs.c.id.desc()).limit(1)
+                sa.select(runs.c.id, runs.c.status)
+                .where(runs.c.flow == flow)
+                .order_by(runs.c.id.desc())
+                .limit(1)
             ).first()
         return (row.id, row.status) if row else None
 
@@ -121,18 +126,26 @@ class StateStore:
         last = self.last_run(flow)
         with self.engine.begin() as db:
             if last and last[1] in ("running", "interrupted") and not fresh:
-                db.execute(runs.update().where(runs.c.id == last[0]).values(status="running", ended=None))
+                db.execute(
+                    runs.update().where(runs.c.id == last[0]).values(status="running", ended=None)
+                )
                 return last[0], True
             if last and last[1] in ("running", "interrupted"):
-                db.execute(runs.update().where(runs.c.id == last[0]).values(status="abandoned", ended=time.time()))
+                db.execute(
+                    runs.update()
+                    .where(runs.c.id == last[0])
+                    .values(status="abandoned", ended=time.time())
+                )
             run_id = db.execute(
                 runs.insert().values(flow=flow, status="running", started=time.time())
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
         return int(run_id), False
 
     def end_run(self, run_id: int, status: str) -> None:
         with self.engine.begin() as db:
-            db.execute(runs.update().where(runs.c.id == run_id).values(status=status, ended=time.time()))
+            db.execute(
+                runs.update().where(runs.c.id == run_id).values(status=status, ended=time.time())
+            )
 
     # -- sources ---------------------------------------------------------------------------
     def source_progress(self, run_id: int, processor: str) -> tuple[int, int, bool]:
@@ -145,7 +158,13 @@ class StateStore:
         return (int(row.offset), int(row.calls), bool(row.done)) if row else (0, 0, False)
 
     def save_source(self, run_id: int, processor: str, offset: int, calls: int, done: bool) -> None:
-        values = {"run_id": run_id, "processor": processor, "offset": offset, "calls": calls, "done": done}
+        values = {
+            "run_id": run_id,
+            "processor": processor,
+            "offset": offset,
+            "calls": calls,
+            "done": done,
+        }
         with self.engine.begin() as db:
             db.execute(self._upsert(sources, values, ["run_id", "processor"]))
 
@@ -154,8 +173,12 @@ class StateStore:
             return True
         with self.engine.connect() as db:
             n = db.execute(
-                sa.select(sa.func.count()).select_from(sources).where(
-                    sources.c.run_id == run_id, sources.c.processor.in_(names), sources.c.done.is_(True)
+                sa.select(sa.func.count())
+                .select_from(sources)
+                .where(
+                    sources.c.run_id == run_id,
+                    sources.c.processor.in_(names),
+                    sources.c.done.is_(True),
                 )
             ).scalar_one()
         return int(n) == len(names)
@@ -163,10 +186,20 @@ class StateStore:
     # -- workers ---------------------------------------------------------------------------
     def report(self, r: WorkerReport) -> None:
         values = {
-            "id": r.id, "run_id": r.run_id, "processor": r.processor, "instance": r.instance,
-            "pid": r.pid, "status": r.status, "received": r.received, "emitted": r.emitted,
-            "errors": r.errors, "retried": r.retried, "dead": r.dead, "busy": r.busy,
-            "updated": time.time(), "last_error": r.last_error,
+            "id": r.id,
+            "run_id": r.run_id,
+            "processor": r.processor,
+            "instance": r.instance,
+            "pid": r.pid,
+            "status": r.status,
+            "received": r.received,
+            "emitted": r.emitted,
+            "errors": r.errors,
+            "retried": r.retried,
+            "dead": r.dead,
+            "busy": r.busy,
+            "updated": time.time(),
+            "last_error": r.last_error,
         }
         with self.engine.begin() as db:
             db.execute(self._upsert(workers, values, ["id"]))
@@ -197,19 +230,27 @@ class KeyValue:
 
     def merge(self, key: str, field: str, value: Any) -> dict[str, Any]:
         """Set one field of a key and return all its fields, atomically."""
-        row = {"namespace": self.namespace, "key": key, "field": field,
-               "value": msgpack.packb(value, use_bin_type=True)}
+        row = {
+            "namespace": self.namespace,
+            "key": key,
+            "field": field,
+            "value": msgpack.packb(value, use_bin_type=True),
+        }
         with self.store.engine.begin() as db:
             db.execute(self.store._upsert(kv, row, ["namespace", "key", "field"]))
             rows = db.execute(
-                sa.select(kv.c.field, kv.c.value).where(kv.c.namespace == self.namespace, kv.c.key == key)
+                sa.select(kv.c.field, kv.c.value).where(
+                    kv.c.namespace == self.namespace, kv.c.key == key
+                )
             ).all()
         return {f: msgpack.unpackb(v, raw=False, strict_map_key=False) for f, v in rows}
 
     def get(self, key: str) -> dict[str, Any]:
         with self.store.engine.connect() as db:
             rows = db.execute(
-                sa.select(kv.c.field, kv.c.value).where(kv.c.namespace == self.namespace, kv.c.key == key)
+                sa.select(kv.c.field, kv.c.value).where(
+                    kv.c.namespace == self.namespace, kv.c.key == key
+                )
             ).all()
         return {f: msgpack.unpackb(v, raw=False, strict_map_key=False) for f, v in rows}
 
@@ -221,7 +262,9 @@ class KeyValue:
         with self.store.engine.connect() as db:
             return int(
                 db.execute(
-                    sa.select(sa.func.count(sa.distinct(kv.c.key))).where(kv.c.namespace == self.namespace)
+                    sa.select(sa.func.count(sa.distinct(kv.c.key))).where(
+                        kv.c.namespace == self.namespace
+                    )
                 ).scalar_one()
             )
 

@@ -63,7 +63,8 @@ class Worker:
         self.consumer = consumer or f"{os.uname().nodename}:{os.getpid()}:{processor}:{instance}"
         self.inputs = flow.inputs_of(processor)
         self.outputs = {
-            port: [flow.queue_name(c) for c in conns] for port, conns in flow.outputs_of(processor).items()
+            port: [flow.queue_name(c) for c in conns]
+            for port, conns in flow.outputs_of(processor).items()
         }
         self.limits = {
             flow.queue_name(c): (c.max_messages, c.max_bytes)
@@ -78,8 +79,12 @@ class Worker:
         self.loaded: Loaded | None = None
         self._calls = 0
         self.ctx = Context(
-            flow.name, processor, self.spec.config, logging.getLogger(f"elasticcode.processor.{processor}"),
-            state.kv(f"{flow.name}.{processor}"), tuple(self.spec.input_ports),
+            flow.name,
+            processor,
+            self.spec.config,
+            logging.getLogger(f"elasticcode.processor.{processor}"),
+            state.kv(f"{flow.name}.{processor}"),
+            tuple(self.spec.input_ports),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -136,21 +141,26 @@ class Worker:
             except Exception as exc:  # reporting must never stop the data plane
                 log.warning("cannot write worker report: %s", exc)
 
-    async def _wait_for_room(self) -> None:
-        """Back pressure: wait while any outgoing connection is over its threshold."""
-        if not self.limits:
-            return
-        while not self.stopping:
+    async def _wait_for_room(self) -> bool:
+        """Back pressure: wait while any outgoing connection is over its threshold.
+
+        Return False if the worker was told to stop while waiting.
+        """
+        while self.limits and not self.stopping:
             depths = await self.broker.depth(list(self.limits))
-            full = [q for q, (n, size) in depths.items()
-                    if n >= self.limits[q][0] or size >= self.limits[q][1]]
+            full = [
+                q
+                for q, (n, size) in depths.items()
+                if n >= self.limits[q][0] or size >= self.limits[q][1]
+            ]
             if not full:
                 if self.report.status == "back-pressure":
                     self.report.status = "running"
-                return
+                return True
             self.report.status = "back-pressure"
             self._publish_report()
             await asyncio.sleep(0.05)
+        return not self.stopping
 
     # -- consuming --------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -160,8 +170,7 @@ class Worker:
         is_async = self.loaded.is_async
         while not self.stopping:
             self._publish_report()
-            await self._wait_for_room()
-            if self.stopping:
+            if not await self._wait_for_room():
                 break
             batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
             if not batch:
@@ -188,15 +197,20 @@ class Worker:
         try:
             msg = decode(d.body, d.delivery)
         except MessageError as exc:
-            self._failed(d, None, f"undecodable message on {d.queue}: {exc}", "", settlement, retry=False)
+            self._failed(
+                d, None, f"undecodable message on {d.queue}: {exc}", "", settlement, retry=False
+            )
             return
         if d.delivery > self.spec.retries.max + 1:
             self._failed(
-                d, msg,
+                d,
+                msg,
                 f"handed out {d.delivery - 1} times without being settled: the worker processing it "
                 "died or was stopped each time (does the processor crash the interpreter or run "
                 "out of memory on this input?)",
-                "", settlement, retry=False,
+                "",
+                settlement,
+                retry=False,
             )
             return
         ctx = self.ctx.child(msg, self.inputs[d.queue])
@@ -216,7 +230,9 @@ class Worker:
             self.report.emitted += len(outputs)
             deferred.extend(ctx.deferred)
 
-    def _encode(self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()) -> list[tuple[str, bytes]]:
+    def _encode(
+        self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()
+    ) -> list[tuple[str, bytes]]:
         items: list[tuple[str, bytes]] = []
         counts: dict[str, int] = {}
         given = iter(ids)
@@ -240,17 +256,32 @@ class Worker:
             attributes = parent.attributes if parent is not None else {}
             if out.attributes:
                 attributes = {**attributes, **out.attributes}
-            child = Message(out.payload, mid, self.flow.name, self.name, now,
-                            (parent.id,) if parent is not None else (), attributes)
+            child = Message(
+                out.payload,
+                mid,
+                self.flow.name,
+                self.name,
+                now,
+                (parent.id,) if parent is not None else (),
+                attributes,
+            )
             try:
                 body = encode(child, self.max_bytes)
             except MessageError as exc:
-                raise OutputError(f"processor {self.name!r}, output on port {out.port!r}: {exc}") from None
+                raise OutputError(
+                    f"processor {self.name!r}, output on port {out.port!r}: {exc}"
+                ) from None
             items.extend((q, body) for q in queues)
         return items
 
     def _failed(
-        self, d: Delivery, msg: Message | None, error: str, tb: str, settlement: Settlement, retry: bool
+        self,
+        d: Delivery,
+        msg: Message | None,
+        error: str,
+        tb: str,
+        settlement: Settlement,
+        retry: bool,
     ) -> None:
         report = self.report
         report.errors += 1
@@ -265,11 +296,23 @@ class Worker:
         log.warning("processor %s: %s; giving up after %d attempt(s)", self.name, error, attempt)
         failure = self.outputs.get("failure")
         if failure and msg is not None:
-            attrs = {**msg.attributes, "error": error, "failed_processor": self.name, "attempts": attempt}
+            attrs = {
+                **msg.attributes,
+                "error": error,
+                "failed_processor": self.name,
+                "attempts": attempt,
+            }
             if tb:
                 attrs["traceback"] = tb
-            child = Message(msg.payload, derive_id(msg.id, self.name, "failure", 0), self.flow.name,
-                            self.name, time.time(), (msg.id,), attrs)
+            child = Message(
+                msg.payload,
+                derive_id(msg.id, self.name, "failure", 0),
+                self.flow.name,
+                self.name,
+                time.time(),
+                (msg.id,),
+                attrs,
+            )
             try:
                 body = encode(child, self.max_bytes)
             except MessageError:
@@ -370,7 +413,10 @@ class Worker:
 
     async def _flush(self, outputs: list[Output], offset: int) -> int:
         await self._wait_for_room()
-        ids = [derive_id(self.flow.name, self.run_id, self.name, offset + i) for i in range(len(outputs))]
+        ids = [
+            derive_id(self.flow.name, self.run_id, self.name, offset + i)
+            for i in range(len(outputs))
+        ]
         items = self._encode(None, outputs, ids)
         await self.broker.publish(items)
         offset += len(outputs)
@@ -412,8 +458,10 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m elasticcode.worker",
-                                     description="Run one processor instance (started by an agent).")
+    parser = argparse.ArgumentParser(
+        prog="python -m elasticcode.worker",
+        description="Run one processor instance (started by an agent).",
+    )
     parser.add_argument("--flow", required=True, help="flow file")
     parser.add_argument("--processor", required=True)
     parser.add_argument("--instance", type=int, default=0)
@@ -423,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consumer", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO,
+        stream=sys.stderr,
         format=f"%(asctime)s {args.processor}[{args.instance}] %(levelname)s %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop

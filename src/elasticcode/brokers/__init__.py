@@ -19,10 +19,8 @@ BACKENDS: dict[str, str] = {
 
 def broker_class(url: str) -> type[Broker]:
     scheme, sep, _ = url.partition("://")
-    if not sep and ":" in url:  # module:Class naming a user's own backend
-        target = url
-    else:
-        target = BACKENDS.get(scheme.lower(), "")
+    # without "://", module:Class names a user's own backend
+    target = url if not sep and ":" in url else BACKENDS.get(scheme.lower(), "")
     if not target:
         near = difflib.get_close_matches(scheme, BACKENDS, n=1)
         hint = f" Did you mean {near[0]}://?" if near else ""

@@ -86,11 +86,15 @@ class SQLiteBroker(Broker):
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.synchronous = query.get("synchronous", "normal").upper()
         if self.synchronous not in ("NORMAL", "FULL"):
-            raise BrokerError(f"sqlite broker: synchronous must be normal or full, not {query['synchronous']!r}")
+            raise BrokerError(
+                f"sqlite broker: synchronous must be normal or full, not {query['synchronous']!r}"
+            )
         try:
             self.lease = float(query.get("lease", 300))
         except ValueError:
-            raise BrokerError(f"sqlite broker: lease must be a number of seconds, not {query['lease']!r}") from None
+            raise BrokerError(
+                f"sqlite broker: lease must be a number of seconds, not {query['lease']!r}"
+            ) from None
         self._db: sqlite3.Connection | None = None
         self._qids: dict[str, int] = {}
         self._names: dict[int, str] = {}
@@ -104,7 +108,9 @@ class SQLiteBroker(Broker):
         if self._db is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=60, check_same_thread=False
+                )
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
                 db.execute("PRAGMA busy_timeout=60000")
@@ -274,7 +280,9 @@ class SQLiteBroker(Broker):
     async def depth(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         db = self.db
         return {
-            q: db.execute("SELECT messages, bytes FROM queues WHERE id = ?", (self._qid(q),)).fetchone()
+            q: db.execute(
+                "SELECT messages, bytes FROM queues WHERE id = ?", (self._qid(q),)
+            ).fetchone()
             for q in queues
         }
 
@@ -297,7 +305,8 @@ class SQLiteBroker(Broker):
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         rows = self.db.execute(
-            "SELECT body FROM messages WHERE qid = ? ORDER BY seq LIMIT ?", (self._qid(queue), limit)
+            "SELECT body FROM messages WHERE qid = ? ORDER BY seq LIMIT ?",
+            (self._qid(queue), limit),
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -319,7 +328,9 @@ class SQLiteBroker(Broker):
             where += " AND qid = ?"
             args.append(self._qid(queue))
         with _write(self.db) as db:
-            rows = db.execute(f"DELETE FROM dead_letters WHERE {where} RETURNING qid, body", args).fetchall()
+            rows = db.execute(
+                f"DELETE FROM dead_letters WHERE {where} RETURNING qid, body", args
+            ).fetchall()
             db.executemany(
                 "INSERT INTO messages(qid, body, size) VALUES (?, ?, ?)",
                 [(qid, body, len(body)) for qid, body in rows],
