@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -248,23 +248,26 @@ class Flow(_Model):
     # -- building in Python ------------------------------------------------------------------
     def processor(self, name: str, code: str | None = None, **fields: Any) -> Processor:
         """Add a processor and return it."""
-        try:
-            proc = Processor(name=name, code=code, **fields)
-            self.processors = [*self.processors, proc]
-        except ValidationError as exc:
-            raise FlowError(str(_located(exc, {}, ""))) from None
+        proc = _build(Processor, {"name": name, "code": code, **fields})
+        self._extend("processors", proc)
         return proc
 
     def connect(
         self, source: str | Processor, target: str | Processor, **fields: Any
     ) -> Connection:
         """Wire ``source`` (``proc`` or ``proc.port``) to ``target``; return the connection."""
-        try:
-            conn = Connection.model_validate({"from": _ref(source), "to": _ref(target), **fields})
-            self.connections = [*self.connections, conn]
-        except ValidationError as exc:
-            raise FlowError(str(_located(exc, {}, ""))) from None
+        conn = _build(Connection, {"from": _ref(source), "to": _ref(target), **fields})
+        self._extend("connections", conn)
         return conn
+
+    def _extend(self, field: str, item: Any) -> None:
+        """Append to a list field; on any problem leave the flow as it was and say why."""
+        before = getattr(self, field)
+        try:
+            setattr(self, field, [*before, item])
+        except ValidationError as exc:
+            self.__dict__[field] = before
+            raise FlowError(str(_located(exc, {}, ""))) from None
 
     # -- queries ----------------------------------------------------------------------------
     def get(self, name: str) -> Processor:
@@ -450,6 +453,16 @@ class GraphProblems(ValueError):
     def __init__(self, problems: list[tuple[tuple[Any, ...], str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(msg for _, msg in problems))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _build(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise FlowError(str(_located(exc, {}, ""))) from None
 
 
 def _ref(end: str | Processor) -> str:

@@ -241,7 +241,7 @@ class Worker:
             queues = self.outputs.get(out.port)
             if queues is None:
                 raise OutputError(
-                    f"processor {self.name!r} emitted to port {out.port!r}, which it does not "
+                    f"emitted to port {out.port!r}, which it does not "
                     f"declare; declare it under outputs (now: {', '.join(self.outputs)})"
                 )
             n = counts[out.port] = counts.get(out.port, -1) + 1
@@ -268,9 +268,7 @@ class Worker:
             try:
                 body = encode(child, self.max_bytes)
             except MessageError as exc:
-                raise OutputError(
-                    f"processor {self.name!r}, output on port {out.port!r}: {exc}"
-                ) from None
+                raise OutputError(f"output on port {out.port!r}: {exc}") from None
             items.extend((q, body) for q in queues)
         return items
 
@@ -395,13 +393,15 @@ class Worker:
             result = await result
         pending: list[Output] = []
         flushed = time.monotonic()
+        # never overshoot a back-pressure threshold by more than one (small) batch
+        batch = min([SOURCE_BATCH, *(n for n, _ in self.limits.values())])
         position = 0
         async for item in _items(result, ctx):
             position += 1
             if position <= skip:
                 continue  # emitted before a restart
             pending.append(item)
-            if len(pending) >= SOURCE_BATCH or time.monotonic() - flushed > SOURCE_FLUSH:
+            if len(pending) >= batch or time.monotonic() - flushed > SOURCE_FLUSH:
                 offset = await self._flush(pending, offset)
                 pending = []
                 flushed = time.monotonic()

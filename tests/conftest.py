@@ -1,0 +1,76 @@
+"""Shared fixtures: flows written into a temporary folder and run on the embedded default."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import elasticcode
+from elasticcode import Flow, RunResult
+
+
+class FlowDir:
+    """A temporary folder holding a processor module and a flow file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+
+    def module(self, name: str, code: str) -> Path:
+        path = self.root / f"{name}.py"
+        path.write_text(textwrap.dedent(code))
+        return path
+
+    def flow(self, text: str, name: str = "flow.yaml") -> Flow:
+        path = self.root / name
+        path.write_text(textwrap.dedent(text))
+        return Flow.load(path)
+
+    def run(self, flow: Flow, **options: Any) -> RunResult:
+        options.setdefault("state_dir", self.state)
+        return elasticcode.run(flow, **options)
+
+    def lines(self, name: str) -> list[str]:
+        path = self.root / name
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def fd(tmp_path: Path) -> FlowDir:
+    return FlowDir(tmp_path)
+
+
+@pytest.fixture
+def sink_module(fd: FlowDir) -> Callable[[], Path]:
+    """A module with a counting source, a pass-through stage and a sink that logs ids."""
+
+    def make() -> Path:
+        return fd.module(
+            "steps",
+            f"""
+            import os
+
+            OUT = {str(fd.root)!r}
+
+            def numbers(count=100):
+                for i in range(count):
+                    yield {{"n": i}}
+
+            def inc(payload):
+                return {{**payload, "hops": payload.get("hops", 0) + 1}}
+
+            def sink(payload, ctx, name="sink.log"):
+                line = f"{{ctx.message.id}} {{payload['n']}}\\n"
+                fd = os.open(os.path.join(OUT, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            """,
+        )
+
+    return make

@@ -1,0 +1,176 @@
+"""The broker contract, run against every backend (today: the embedded SQLite queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from elasticcode.brokers import Broker, Settlement, open_broker
+from elasticcode.errors import BrokerError, UnknownBackend
+
+T = TypeVar("T")
+Q = "contract.q"
+Q2 = "contract.q2"
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queues.db'}?lease=30"
+
+
+BrokerFactory = Callable[..., Broker]
+
+
+@pytest.fixture
+def make(url: str) -> Iterator[BrokerFactory]:
+    made: list[Broker] = []
+
+    def factory(**options: Any) -> Broker:
+        b = open_broker(url, **options)
+        run(b.connect())
+        run(b.declare([Q, Q2]))
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        run(b.close())
+
+
+def bodies(n: int, prefix: str = "m") -> list[tuple[str, bytes]]:
+    return [(Q, f"{prefix}{i}".encode()) for i in range(n)]
+
+
+def test_publish_fetch_ack(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(5)))
+    got = run(b.fetch([Q], 10, "c1", timeout=1))
+    assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]
+    assert all(d.delivery == 1 for d in got)
+    assert run(b.depth([Q]))[Q][0] == 5
+    run(b.ack(got))
+    assert run(b.depth([Q]))[Q] == (0, 0)
+    assert run(b.fetch([Q], 10, "c1", timeout=0.05)) == []
+
+
+def test_empty_payload_and_limit(make: BrokerFactory) -> None:
+    b = make(max_message_bytes=1024)
+    run(b.publish([(Q, b""), (Q, b"x" * 1024)]))
+    assert [len(d.body) for d in run(b.fetch([Q], 10, "c", timeout=1))] == [0, 1024]
+    with pytest.raises(BrokerError, match="exceeds the broker limit of 1,024 bytes"):
+        run(b.publish([(Q, b"x" * 1025)]))
+
+
+def test_redelivery_after_consumer_dies(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(3)))
+    held = run(b.fetch([Q], 2, "dead", timeout=1))
+    assert len(held) == 2
+    other = run(b.fetch([Q], 10, "alive", timeout=0.05))
+    assert [d.body for d in other] == [b"m2"]
+    assert run(b.release("dead")) == 2
+    again = run(b.fetch([Q], 10, "alive", timeout=1))
+    assert [(d.body, d.delivery) for d in again] == [(b"m0", 2), (b"m1", 2)]
+
+
+def test_competing_consumers_share_without_loss(make: BrokerFactory) -> None:
+    producer = make()
+    consumers = [make() for _ in range(3)]
+    run(producer.publish(bodies(300)))
+    seen: list[bytes] = []
+
+    async def consume(b: Broker, name: str) -> None:
+        while True:
+            got = await b.fetch([Q], 7, name, timeout=0.1)
+            if not got:
+                return
+            seen.extend(d.body for d in got)
+            await b.ack(got)
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(consume(b, f"c{i}") for i, b in enumerate(consumers)))
+
+    run(all_of_them())
+    assert sorted(seen) == sorted(body for _, body in bodies(300))
+
+
+def test_retry_with_delay(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(1)))
+    (d,) = run(b.fetch([Q], 1, "c", timeout=1))
+    run(b.retry(d, 0.3, "boom"))
+    assert run(b.fetch([Q], 1, "c", timeout=0.05)) == []
+    start = time.monotonic()
+    (again,) = run(b.fetch([Q], 1, "c", timeout=2))
+    assert time.monotonic() - start >= 0.2
+    assert again.delivery == 2
+
+
+def test_dead_letter_inspect_and_replay(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(2)))
+    first, second = run(b.fetch([Q], 2, "c", timeout=1))
+    run(b.settle(Settlement(ack=[second], dead=[(first, "ValueError: bad input")])))
+    assert run(b.depth([Q]))[Q][0] == 0
+    (letter,) = run(b.dead_letters(Q))
+    assert (letter.queue, letter.body, letter.error, letter.deliveries) == (
+        Q,
+        b"m0",
+        "ValueError: bad input",
+        1,
+    )
+    assert run(b.replay([letter.id])) == 1
+    assert run(b.dead_letters(Q)) == []
+    assert [d.body for d in run(b.fetch([Q], 5, "c", timeout=1))] == [b"m0"]
+
+
+def test_settle_publishes_before_ack(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(2)))
+    got = run(b.fetch([Q], 2, "c", timeout=1))
+    run(b.settle(Settlement(publish=[(Q2, d.body + b"!") for d in got], ack=got)))
+    assert run(b.depth([Q, Q2])) == {Q: (0, 0), Q2: (2, 6)}
+    assert run(b.peek(Q2)) == [b"m0!", b"m1!"]
+
+
+def test_fetch_from_several_queues(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish([(Q, b"a"), (Q2, b"b")]))
+    got = run(b.fetch([Q, Q2], 10, "c", timeout=1))
+    assert sorted((d.queue, d.body) for d in got) == [(Q, b"a"), (Q2, b"b")]
+
+
+def test_depth_stats_purge_and_peek(make: BrokerFactory) -> None:
+    b = make()
+    run(b.publish(bodies(4)))
+    run(b.fetch([Q], 1, "c", timeout=1))
+    stats = run(b.stats([Q]))[Q]
+    assert (stats.messages, stats.bytes, stats.in_flight) == (4, 8, 1)
+    assert run(b.peek(Q, 2)) == [b"m0", b"m1"]
+    assert run(b.purge(Q)) == 4
+    assert run(b.depth([Q]))[Q] == (0, 0)
+
+
+def test_survives_reopen(make: BrokerFactory, url: str) -> None:
+    b = make()
+    run(b.publish(bodies(3)))
+    run(b.close())
+    again = make()
+    assert [d.body for d in run(again.fetch([Q], 10, "c", timeout=1))] == [b"m0", b"m1", b"m2"]
+
+
+def test_unknown_scheme_lists_known_ones() -> None:
+    with pytest.raises(UnknownBackend, match=r"No broker for 'sqlit' URLs.*Did you mean sqlite://"):
+        open_broker("sqlit:///x.db")
+    with pytest.raises(UnknownBackend, match="cannot load broker backend"):
+        open_broker("no_such_module:Broker")
