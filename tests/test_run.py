@@ -329,3 +329,26 @@ def test_ctrl_c_then_rerun_resumes(fd: FlowDir, sink_module: Callable[[], Path])
     assert done.returncode == 0, done.stderr
     assert "finished" in done.stdout
     accounting(fd, 2000)
+
+
+def test_message_that_crashes_the_interpreter_is_isolated(
+    fd: FlowDir, sink_module: Callable[[], Path]
+) -> None:
+    sink_module()
+    fd.module(
+        "crash",
+        "import os\n\ndef step(p):\n    if p['n'] == 7:\n        os._exit(1)\n    return p\n",
+    )
+    flow = fd.flow(
+        PIPELINE.replace("COUNT", "200").replace(
+            '"steps:inc", instances: 2, prefetch: 20', '"crash:step", retries: {max: 1}'
+        )
+    )
+    result = fd.run(flow)
+    assert result.status == "finished"
+    assert sorted(int(line.split()[1]) for line in fd.lines("sink.log")) == [
+        n for n in range(200) if n != 7
+    ]
+    (letter,) = elasticcode.dead_letters(flow, state_dir=fd.state)
+    assert "started 3 times without completing" in letter.error
+    assert sum("died (exit code 1)" in e for e in result.events) == 3

@@ -59,6 +59,14 @@ workers = sa.Table(
     sa.Column("last_error", sa.Text),
 )
 
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
 kv = sa.Table(
     "kv",
     metadata,
@@ -208,6 +216,26 @@ class StateStore:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(workers).where(workers.c.run_id == run_id)).mappings().all()
         return [WorkerReport(**{k: v for k, v in row.items() if k != "updated"}) for row in rows]
+
+    # -- attempts at redelivered messages ----------------------------------------------------
+    def bump_attempt(self, processor: str, message_id: str) -> int:
+        """Record that a redelivered message is about to be tried again; return its count."""
+        values = {"processor": processor, "message_id": message_id, "count": 1}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(attempts).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["processor", "message_id"], set_={"count": attempts.c.count + 1}
+        ).returning(attempts.c.count)
+        with self.engine.begin() as db:
+            return int(db.execute(stmt).scalar_one())
+
+    def clear_attempts(self, processor: str, message_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                attempts.delete().where(
+                    attempts.c.processor == processor, attempts.c.message_id == message_id
+                )
+            )
 
     # -- processor state -------------------------------------------------------------------
     def kv(self, namespace: str) -> KeyValue:

@@ -175,23 +175,37 @@ class Worker:
             batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
             if not batch:
                 continue
-            settlement = Settlement()
-            deferred: list[Any] = []
-            started = time.perf_counter()
-            if is_async:
-                await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
-            else:
-                for d in batch:
-                    await self._handle(d, settlement, deferred)
-            self.report.busy += time.perf_counter() - started
-            await self.broker.settle(settlement)
-            for fn in deferred:
-                try:
-                    fn()
-                except Exception:
-                    log.exception("processor %s: after_settle callback failed", self.name)
+            # Redelivered messages go one at a time, each settled on its own: if one of them
+            # crashes the worker, it cannot take the rest of a batch down with it again.
+            fresh = [d for d in batch if d.delivery == 1]
+            if fresh:
+                await self._process(fresh, is_async)
+            for d in batch:
+                if d.delivery > 1:
+                    await self._process([d], False, isolated=True)
 
-    async def _handle(self, d: Delivery, settlement: Settlement, deferred: list[Any]) -> None:
+    async def _process(
+        self, batch: list[Delivery], concurrent: bool, isolated: bool = False
+    ) -> None:
+        settlement = Settlement()
+        deferred: list[Any] = []
+        started = time.perf_counter()
+        if concurrent:
+            await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
+        else:
+            for d in batch:
+                await self._handle(d, settlement, deferred, isolated)
+        self.report.busy += time.perf_counter() - started
+        await self.broker.settle(settlement)
+        for fn in deferred:
+            try:
+                fn()
+            except Exception:
+                log.exception("processor %s: after_settle callback failed", self.name)
+
+    async def _handle(
+        self, d: Delivery, settlement: Settlement, deferred: list[Any], isolated: bool = False
+    ) -> None:
         assert self.loaded is not None
         self.report.received += 1
         try:
@@ -201,18 +215,21 @@ class Worker:
                 d, None, f"undecodable message on {d.queue}: {exc}", "", settlement, retry=False
             )
             return
-        if d.delivery > self.spec.retries.max + 1:
-            self._failed(
-                d,
-                msg,
-                f"handed out {d.delivery - 1} times without being settled: the worker processing it "
-                "died or was stopped each time (does the processor crash the interpreter or run "
-                "out of memory on this input?)",
-                "",
-                settlement,
-                retry=False,
-            )
-            return
+        if isolated:
+            tries = self.state.bump_attempt(self.name, msg.id)
+            deferred.append(lambda: self.state.clear_attempts(self.name, msg.id))
+            if tries > self.spec.retries.max + 1:
+                self._failed(
+                    d,
+                    msg,
+                    f"started {tries} times without completing: the worker processing it died "
+                    "or was stopped each time (does the processor crash the interpreter or run "
+                    "out of memory on this input?)",
+                    "",
+                    settlement,
+                    retry=False,
+                )
+                return
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         try:
             outputs = await collect(self.loaded.call(msg.payload, ctx), ctx)
