@@ -150,3 +150,19 @@ def test_durations_and_sizes() -> None:
             parse_duration(bad)
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def test_yaml_booleans_are_only_true_and_false(tmp_path: Path) -> None:
+    flow = Flow.loads(
+        "name: x\nprocessors:\n  - name: a\n    code: m:f\n"
+        "    config: {country: NO, switch: on, answer: yes, flag: true, other: False}\n",
+        "x.yaml",
+        tmp_path,
+    )
+    assert flow.get("a").config == {
+        "country": "NO",
+        "switch": "on",
+        "answer": "yes",
+        "flag": True,
+        "other": False,
+    }

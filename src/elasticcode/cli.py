@@ -127,7 +127,7 @@ def run_cmd(
         s = summarize(result)
         click.echo(
             f"{s['flow']}: run {s['run']} {s['status']} in {s['seconds']}s; "
-            f"{s['queued']} queued, {s['dead_letters']} dead letter(s)"
+            f"{s['queued']} queued, {s['dead_letters']} dead letter(s) stored"
         )
     sys.exit(0 if result.status == "finished" or forever else 1)
 

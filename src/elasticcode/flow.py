@@ -398,8 +398,8 @@ class Flow(_Model):
                     f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno
                 ) from None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=_Loader)
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             raise FlowFileError(
@@ -435,6 +435,21 @@ class Flow(_Model):
         except OSError as exc:
             raise FlowFileError(f"cannot read flow file: {exc.strerror}", str(path)) from None
         return cls.loads(text, str(path), path.resolve().parent)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on`, `no`, `NO` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -24,6 +24,7 @@ import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ProcessorError
@@ -159,6 +160,8 @@ def _resolve(spec: Processor, flow: Flow) -> Any:
     assert spec.code is not None
     module_name, _, attr = spec.code.partition(":")
     add_import_paths(flow)
+    _forget_if_shadowed(module_name, import_paths(flow))
+    importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -200,9 +203,28 @@ def import_paths(flow: Flow) -> list[str]:
 
 
 def add_import_paths(flow: Flow) -> None:
+    """Put the flow's folders first on sys.path (moving them there if already present)."""
     for path in reversed(import_paths(flow)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+
+
+def _forget_if_shadowed(module_name: str, paths: list[str]) -> None:
+    """Drop a cached module that came from elsewhere when the flow's folders hold one of that name.
+
+    Several flows in one process (tests, notebooks) may each have their own ``steps.py``.
+    """
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    origin = getattr(cached, "__file__", None)
+    if cached is None or origin is None:
+        return
+    if any(origin.startswith(p + "/") for p in paths):
+        return
+    if any(Path(p, top + ".py").exists() or Path(p, top, "__init__.py").exists() for p in paths):
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[name]
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

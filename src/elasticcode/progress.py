@@ -130,10 +130,13 @@ class Progress:
         queued = sum(result.queues.values())
         if queued:
             self.console.print(f"{queued:,} message(s) still queued; run again to resume.")
+        dead = sum(t.dead for t in result.processors.values())
+        if dead:
+            self.console.print(f"[yellow]{dead:,} message(s) dead-lettered in this run[/]")
         if result.dead_letters:
             self.console.print(
-                f"[yellow]{result.dead_letters:,} dead letter(s)[/]: see `elasticcode dead-letters list "
-                f"{result.flow}`; logs in {result.state_dir / 'logs'}"
+                f"{result.dead_letters:,} dead letter(s) stored: see `elasticcode dead-letters "
+                f"list {result.flow}`; worker logs in {result.state_dir / 'logs'}"
             )
         for name, t in result.processors.items():
             if t.last_error and (t.dead or t.status in ("error", "failed")):

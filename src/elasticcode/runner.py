@@ -50,6 +50,7 @@ class RunResult:
     resumed: bool
     processors: dict[str, ProcessorTotals] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
+    #: Dead letters stored for the flow (from this run and earlier ones, until replayed).
     dead_letters: int = 0
     events: list[str] = field(default_factory=list)
     state_dir: Path = Path()
