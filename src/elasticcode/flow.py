@@ -398,8 +398,12 @@ class Flow(_Model):
                     f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno
                 ) from None
         try:
-            node = yaml.compose(text, Loader=_Loader)
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+            loader = _Loader(text)
+            try:
+                node = loader.get_single_node()
+                data = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             raise FlowFileError(
