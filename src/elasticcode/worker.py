@@ -141,26 +141,26 @@ class Worker:
             except Exception as exc:  # reporting must never stop the data plane
                 log.warning("cannot write worker report: %s", exc)
 
-    async def _wait_for_room(self) -> bool:
-        """Back pressure: wait while any outgoing connection is over its threshold.
+    async def _wait_for_room(self) -> int:
+        """Back pressure: wait while any outgoing connection is at its threshold.
 
-        Return False if the worker was told to stop while waiting.
+        Return how many more messages the fullest connection takes (0 if the worker was told
+        to stop while waiting).
         """
         while self.limits and not self.stopping:
             depths = await self.broker.depth(list(self.limits))
-            full = [
-                q
+            room = min(
+                self.limits[q][0] - n if size < self.limits[q][1] else 0
                 for q, (n, size) in depths.items()
-                if n >= self.limits[q][0] or size >= self.limits[q][1]
-            ]
-            if not full:
+            )
+            if room > 0:
                 if self.report.status == "back-pressure":
                     self.report.status = "running"
-                return True
+                return room
             self.report.status = "back-pressure"
             self._publish_report()
             await asyncio.sleep(0.05)
-        return not self.stopping
+        return 0 if self.stopping else sys.maxsize
 
     # -- consuming --------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -410,15 +410,13 @@ class Worker:
             result = await result
         pending: list[Output] = []
         flushed = time.monotonic()
-        # never overshoot a back-pressure threshold by more than one (small) batch
-        batch = min([SOURCE_BATCH, *(n for n, _ in self.limits.values())])
         position = 0
         async for item in _items(result, ctx):
             position += 1
             if position <= skip:
                 continue  # emitted before a restart
             pending.append(item)
-            if len(pending) >= batch or time.monotonic() - flushed > SOURCE_FLUSH:
+            if len(pending) >= SOURCE_BATCH or time.monotonic() - flushed > SOURCE_FLUSH:
                 offset = await self._flush(pending, offset)
                 pending = []
                 flushed = time.monotonic()
@@ -429,17 +427,25 @@ class Worker:
         return offset
 
     async def _flush(self, outputs: list[Output], offset: int) -> int:
-        await self._wait_for_room()
-        ids = [
-            derive_id(self.flow.name, self.run_id, self.name, offset + i)
-            for i in range(len(outputs))
-        ]
-        items = self._encode(None, outputs, ids)
-        await self.broker.publish(items)
-        offset += len(outputs)
-        self.report.emitted += len(outputs)
-        self.state.save_source(self.run_id, self.name, offset, self._calls, False)
-        self._publish_report()
+        """Publish outputs in chunks that fit the outgoing connections; return the new offset.
+
+        Told to stop while waiting for room, it drops what is unpublished: the offset does
+        not cover it, so a resumed run produces it again.
+        """
+        while outputs:
+            room = await self._wait_for_room()
+            if not room:
+                raise _Stopped
+            chunk, outputs = outputs[:room], outputs[room:]
+            ids = [
+                derive_id(self.flow.name, self.run_id, self.name, offset + i)
+                for i in range(len(chunk))
+            ]
+            await self.broker.publish(self._encode(None, chunk, ids))
+            offset += len(chunk)
+            self.report.emitted += len(chunk)
+            self.state.save_source(self.run_id, self.name, offset, self._calls, False)
+            self._publish_report()
         return offset
 
 
