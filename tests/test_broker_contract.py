@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,47 +14,86 @@ import pytest
 from elasticcode.brokers import Broker, Settlement, open_broker
 from elasticcode.errors import BrokerError, UnknownBackend
 
+from .services import service_url
+
 T = TypeVar("T")
-Q = "contract.q"
-Q2 = "contract.q2"
+
+#: Every backend runs the whole contract; others join this list as they are built.
+BACKENDS = ["sqlite"]
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+@pytest.fixture(autouse=True)
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop per test: async clients stay bound to the loop that opened them."""
+    global _loop
+    _loop = asyncio.new_event_loop()
+    yield _loop
+    _loop.close()
+    _loop = None
 
 
 def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+    assert _loop is not None
+    return _loop.run_until_complete(coro)
 
 
-@pytest.fixture(params=["sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queues.db'}?lease=30"
+        return f"sqlite:///{tmp_path / 'queues.db'}?lease=30"
+    return service_url(request.param)
 
 
 BrokerFactory = Callable[..., Broker]
 
 
 @pytest.fixture
-def make(url: str) -> Iterator[BrokerFactory]:
+def names() -> tuple[str, str]:
+    """Queue names of this test alone, so that tests on a shared server never meet."""
+    tag = uuid.uuid4().hex[:10]
+    return f"contract.{tag}.q", f"contract.{tag}.q2"
+
+
+@pytest.fixture
+def make(url: str, names: tuple[str, str]) -> Iterator[BrokerFactory]:
     made: list[Broker] = []
 
     def factory(**options: Any) -> Broker:
         b = open_broker(url, **options)
         run(b.connect())
-        run(b.declare([Q, Q2]))
+        run(b.declare(list(names)))
         made.append(b)
         return b
 
     yield factory
     for b in made:
         run(b.close())
+    cleaner = open_broker(url)
+    run(cleaner.connect())
+    run(cleaner.delete(list(names)))
+    run(cleaner.close())
 
 
-def bodies(n: int, prefix: str = "m") -> list[tuple[str, bytes]]:
-    return [(Q, f"{prefix}{i}".encode()) for i in range(n)]
+@pytest.fixture
+def Q(names: tuple[str, str]) -> str:
+    return names[0]
 
 
-def test_publish_fetch_ack(make: BrokerFactory) -> None:
+@pytest.fixture
+def Q2(names: tuple[str, str]) -> str:
+    return names[1]
+
+
+def bodies(q: str, n: int, prefix: str = "m") -> list[tuple[str, bytes]]:
+    return [(q, f"{prefix}{i}".encode()) for i in range(n)]
+
+
+def test_publish_fetch_ack(make: BrokerFactory, Q: str) -> None:
     b = make()
-    run(b.publish(bodies(5)))
+    run(b.publish(bodies(Q, 5)))
     got = run(b.fetch([Q], 10, "c1", timeout=1))
     assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]
     assert all(d.delivery == 1 for d in got)
@@ -63,7 +103,7 @@ def test_publish_fetch_ack(make: BrokerFactory) -> None:
     assert run(b.fetch([Q], 10, "c1", timeout=0.05)) == []
 
 
-def test_empty_payload_and_limit(make: BrokerFactory) -> None:
+def test_empty_payload_and_limit(make: BrokerFactory, Q: str) -> None:
     b = make(max_message_bytes=1024)
     run(b.publish([(Q, b""), (Q, b"x" * 1024)]))
     assert [len(d.body) for d in run(b.fetch([Q], 10, "c", timeout=1))] == [0, 1024]
@@ -71,22 +111,23 @@ def test_empty_payload_and_limit(make: BrokerFactory) -> None:
         run(b.publish([(Q, b"x" * 1025)]))
 
 
-def test_redelivery_after_consumer_dies(make: BrokerFactory) -> None:
-    b = make()
-    run(b.publish(bodies(3)))
-    held = run(b.fetch([Q], 2, "dead", timeout=1))
-    assert len(held) == 2
-    other = run(b.fetch([Q], 10, "alive", timeout=0.05))
+def test_redelivery_after_consumer_dies(make: BrokerFactory, Q: str) -> None:
+    dying, survivor = make(), make()
+    run(dying.publish(bodies(Q, 3)))
+    held = run(dying.fetch([Q], 2, "dying", timeout=5))
+    assert [d.body for d in held] == [b"m0", b"m1"]
+    other = run(survivor.fetch([Q], 10, "survivor", timeout=5))
     assert [d.body for d in other] == [b"m2"]
-    assert run(b.release("dead")) == 2
-    again = run(b.fetch([Q], 10, "alive", timeout=1))
+    run(dying.close())  # dies without settling; its agent then releases what it held
+    run(survivor.release("dying"))
+    again = run(survivor.fetch([Q], 10, "survivor", timeout=30))
     assert [(d.body, d.delivery) for d in again] == [(b"m0", 2), (b"m1", 2)]
 
 
-def test_competing_consumers_share_without_loss(make: BrokerFactory) -> None:
+def test_competing_consumers_share_without_loss(make: BrokerFactory, Q: str) -> None:
     producer = make()
     consumers = [make() for _ in range(3)]
-    run(producer.publish(bodies(300)))
+    run(producer.publish(bodies(Q, 300)))
     seen: list[bytes] = []
 
     async def consume(b: Broker, name: str) -> None:
@@ -101,12 +142,12 @@ def test_competing_consumers_share_without_loss(make: BrokerFactory) -> None:
         await asyncio.gather(*(consume(b, f"c{i}") for i, b in enumerate(consumers)))
 
     run(all_of_them())
-    assert sorted(seen) == sorted(body for _, body in bodies(300))
+    assert sorted(seen) == sorted(body for _, body in bodies(Q, 300))
 
 
-def test_retry_with_delay(make: BrokerFactory) -> None:
+def test_retry_with_delay(make: BrokerFactory, Q: str) -> None:
     b = make()
-    run(b.publish(bodies(1)))
+    run(b.publish(bodies(Q, 1)))
     (d,) = run(b.fetch([Q], 1, "c", timeout=1))
     run(b.retry(d, 0.3, "boom"))
     assert run(b.fetch([Q], 1, "c", timeout=0.05)) == []
@@ -116,9 +157,9 @@ def test_retry_with_delay(make: BrokerFactory) -> None:
     assert again.delivery == 2
 
 
-def test_dead_letter_inspect_and_replay(make: BrokerFactory) -> None:
+def test_dead_letter_inspect_and_replay(make: BrokerFactory, Q: str) -> None:
     b = make()
-    run(b.publish(bodies(2)))
+    run(b.publish(bodies(Q, 2)))
     first, second = run(b.fetch([Q], 2, "c", timeout=1))
     run(b.settle(Settlement(ack=[second], dead=[(first, "ValueError: bad input")])))
     assert run(b.depth([Q]))[Q][0] == 0
@@ -134,25 +175,25 @@ def test_dead_letter_inspect_and_replay(make: BrokerFactory) -> None:
     assert [d.body for d in run(b.fetch([Q], 5, "c", timeout=1))] == [b"m0"]
 
 
-def test_settle_publishes_before_ack(make: BrokerFactory) -> None:
+def test_settle_publishes_before_ack(make: BrokerFactory, Q: str, Q2: str) -> None:
     b = make()
-    run(b.publish(bodies(2)))
+    run(b.publish(bodies(Q, 2)))
     got = run(b.fetch([Q], 2, "c", timeout=1))
     run(b.settle(Settlement(publish=[(Q2, d.body + b"!") for d in got], ack=got)))
     assert run(b.depth([Q, Q2])) == {Q: (0, 0), Q2: (2, 6)}
     assert run(b.peek(Q2)) == [b"m0!", b"m1!"]
 
 
-def test_fetch_from_several_queues(make: BrokerFactory) -> None:
+def test_fetch_from_several_queues(make: BrokerFactory, Q: str, Q2: str) -> None:
     b = make()
     run(b.publish([(Q, b"a"), (Q2, b"b")]))
     got = run(b.fetch([Q, Q2], 10, "c", timeout=1))
     assert sorted((d.queue, d.body) for d in got) == [(Q, b"a"), (Q2, b"b")]
 
 
-def test_depth_stats_purge_and_peek(make: BrokerFactory) -> None:
+def test_depth_stats_purge_and_peek(make: BrokerFactory, Q: str) -> None:
     b = make()
-    run(b.publish(bodies(4)))
+    run(b.publish(bodies(Q, 4)))
     run(b.fetch([Q], 1, "c", timeout=1))
     stats = run(b.stats([Q]))[Q]
     assert (stats.messages, stats.bytes, stats.in_flight) == (4, 8, 1)
@@ -161,9 +202,9 @@ def test_depth_stats_purge_and_peek(make: BrokerFactory) -> None:
     assert run(b.depth([Q]))[Q] == (0, 0)
 
 
-def test_survives_reopen(make: BrokerFactory, url: str) -> None:
+def test_survives_reopen(make: BrokerFactory, Q: str, url: str) -> None:
     b = make()
-    run(b.publish(bodies(3)))
+    run(b.publish(bodies(Q, 3)))
     run(b.close())
     again = make()
     assert [d.body for d in run(again.fetch([Q], 10, "c", timeout=1))] == [b"m0", b"m1", b"m2"]

@@ -61,10 +61,31 @@ class Settlement:
 
 
 class Broker(abc.ABC):
-    """Base class of queue backends. Subclasses implement the abstract primitives."""
+    """Base class of queue backends. Subclasses implement the abstract primitives.
+
+    The contract, which ``tests/test_broker_contract.py`` checks against every backend:
+
+    * ``publish`` returns only once the broker holds the messages durably (confirmed).
+    * ``fetch`` hands a message to one consumer at a time; ``Delivery.delivery`` counts how
+      often it has been handed out (1 the first time, +1 on every redelivery or retry).
+    * A message is held until ``ack``, ``retry`` or ``dead_letter``; if its consumer dies,
+      the message is handed out again (at once after ``release``, else after a lease/ack
+      timeout).
+    * ``retry`` makes a message visible again after a delay; ``dead_letter`` keeps the body
+      with the error until ``replay`` puts it back (delivery count reset).
+    * ``depth`` counts messages not yet acknowledged. Where ``counts_in_flight`` is False it
+      counts only those waiting, not those held by consumers; where ``counts_bytes`` is False
+      the byte figure is 0.
+    * Bodies over ``max_message_bytes`` are refused with a ``BrokerError``.
+    * Everything runs in the event loop that called ``connect``.
+    """
 
     #: URL schemes this backend serves.
     schemes: tuple[str, ...] = ()
+    #: ``depth`` includes messages held (unacknowledged) by consumers.
+    counts_in_flight: bool = True
+    #: ``depth`` reports the bytes held in a queue.
+    counts_bytes: bool = True
 
     def __init__(self, url: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.url = url
@@ -120,6 +141,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def release(self, consumer: str) -> int:
         """Make every message held by a consumer that is gone visible again."""
+
+    @abc.abstractmethod
+    async def delete(self, queues: Sequence[str]) -> None:
+        """Remove queues with their messages and dead letters."""
 
     @abc.abstractmethod
     async def purge(self, queue: str) -> int:

@@ -299,6 +299,18 @@ class SQLiteBroker(Broker):
                 "UPDATE messages SET owner = NULL, visible_at = 0 WHERE owner IS NOT NULL"
             ).rowcount
 
+    async def delete(self, queues: Sequence[str]) -> None:
+        with _write(self.db) as db:
+            for q in queues:
+                row = db.execute("SELECT id FROM queues WHERE name = ?", (q,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("DELETE FROM messages WHERE qid = ?", row)
+                db.execute("DELETE FROM dead_letters WHERE qid = ?", row)
+                db.execute("DELETE FROM queues WHERE id = ?", row)
+                self._qids.pop(q, None)
+                self._names.pop(row[0], None)
+
     async def purge(self, queue: str) -> int:
         with _write(self.db) as db:
             return db.execute("DELETE FROM messages WHERE qid = ?", (self._qid(queue),)).rowcount
