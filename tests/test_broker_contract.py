@@ -19,7 +19,7 @@ from .services import service_url
 T = TypeVar("T")
 
 #: Every backend runs the whole contract; others join this list as they are built.
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "redis", "rabbitmq", "nats"]
 
 
 _loop: asyncio.AbstractEventLoop | None = None

@@ -14,6 +14,12 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "QueueStats", "Settlement", "open
 #: scheme -> "module:Class" (imported lazily so that optional drivers stay optional)
 BACKENDS: dict[str, str] = {
     "sqlite": "elasticcode.brokers.sqlite:SQLiteBroker",
+    "amqp": "elasticcode.brokers.rabbitmq:RabbitMQBroker",
+    "amqps": "elasticcode.brokers.rabbitmq:RabbitMQBroker",
+    "redis": "elasticcode.brokers.redis:RedisBroker",
+    "rediss": "elasticcode.brokers.redis:RedisBroker",
+    "nats": "elasticcode.brokers.nats:NATSBroker",
+    "tls": "elasticcode.brokers.nats:NATSBroker",
 }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BrokerError
 from ..message import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -58,6 +59,18 @@ class Settlement:
 
     def __bool__(self) -> bool:
         return bool(self.publish or self.ack or self.retry or self.dead)
+
+
+def require(module: str, extra: str) -> Any:
+    """Import a backend's driver, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BrokerError(
+            f"this broker needs the {module!r} package: pip install 'elasticcode[{extra}]'"
+        ) from None
 
 
 class Broker(abc.ABC):
