@@ -163,6 +163,7 @@ async def _run(
     flow_file = snapshot(flow, root)
     agent = Agent(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
     sources = [p.name for p in flow.processors if p.is_source]
+    drained = _Drained(broker.counts_in_flight)
 
     stop = asyncio.Event()
     interrupts = 0
@@ -193,11 +194,7 @@ async def _run(
             progress.update(_totals(flow, agent, reports), depths)
             if stop.is_set():
                 break
-            if (
-                not forever
-                and sum(n for n, _ in depths.values()) == 0
-                and state.sources_done(run_id, sources)
-            ):
+            if not forever and drained.check(depths, reports, state.sources_done(run_id, sources)):
                 status = "finished"
                 break
             with contextlib.suppress(TimeoutError):
@@ -227,6 +224,42 @@ async def _run(
     )
     progress.end(result)
     return result
+
+
+class _Drained:
+    """Decides when a flow has no work left.
+
+    Queues empty (held messages included) and sources exhausted is enough when the broker
+    counts held messages. When it does not, every worker must also report holding nothing,
+    with unchanged counters, in two observations ``SETTLE`` seconds apart. A worker reports at
+    once when it starts holding messages and at least every half second after, so work in
+    progress anywhere shows up in one of the two.
+    """
+
+    SETTLE = 1.2  # seconds between the two observations (> twice the report interval)
+
+    def __init__(self, counts_in_flight: bool) -> None:
+        self.counts_in_flight = counts_in_flight
+        self.first: tuple[float, tuple[tuple[str, int, int], ...]] | None = None
+
+    def check(
+        self, depths: dict[str, tuple[int, int]], reports: list[WorkerReport], sources_done: bool
+    ) -> bool:
+        if not sources_done or any(n for n, _ in depths.values()):
+            self.first = None
+            return False
+        if self.counts_in_flight:
+            return True
+        live = [r for r in reports if r.status not in ("stopped", "done", "failed")]
+        if any(r.holding for r in live):
+            self.first = None
+            return False
+        counters = tuple(sorted((r.id, r.received, r.emitted) for r in reports))
+        now = time.monotonic()
+        if self.first is None or self.first[1] != counters:
+            self.first = (now, counters)
+            return False
+        return now - self.first[0] >= self.SETTLE
 
 
 async def _release_all(broker: Broker) -> int:

@@ -55,6 +55,7 @@ workers = sa.Table(
     sa.Column("retried", sa.BigInteger, nullable=False, default=0),
     sa.Column("dead", sa.BigInteger, nullable=False, default=0),
     sa.Column("busy", sa.Float, nullable=False, default=0.0),
+    sa.Column("holding", sa.Integer, nullable=False, default=0),
     sa.Column("updated", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text),
 )
@@ -91,6 +92,8 @@ class WorkerReport:
     retried: int = 0
     dead: int = 0
     busy: float = 0.0
+    #: Messages fetched and not yet settled.
+    holding: int = 0
     last_error: str | None = None
 
 
@@ -206,6 +209,7 @@ class StateStore:
             "retried": r.retried,
             "dead": r.dead,
             "busy": r.busy,
+            "holding": r.holding,
             "updated": time.time(),
             "last_error": r.last_error,
         }

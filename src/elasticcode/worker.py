@@ -175,6 +175,12 @@ class Worker:
             batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
             if not batch:
                 continue
+            # Tell the runner at once when an idle worker starts holding messages: with brokers
+            # that do not count held messages, that is how it knows the flow is not drained.
+            idle = self.report.holding == 0
+            self.report.holding = len(batch)
+            if idle:
+                self._publish_report(force=True)
             # Redelivered messages go one at a time, each settled on its own: if one of them
             # crashes the worker, it cannot take the rest of a batch down with it again.
             fresh = [d for d in batch if d.delivery == 1]
@@ -183,6 +189,7 @@ class Worker:
             for d in batch:
                 if d.delivery > 1:
                     await self._process([d], False, isolated=True)
+            self.report.holding = 0
 
     async def _process(
         self, batch: list[Delivery], concurrent: bool, isolated: bool = False
