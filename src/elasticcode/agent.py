@@ -21,7 +21,7 @@ from typing import IO
 
 from .brokers import Broker
 from .flow import Flow
-from .worker import EXIT_CONFIG
+from .worker import BROKER_ENV, EXIT_CONFIG, STATE_ENV
 
 log = logging.getLogger("elasticcode.agent")
 
@@ -111,15 +111,14 @@ class Agent:
             str(inst.index),
             "--run",
             str(self.run_id),
-            "--broker",
-            self.broker_url,
-            "--state",
-            self.state_url,
             "--consumer",
             inst.consumer,
         ]
+        # URLs may carry credentials: pass them in the environment, not on the command line
+        env = {**os.environ, BROKER_ENV: self.broker_url, STATE_ENV: self.state_url}
         inst.process = subprocess.Popen(
             cmd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=inst.log_file,
             stderr=subprocess.STDOUT,

@@ -76,7 +76,8 @@ broker_option = click.option(
     "--broker",
     default=None,
     metavar="URL",
-    help="Broker URL [default: the embedded SQLite queues in the state dir].",
+    help="Broker URL, e.g. amqp://…, redis://…, nats://… [default: $ELASTICCODE_BROKER, else "
+    "the flow's settings.broker, else embedded SQLite queues in the state dir].",
 )
 
 

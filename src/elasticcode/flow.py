@@ -223,6 +223,8 @@ class Connection(_Model):
 
 class Settings(_Model):
     max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
+    #: Broker URL for this flow's queues (``--broker`` and ``ELASTICCODE_BROKER`` override it).
+    broker: str | None = None
 
 
 class Flow(_Model):

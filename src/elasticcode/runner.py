@@ -62,6 +62,7 @@ def state_paths(
     """(state dir, broker URL, state URL) for a flow, embedded defaults filled in."""
     root = Path(state_dir) if state_dir else Path.cwd() / ".elasticcode" / flow.name
     root = root.resolve()
+    broker = broker or os.environ.get("ELASTICCODE_BROKER") or flow.settings.broker
     return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
 
 

@@ -37,6 +37,8 @@ REPORT_EVERY = 0.5
 SOURCE_BATCH = 500
 SOURCE_FLUSH = 0.02
 EXIT_CONFIG = 3
+BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
+STATE_ENV = "ELASTICCODE_WORKER_STATE"
 
 
 class OutputError(ElasticCodeError):
@@ -496,10 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processor", required=True)
     parser.add_argument("--instance", type=int, default=0)
     parser.add_argument("--run", type=int, required=True, dest="run_id")
-    parser.add_argument("--broker", required=True)
-    parser.add_argument("--state", required=True)
+    parser.add_argument(
+        "--broker", default=os.environ.get(BROKER_ENV), help=f"[default: ${BROKER_ENV}]"
+    )
+    parser.add_argument(
+        "--state", default=os.environ.get(STATE_ENV), help=f"[default: ${STATE_ENV}]"
+    )
     parser.add_argument("--consumer", required=True)
     args = parser.parse_args(argv)
+    if not args.broker or not args.state:
+        parser.error(f"give --broker and --state, or set {BROKER_ENV} and {STATE_ENV}")
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
