@@ -20,7 +20,10 @@ Options (URL query)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -49,7 +52,6 @@ CREATE TABLE IF NOT EXISTS messages (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_messages_qid_seq ON messages(qid, seq);
-CREATE INDEX IF NOT EXISTS ix_messages_owner ON messages(owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     qid INTEGER NOT NULL REFERENCES queues(id),
@@ -58,16 +60,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     deliveries INTEGER NOT NULL,
     failed_at REAL NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS messages_in AFTER INSERT ON messages BEGIN
-    UPDATE queues SET messages = messages + 1, bytes = bytes + NEW.size WHERE id = NEW.qid;
-END;
-CREATE TRIGGER IF NOT EXISTS messages_out AFTER DELETE ON messages BEGIN
-    UPDATE queues SET messages = messages - 1, bytes = bytes - OLD.size WHERE id = OLD.qid;
-END;
 """
 
 #: Idle polling backs off from the first to the last step, in seconds.
-POLL_STEPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+POLL_STEPS = (0.0005, 0.001, 0.002, 0.005)
+#: A connection checkpoints the WAL (outside the write lock) after this many commits.
+CHECKPOINT_EVERY = 64
 
 
 class SQLiteBroker(Broker):
@@ -96,6 +94,8 @@ class SQLiteBroker(Broker):
                 f"sqlite broker: lease must be a number of seconds, not {query['lease']!r}"
             ) from None
         self._db: sqlite3.Connection | None = None
+        self._lock = -1
+        self._commits = 0
         self._qids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._rotation = itertools.count()
@@ -114,8 +114,13 @@ class SQLiteBroker(Broker):
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
                 db.execute("PRAGMA busy_timeout=60000")
+                db.execute("PRAGMA wal_autocheckpoint=0")  # see _Transaction.__exit__
+                db.execute("PRAGMA journal_size_limit=67108864")
                 db.executescript(SCHEMA)
-            except sqlite3.Error as exc:
+                # Writers queue on a file lock: the kernel wakes the next one the moment the
+                # lock is free, where SQLite's own busy handler would sleep and poll.
+                self._lock = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except (sqlite3.Error, OSError) as exc:
                 raise BrokerError(f"cannot open the queue database {self.path}: {exc}") from None
             self._db = db
         return self._db
@@ -124,6 +129,12 @@ class SQLiteBroker(Broker):
         if self._db is not None:
             self._db.close()
             self._db = None
+            os.close(self._lock)
+            self._lock = -1
+
+    def _write(self) -> _Transaction:
+        """``with self._write() as db:`` runs the block in one write transaction."""
+        return _Transaction(self)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -149,11 +160,11 @@ class SQLiteBroker(Broker):
 
     # -- contract ---------------------------------------------------------------------------
     async def declare(self, queues: Sequence[str]) -> None:
-        with _write(self.db) as db:
+        with self._write() as db:
             db.executemany("INSERT OR IGNORE INTO queues(name) VALUES (?)", [(q,) for q in queues])
 
     async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
-        with _write(self.db):
+        with self._write():
             self._insert(items)
 
     def _insert(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -163,9 +174,30 @@ class SQLiteBroker(Broker):
                     f"message of {len(body):,} bytes exceeds the broker limit of "
                     f"{self.max_message_bytes:,} bytes"
                 )
+        rows = [(self._qid(q), body, len(body)) for q, body in items]
+        self.db.executemany("INSERT INTO messages(qid, body, size) VALUES (?, ?, ?)", rows)
+        self._count(rows, +1)
+
+    def _count(self, rows: Sequence[tuple[int, bytes, int]], sign: int) -> None:
+        """Move the per-queue counters by the (qid, body, size) rows added or removed."""
+        totals: dict[int, list[int]] = {}
+        for qid, _, size in rows:
+            total = totals.get(qid)
+            if total is None:
+                totals[qid] = [1, size]
+            else:
+                total[0] += 1
+                total[1] += size
         self.db.executemany(
-            "INSERT INTO messages(qid, body, size) VALUES (?, ?, ?)",
-            [(self._qid(q), body, len(body)) for q, body in items],
+            "UPDATE queues SET messages = messages + ?, bytes = bytes + ? WHERE id = ?",
+            [(sign * n, sign * size, qid) for qid, (n, size) in totals.items()],
+        )
+
+    def _recount(self, qids: Sequence[int]) -> None:
+        self.db.executemany(
+            "UPDATE queues SET (messages, bytes) = (SELECT count(*), coalesce(sum(size), 0) "
+            "FROM messages WHERE qid = queues.id) WHERE id = ?",
+            [(qid,) for qid in qids],
         )
 
     async def fetch(
@@ -198,7 +230,7 @@ class SQLiteBroker(Broker):
         if not ready:
             return []
         out: list[Delivery] = []
-        with _write(db):
+        with self._write():
             for qid in ready:
                 rows = db.execute(
                     "UPDATE messages SET owner = ?, visible_at = ?, deliveries = deliveries + 1 "
@@ -214,16 +246,21 @@ class SQLiteBroker(Broker):
         return out
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        with _write(self.db):
+        with self._write():
             self._ack(deliveries)
 
     def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        self.db.executemany(
+        removed = self.db.executemany(
             "DELETE FROM messages WHERE seq = ? AND owner = ?", [d.tag for d in deliveries]
-        )
+        ).rowcount
+        rows = [(self._qid(d.queue), d.body, len(d.body)) for d in deliveries]
+        if removed == len(deliveries):
+            self._count(rows, -1)
+        else:  # some leases had expired and were taken over: count those queues afresh
+            self._recount(list({qid for qid, _, _ in rows}))
 
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        with _write(self.db):
+        with self._write():
             self._retry([(delivery, delay, error)])
 
     def _retry(self, items: Sequence[tuple[Delivery, float, str]]) -> None:
@@ -234,7 +271,7 @@ class SQLiteBroker(Broker):
         )
 
     async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        with _write(self.db):
+        with self._write():
             self._dead([(delivery, error)])
 
     def _dead(self, items: Sequence[tuple[Delivery, str]]) -> None:
@@ -249,7 +286,7 @@ class SQLiteBroker(Broker):
         self._ack([d for d, _ in items])
 
     async def settle(self, settlement: Settlement) -> None:
-        with _write(self.db):
+        with self._write():
             if settlement.publish:
                 self._insert(settlement.publish)
             if settlement.dead:
@@ -263,7 +300,7 @@ class SQLiteBroker(Broker):
         db = self.db
         held = dict(
             db.execute(
-                "SELECT qid, count(*) FROM messages INDEXED BY ix_messages_owner "
+                "SELECT qid, count(*) FROM messages "
                 "WHERE owner IS NOT NULL AND visible_at > ? GROUP BY qid",
                 (time.time(),),
             ).fetchall()
@@ -287,20 +324,20 @@ class SQLiteBroker(Broker):
         }
 
     async def release(self, consumer: str) -> int:
-        with _write(self.db) as db:
+        with self._write() as db:
             return db.execute(
                 "UPDATE messages SET owner = NULL, visible_at = 0 WHERE owner = ?", (consumer,)
             ).rowcount
 
     async def release_all(self) -> int:
         """Release every lease: for a host's only agent after a restart."""
-        with _write(self.db) as db:
+        with self._write() as db:
             return db.execute(
                 "UPDATE messages SET owner = NULL, visible_at = 0 WHERE owner IS NOT NULL"
             ).rowcount
 
     async def delete(self, queues: Sequence[str]) -> None:
-        with _write(self.db) as db:
+        with self._write() as db:
             for q in queues:
                 row = db.execute("SELECT id FROM queues WHERE name = ?", (q,)).fetchone()
                 if row is None:
@@ -312,8 +349,11 @@ class SQLiteBroker(Broker):
                 self._names.pop(row[0], None)
 
     async def purge(self, queue: str) -> int:
-        with _write(self.db) as db:
-            return db.execute("DELETE FROM messages WHERE qid = ?", (self._qid(queue),)).rowcount
+        with self._write() as db:
+            qid = self._qid(queue)
+            n = db.execute("DELETE FROM messages WHERE qid = ?", (qid,)).rowcount
+            self._recount([qid])
+            return int(n)
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         rows = self.db.execute(
@@ -339,37 +379,53 @@ class SQLiteBroker(Broker):
         if queue is not None:
             where += " AND qid = ?"
             args.append(self._qid(queue))
-        with _write(self.db) as db:
+        with self._write() as db:
             rows = db.execute(
                 f"DELETE FROM dead_letters WHERE {where} RETURNING qid, body", args
             ).fetchall()
-            db.executemany(
-                "INSERT INTO messages(qid, body, size) VALUES (?, ?, ?)",
-                [(qid, body, len(body)) for qid, body in rows],
-            )
+            added = [(qid, body, len(body)) for qid, body in rows]
+            db.executemany("INSERT INTO messages(qid, body, size) VALUES (?, ?, ?)", added)
+            self._count(added, +1)
         return len(rows)
 
 
-class _write:
-    """``with _write(db):`` runs the block in one IMMEDIATE transaction."""
+class _Transaction:
+    """One write transaction under the broker's file lock; checkpoints after the lock is free."""
 
-    __slots__ = ("db",)
+    __slots__ = ("broker", "db")
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, broker: SQLiteBroker) -> None:
+        self.broker = broker
+        self.db = broker.db
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        fcntl.flock(self.broker._lock, fcntl.LOCK_EX)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            fcntl.flock(self.broker._lock, fcntl.LOCK_UN)
+            raise BrokerError(f"queue database is not writable ({exc})") from exc
         return self.db
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                exc = err
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise BrokerError(f"queue database write failed ({exc}); nothing was changed") from exc
+        try:
+            if exc is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error as err:
+                    exc = err
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise BrokerError(
+                    f"queue database write failed ({exc}); nothing was changed"
+                ) from exc
+        finally:
+            fcntl.flock(self.broker._lock, fcntl.LOCK_UN)
+            broker = self.broker
+            broker._commits += 1
+            if broker._commits % CHECKPOINT_EVERY == 0:
+                # Copy the WAL into the database without holding up writers (PASSIVE).
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
