@@ -1,0 +1,86 @@
+"""Processors for ``benchmarks/pipeline.py``: a source, two pass-through stages and a sink.
+
+They live in their own module so that the worker processes can import them (the benchmark
+flow's ``path`` points at this folder). Each stage adds one field; the sink records, per
+message, the time the source created it (``t0`` in the payload) and the time it arrived, as
+pairs of float64 in ``<out>/latency-<pid>.bin``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+#: Float pairs buffered by the sink before it appends them to its file.
+FLUSH_EVERY = 4096
+
+
+def source(messages: int = 20_000, rate: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Yield ``messages`` payloads of about 200 bytes, stamped with ``t0`` (epoch seconds).
+
+    ``rate`` > 0 paces the source to that many messages per second (for latency at a given
+    load); 0 produces as fast as the engine takes them.
+    """
+    filler = "x" * 96
+    now = time.time
+    start = now()
+    for i in range(messages):
+        if rate > 0:
+            ahead = start + i / rate - now()
+            if ahead > 0:
+                time.sleep(ahead)
+        yield {
+            "seq": i,
+            "t0": now(),
+            "user": f"user-{i % 1000:04d}",
+            "kind": "event",
+            "tags": ["alpha", "beta", "gamma"],
+            "score": i * 0.5,
+            "note": filler,
+        }
+
+
+def stage1(payload: dict[str, Any]) -> dict[str, Any]:
+    payload["s1"] = 1
+    return payload
+
+
+def stage2(payload: dict[str, Any]) -> dict[str, Any]:
+    payload["s2"] = 2
+    return payload
+
+
+class Sink:
+    """Last stage: records (t0, arrival) per message; emits nothing."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.buffer = array("d")
+        self.file: BinaryIO | None = None
+
+    def setup(self) -> None:
+        os.makedirs(self.out, exist_ok=True)
+        self.file = open(os.path.join(self.out, f"latency-{os.getpid()}.bin"), "ab")  # noqa: SIM115
+
+    def process(self, payload: dict[str, Any]) -> None:
+        payload["s3"] = 3
+        buffer = self.buffer
+        buffer.append(payload["t0"])
+        buffer.append(time.time())
+        if len(buffer) >= 2 * FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.file is not None and self.buffer:
+            self.buffer.tofile(self.file)
+            self.file.flush()
+            self.buffer = array("d")
+
+    def teardown(self) -> None:
+        self._flush()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
