@@ -23,6 +23,7 @@ import msgpack
 from .errors import MessageError, PayloadTooLarge, SerializationError
 
 WIRE_VERSION = 1
+_pack = msgpack.Packer(use_bin_type=True).pack
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -49,7 +50,7 @@ def derive_id(*parts: object) -> str:
 def encode(message: Message, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
     """Encode a message for a queue; refuse what cannot be encoded or is too large."""
     try:
-        body: bytes = msgpack.packb(
+        body: bytes = _pack(
             [
                 WIRE_VERSION,
                 message.id,
@@ -59,8 +60,7 @@ def encode(message: Message, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
                 list(message.parents),
                 message.attributes,
                 message.payload,
-            ],
-            use_bin_type=True,
+            ]
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(

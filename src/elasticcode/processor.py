@@ -339,6 +339,15 @@ async def collect(result: Any, ctx: Context) -> list[Output]:
     """Turn what a call returned (value, Output, generator, coroutine) into outputs."""
     if inspect.isawaitable(result):
         result = await result
+    if inspect.isasyncgen(result):
+        async for item in result:
+            ctx.outputs.append(item if isinstance(item, Output) else Output(item))
+        return ctx.outputs
+    return collect_sync(result, ctx)
+
+
+def collect_sync(result: Any, ctx: Context) -> list[Output]:
+    """``collect`` for what a plain (not async) function returned."""
     outputs = ctx.outputs
     if result is None:
         return outputs
@@ -346,9 +355,6 @@ async def collect(result: Any, ctx: Context) -> list[Output]:
         outputs.append(result)
     elif inspect.isgenerator(result):
         for item in result:
-            outputs.append(item if isinstance(item, Output) else Output(item))
-    elif inspect.isasyncgen(result):
-        async for item in result:
             outputs.append(item if isinstance(item, Output) else Output(item))
     else:
         outputs.append(Output(result))

@@ -14,7 +14,6 @@ from typing import Any
 
 import msgpack
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StateError
 
@@ -225,8 +224,7 @@ class StateStore:
     def bump_attempt(self, processor: str, message_id: str) -> int:
         """Record that a redelivered message is about to be tried again; return its count."""
         values = {"processor": processor, "message_id": message_id, "count": 1}
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(attempts).values(**values)
+        stmt = self._insert(attempts).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["processor", "message_id"], set_={"count": attempts.c.count + 1}
         ).returning(attempts.c.count)
@@ -245,9 +243,18 @@ class StateStore:
     def kv(self, namespace: str) -> KeyValue:
         return KeyValue(self, namespace)
 
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+
     def _upsert(self, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(table).values(**values)
+        stmt = self._insert(table).values(**values)
         return stmt.on_conflict_do_update(
             index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
         )

@@ -28,7 +28,7 @@ from .brokers import Broker, Delivery, Settlement, open_broker
 from .errors import ElasticCodeError, MessageError, ProcessorError, Reject
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
-from .processor import Context, Loaded, Output, collect, load
+from .processor import Context, Loaded, Output, collect, collect_sync, load
 from .state import StateStore, WorkerReport
 
 log = logging.getLogger("elasticcode.worker")
@@ -241,7 +241,10 @@ class Worker:
                 return
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         try:
-            outputs = await collect(self.loaded.call(msg.payload, ctx), ctx)
+            result = self.loaded.call(msg.payload, ctx)
+            outputs = (
+                await collect(result, ctx) if self.loaded.is_async else collect_sync(result, ctx)
+            )
             items = self._encode(msg, outputs)
         except Reject as exc:
             self._failed(d, msg, f"rejected: {exc}", "", settlement, retry=False)
