@@ -97,7 +97,8 @@ def test_publish_fetch_ack(make: BrokerFactory, Q: str) -> None:
     got = run(b.fetch([Q], 10, "c1", timeout=1))
     assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]
     assert all(d.delivery == 1 for d in got)
-    assert run(b.depth([Q]))[Q][0] == 5
+    if b.counts_in_flight:
+        assert run(b.depth([Q]))[Q][0] == 5
     run(b.ack(got))
     assert run(b.depth([Q]))[Q] == (0, 0)
     assert run(b.fetch([Q], 10, "c1", timeout=0.05)) == []
@@ -180,7 +181,7 @@ def test_settle_publishes_before_ack(make: BrokerFactory, Q: str, Q2: str) -> No
     run(b.publish(bodies(Q, 2)))
     got = run(b.fetch([Q], 2, "c", timeout=1))
     run(b.settle(Settlement(publish=[(Q2, d.body + b"!") for d in got], ack=got)))
-    assert run(b.depth([Q, Q2])) == {Q: (0, 0), Q2: (2, 6)}
+    assert run(b.depth([Q, Q2])) == {Q: (0, 0), Q2: (2, 6 if b.counts_bytes else 0)}
     assert run(b.peek(Q2)) == [b"m0!", b"m1!"]
 
 
@@ -195,10 +196,13 @@ def test_depth_stats_purge_and_peek(make: BrokerFactory, Q: str) -> None:
     b = make()
     run(b.publish(bodies(Q, 4)))
     run(b.fetch([Q], 1, "c", timeout=1))
+    # a backend that cannot see held messages counts, peeks and purges the 3 waiting ones
+    held = 1 if b.counts_in_flight else 0
     stats = run(b.stats([Q]))[Q]
-    assert (stats.messages, stats.bytes, stats.in_flight) == (4, 8, 1)
-    assert run(b.peek(Q, 2)) == [b"m0", b"m1"]
-    assert run(b.purge(Q)) == 4
+    size = 2 * (3 + held) if b.counts_bytes else 0
+    assert (stats.messages, stats.bytes, stats.in_flight) == (3 + held, size, held)
+    assert run(b.peek(Q, 2)) == ([b"m0", b"m1"] if held else [b"m1", b"m2"])
+    assert run(b.purge(Q)) == 3 + held
     assert run(b.depth([Q]))[Q] == (0, 0)
 
 

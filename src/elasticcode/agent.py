@@ -145,6 +145,11 @@ class Agent:
             inst.last_exit = code
             inst.process = None
             released = await broker.release(inst.consumer)
+            held = (
+                f"{released} message(s) released"
+                if broker.counts_in_flight
+                else "the broker returns its messages to their queues"
+            )
             if code == 0:
                 inst.finished = True
                 continue
@@ -156,8 +161,8 @@ class Agent:
             inst.next_start = now + delay
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             events.append(
-                f"worker {inst.processor}[{inst.index}] died ({how}); {released} message(s) "
-                f"released; restarting{f' in {delay:.1f}s' if delay else ''}"
+                f"worker {inst.processor}[{inst.index}] died ({how}); {held}; "
+                f"restarting{f' in {delay:.1f}s' if delay else ''}"
             )
         return events
 

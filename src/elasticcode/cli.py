@@ -261,9 +261,7 @@ def dead_list(flow: str, limit: int, full: bool, state_dir: str | None, broker: 
 
 @dead_letters.command("replay", epilog=FLOW_HELP)
 @click.argument("flow")
-@click.option(
-    "--id", "ids", multiple=True, type=int, help="Replay only this dead letter (repeatable)."
-)
+@click.option("--id", "ids", multiple=True, help="Replay only this dead letter (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter of FLOW.")
 @state_dir_option
 @broker_option

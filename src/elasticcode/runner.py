@@ -208,7 +208,7 @@ async def _run(
         state.end_run(run_id, status)
         totals = _totals(flow, agent, state.worker_reports(run_id))
         depths = await broker.depth(queues)
-        dead = len(await broker.dead_letters(limit=1_000_000))
+        dead = await broker.dead_letter_count(queues)
         await broker.close()
         state.close()
     result = RunResult(

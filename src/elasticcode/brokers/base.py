@@ -171,6 +171,10 @@ class Broker(abc.ABC):
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """List dead-lettered messages, oldest first."""
 
+    async def dead_letter_count(self, queues: Sequence[str]) -> int:
+        """How many dead letters the named queues hold; backends may make it cheaper."""
+        return sum([len(await self.dead_letters(q, limit=10**9)) for q in queues])
+
     @abc.abstractmethod
     async def replay(self, ids: Sequence[Any] | None = None, queue: str | None = None) -> int:
         """Put dead letters back on their queues (all, or those named); return the count."""

@@ -371,6 +371,13 @@ class SQLiteBroker(Broker):
         rows = self.db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [DeadLetter(i, self._name(q), b, e, n, t) for i, q, b, e, n, t in rows]
 
+    async def dead_letter_count(self, queues: Sequence[str]) -> int:
+        qids = [self._qid(q) for q in queues]
+        (n,) = self.db.execute(
+            f"SELECT count(*) FROM dead_letters WHERE qid IN ({','.join('?' * len(qids))})", qids
+        ).fetchone()
+        return int(n)
+
     async def replay(self, ids: Sequence[Any] | None = None, queue: str | None = None) -> int:
         where, args = "1", []
         if ids is not None:

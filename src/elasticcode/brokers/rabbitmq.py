@@ -1,0 +1,504 @@
+"""RabbitMQ queues (AMQP 0-9-1) through aio-pika.
+
+Features
+    Durable queues (classic, or replicated quorum queues), persistent messages, publisher
+    confirms with all of a batch in flight at once. One consumer per input queue pushes up to
+    ``prefetch`` messages ahead into a local buffer; acks go several at once where contiguous.
+    Delayed retries through ``{queue}.delay`` (per-message TTL, then dead-lettered back);
+    dead letters in ``{queue}.dead``, with replay. The connection recovers after a broker
+    restart, and operations it cut off are retried. Where AMQP has no exact figure:
+
+    * Delivery count: a header counts retries; a redelivery after a consumer died adds one
+      (``redelivered``: several count as one on classic queues; quorum queues'
+      ``x-delivery-count`` is exact). Peeked messages come back redelivered, counting one more.
+    * ``depth``/``stats`` count messages waiting in a queue and its delay queue, not those
+      held by consumers (``counts_in_flight``), and no bytes (``counts_bytes``); ``peek``
+      (``basic.get``, then requeue) and ``purge`` see waiting messages only.
+    * ``release`` returns 0: RabbitMQ requeues what a consumer held once its connection
+      closes (at once for a dead process, after the heartbeat timeout for a lost host).
+    * A retry delay is a minimum: RabbitMQ expires per-message TTLs only at the head of a
+      queue, so a short delay queued behind a longer one waits for it.
+    * ``dead_letters``/``replay`` without a queue cover the queues this object declared.
+    * At-least-once: a settlement cut off by a connection loss is redelivered; classic queues
+      dead-letter expired delay messages at most once, quorum queues at least once.
+
+Connection string
+    ``amqp://user:password@host:5672/vhost``, or ``amqps://`` for TLS (with aio-pika's
+    ``cafile``, ``certfile``, ``keyfile``, ``no_verify_ssl``). Passwords never show in errors
+    or logs.
+
+Options (URL query)
+    ``queue_type=classic|quorum`` -- the type of the queues declared (default classic).
+    ``prefetch=N`` -- messages pushed ahead to each consumer (default: the fetch limit).
+    ``retry_for=SECONDS`` -- how long an operation waits for a lost connection (default 30).
+    Others (``heartbeat``, ``reconnect_interval`` (default 1), ...) go to aio-pika.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from ..errors import BrokerError
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+    from aiormq.abc import AbstractChannel as Wire
+    from aiormq.abc import DeliveredMessage
+
+log = logging.getLogger("elasticcode.brokers.rabbitmq")
+T = TypeVar("T")
+
+COUNT = "x-ec-deliveries"  # deliveries before this copy was published
+ERROR = "x-ec-error"
+FAILED_AT = "x-ec-failed-at"  # milliseconds since the epoch
+LINGER = 0.002  # after a first delivery, gather those right behind it for this long
+MAX_ERROR_CHARS = 16_000  # headers travel in one frame (128 KiB by default)
+
+
+def delay_queue(queue: str) -> str:
+    return f"{queue}.delay"
+
+
+def dead_queue(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+class _Out(NamedTuple):
+    queue: str
+    body: bytes
+    headers: dict[str, Any] | None = None
+    expiration: str | None = None  # milliseconds
+
+
+class _Consuming:
+    """The consumer channel and what it holds; replaced after every reconnection."""
+
+    def __init__(self, channel: Wire, wake: asyncio.Event) -> None:
+        self.channel = channel
+        self.tags: dict[str, str] = {}  # queue -> consumer tag
+        self.ready: dict[str, deque[DeliveredMessage]] = {}  # pushed, not yet fetched
+        self.outstanding: dict[int, str] = {}  # unacknowledged delivery tags, in order
+        self.qos = 0
+        channel.on_consumer_cancel_callbacks.add(self._cancelled)
+        channel.closing.add_done_callback(lambda _: wake.set())
+
+    def _cancelled(self, frame: Any) -> None:  # by RabbitMQ, e.g. the queue was deleted
+        self.tags = {q: t for q, t in self.tags.items() if t != frame.consumer_tag}
+
+
+class RabbitMQBroker(Broker):
+    schemes = ("amqp", "amqps")
+    counts_in_flight = False
+    counts_bytes = False
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._aio = require("aio_pika", "rabbitmq")
+        aiormq = require("aiormq", "rabbitmq")
+        self._errors, self._properties = aiormq.exceptions, aiormq.spec.Basic.Properties
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            self.queue_type = query.pop("queue_type", "classic").lower()
+            self.prefetch = int(query.pop("prefetch", 0))
+            self.retry_for = float(query.pop("retry_for", 30))
+        except ValueError as exc:
+            raise BrokerError(f"rabbitmq broker URL: {exc} (a number was expected)") from None
+        if self.queue_type not in ("classic", "quorum"):
+            raise BrokerError(f"queue_type must be classic or quorum, not {self.queue_type!r}")
+        self.where = f"RabbitMQ at {parts.hostname or 'localhost'}:{port}"
+        self._secrets = {s for s in (parts.password, unquote(parts.password or "")) if s}
+        query.setdefault("reconnect_interval", "1")
+        self._url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._transient = (OSError, self._errors.ChannelInvalidStateError)
+        self._conn: AbstractRobustConnection | None = None
+        self._channels: dict[str, AbstractChannel] = {}
+        self._lock = asyncio.Lock()  # opening channels
+        self._get_lock = asyncio.Lock()  # basic.get without ack on the ops channel
+        self._cons: _Consuming | None = None
+        self._arrived = asyncio.Event()
+        self._known: dict[str, None] = {}  # queues declared through this object, in order
+        self._rotation = itertools.count()
+
+    # -- connection -------------------------------------------------------------------------
+    def _scrub(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def connect(self) -> None:
+        if self._conn is None:
+            try:
+                self._conn = await self._aio.connect_robust(
+                    self._url, timeout=15, client_properties={"connection_name": "elasticcode"}
+                )
+            except Exception as exc:
+                raise BrokerError(f"cannot connect to {self.where} ({self._scrub(exc)})") from None
+
+    async def close(self) -> None:
+        conn, self._conn, self._cons = self._conn, None, None
+        self._channels.clear()
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception as exc:  # a broken connection must not fail a shutdown
+                log.debug("closing the connection to %s: %s", self.where, self._scrub(exc))
+
+    async def _channel(self, role: str) -> Wire:
+        """The open channel for a role ("pub" has publisher confirms), reopened if closed."""
+        ch = self._channels.get(role)
+        if ch is None or ch.is_closed:
+            async with self._lock:
+                ch = self._channels.get(role)
+                if ch is None or ch.is_closed:
+                    await self.connect()
+                    confirm = role == "pub"
+                    ch = self._aio.Channel(
+                        self._conn, publisher_confirms=confirm, on_return_raises=confirm
+                    )
+                    await ch.initialize()
+                    self._channels[role] = ch
+        return await ch.get_underlay_channel()
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], queue: str = "") -> T:
+        """Run ``op``; if the connection is lost meanwhile, wait for it and run it again."""
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await op()
+            except BrokerError:
+                raise
+            except Exception as exc:
+                conn, left = self._conn, deadline - time.monotonic()
+                transport = conn.transport if conn is not None else None
+                up = transport is not None and not transport.connection.is_closed
+                # whatever fails while the connection is down is the connection's doing
+                if up and conn and conn.connected.is_set() and not isinstance(exc, self._transient):
+                    if isinstance(exc, self._errors.AMQPError):
+                        raise self._error(exc, queue) from None
+                    raise
+                if left <= 0:
+                    raise BrokerError(
+                        f"{self.where} unavailable for {self.retry_for:g}s; {what} failed "
+                        f"({self._scrub(exc)})"
+                    ) from None
+                log.warning("%s: %s cut off (%s); retrying", self.where, what, self._scrub(exc))
+                if conn is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(conn.connected.wait(), left)
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _error(self, exc: BaseException, queue: str) -> BrokerError:
+        e = self._errors
+        if isinstance(exc, e.ChannelNotFoundEntity | e.PublishError):
+            return BrokerError(f"queue {queue!r} does not exist on {self.where}; declare it first")
+        if isinstance(exc, e.ChannelPreconditionFailed):
+            return BrokerError(
+                f"queue {queue!r} exists on {self.where} with other settings "
+                f"({self._scrub(exc)}); delete it, or set queue_type= to match it"
+            )
+        return BrokerError(f"{self.where}, queue {queue!r}: {self._scrub(exc)}")
+
+    async def _each(
+        self, what: str, queues: Iterable[str], op: Callable[[Wire, str], Awaitable[T]]
+    ) -> list[T]:
+        """``op(ops channel, queue)`` for each queue, each retried across reconnections."""
+        out = []
+        for q in queues:
+
+            async def go(q: str = q) -> T:
+                return await op(await self._channel("ops"), q)
+
+            out.append(await self._retrying(what, go, q))
+        return out
+
+    # -- declaring and publishing ------------------------------------------------------------
+    def _arguments(self, delay_for: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {} if self.queue_type == "classic" else {"x-queue-type": "quorum"}
+        if delay_for is not None:
+            args |= {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": delay_for}
+            if self.queue_type == "quorum":  # dead-letter the delayed copies at least once
+                args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        return args
+
+    async def declare(self, queues: Sequence[str]) -> None:
+        async def declare(ch: Wire, q: str) -> None:
+            for name, args in ((q, None), (dead_queue(q), None), (delay_queue(q), q)):
+                await ch.queue_declare(name, durable=True, arguments=self._arguments(args))
+
+        await self._each("declare", queues, declare)
+        self._known.update(dict.fromkeys(queues))
+
+    async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for _, body in items:
+            if len(body) > self.max_message_bytes:
+                raise BrokerError(
+                    f"message of {len(body):,} bytes exceeds the broker limit of "
+                    f"{self.max_message_bytes:,} bytes"
+                )
+        await self._send([_Out(q, body) for q, body in items])
+
+    async def _send(self, items: Sequence[_Out]) -> None:
+        """Publish persistent messages with all confirms in flight at once; publish again
+        what a lost connection cut off (a lost confirm may duplicate one: at-least-once)."""
+        pending = list(items)
+
+        async def one(ch: Wire, out: _Out) -> None:
+            # aiormq gives each a random message_id (returns are matched by it; the dead
+            # letters' ids for replay)
+            props = self._properties(
+                delivery_mode=2, headers=out.headers, expiration=out.expiration
+            )
+            await ch.basic_publish(
+                out.body, routing_key=out.queue, properties=props, mandatory=True
+            )
+
+        async def attempt() -> None:
+            nonlocal pending
+            ch = await self._channel("pub")
+            results = await asyncio.gather(*(one(ch, o) for o in pending), return_exceptions=True)
+            cut = [(o, r) for o, r in zip(pending, results, strict=True) if r is not None]
+            for out, exc in cut:  # unroutable (queue missing) or refused: no use retrying
+                if not isinstance(exc, (*self._transient, asyncio.CancelledError)):
+                    raise self._error(exc, out.queue)
+            pending = [out for out, _ in cut]
+            if pending:
+                raise self._errors.ChannelInvalidStateError(f"publish cut off: {cut[0][1]!r}")
+
+        if pending:
+            await self._retrying("publish", attempt)
+
+    # -- consuming ---------------------------------------------------------------------------
+    async def _consume(self, queues: Sequence[str], limit: int, consumer: str) -> _Consuming:
+        """The consumer channel, with a consumer on each of ``queues``."""
+        cons = self._cons
+        if cons is None or cons.channel.is_closed:  # what the old channel held was requeued
+            cons = self._cons = _Consuming(await self._channel("consume"), self._arrived)
+        missing = [q for q in queues if q not in cons.tags]
+        if missing:  # a missing queue would close the consumer channel: check on another
+            await self._each("fetch", missing, lambda ch, q: ch.queue_declare(q, passive=True))
+            prefetch = self.prefetch or max(1, limit)
+            if cons.qos != prefetch:  # applies to consumers started from now on
+                await cons.channel.basic_qos(prefetch_count=prefetch)
+                cons.qos = prefetch
+            for q in missing:
+                tag = f"{consumer[:150]}|{q[:80]}|{uuid.uuid4().hex[:8]}"
+                ready = cons.ready.setdefault(q, deque())
+
+                async def received(m: DeliveredMessage, q: str = q, ready: Any = ready) -> None:
+                    cons.outstanding[m.delivery_tag or 0] = q
+                    ready.append(m)
+                    self._arrived.set()
+
+                await cons.channel.basic_consume(q, received, consumer_tag=tag)
+                cons.tags[q] = tag
+        return cons
+
+    async def fetch(
+        self, queues: Sequence[str], limit: int, consumer: str, timeout: float
+    ) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        consume = functools.partial(self._consume, queues, limit, consumer)
+        cons = await self._retrying("fetch", consume)
+        out: list[Delivery] = []
+        while len(out) < limit:
+            self._arrived.clear()
+            if cons.channel.is_closed:  # reconnected: consume again
+                cons = await self._retrying("fetch", consume)
+            more = self._take(cons, queues, limit - len(out))
+            out += more
+            if more:
+                continue
+            # wait for a first delivery, then briefly for the rest of its burst
+            left = LINGER if out else deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, left))
+            except TimeoutError:
+                break
+        return out
+
+    def _take(self, cons: _Consuming, queues: Sequence[str], limit: int) -> list[Delivery]:
+        if cons.channel.is_closed:  # RabbitMQ requeued what it had pushed
+            return []
+        if len(queues) > 1:  # rotate so that no input queue starves the others
+            start = next(self._rotation) % len(queues)
+            queues = [*queues[start:], *queues[:start]]
+        out: list[Delivery] = []
+        for q in queues:
+            ready = cons.ready.get(q)
+            while ready and len(out) < limit:
+                m = ready.popleft()
+                out.append(Delivery(q, m.body, (cons, m.delivery_tag), _deliveries(m)))
+        return out
+
+    # -- settling ----------------------------------------------------------------------------
+    def _holds(self, d: Delivery) -> bool:
+        """Whether a delivery is still ours: those of a closed channel were requeued."""
+        cons = self._cons
+        return cons is not None and d.tag[0] is cons and d.tag[1] in cons.outstanding
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        cons = self._cons
+        tags = {d.tag[1] for d in deliveries if self._holds(d)}
+        if cons is None or not tags:
+            return
+        prefix = list(itertools.takewhile(tags.__contains__, cons.outstanding))
+        for t in tags:
+            del cons.outstanding[t]
+        try:
+            if prefix:  # one ack covers every outstanding delivery up to the last of these
+                await cons.channel.basic_ack(prefix[-1], multiple=True)
+            for t in tags.difference(prefix):
+                await cons.channel.basic_ack(t)
+        except self._transient as exc:
+            log.info("%s: ack lost (%s); redelivery follows", self.where, self._scrub(exc))
+
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        await self.settle(Settlement(retry=[(delivery, delay, error)]))
+
+    async def dead_letter(self, delivery: Delivery, error: str) -> None:
+        await self.settle(Settlement(dead=[(delivery, error)]))
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Outputs first, then retried and dead-lettered copies (all confirmed), then acks."""
+        if settlement.publish:
+            await self.publish(settlement.publish)
+        moved: list[_Out] = []
+        now = int(time.time() * 1000)
+        for d, error in settlement.dead:  # a requeued delivery comes back by itself: no copy
+            if self._holds(d):
+                info = {COUNT: d.delivery, ERROR: error[:MAX_ERROR_CHARS], FAILED_AT: now}
+                moved.append(_Out(dead_queue(d.queue), d.body, info))
+        for d, delay, error in settlement.retry:
+            if self._holds(d):
+                info, ms = {COUNT: d.delivery, ERROR: error[:MAX_ERROR_CHARS]}, round(delay * 1000)
+                to, expiration = (delay_queue(d.queue), str(ms)) if ms > 0 else (d.queue, None)
+                moved.append(_Out(to, d.body, info, expiration))
+        await self._send(moved)
+        dead = [d for d, _ in settlement.dead]
+        await self.ack([*settlement.ack, *dead, *(d for d, _, _ in settlement.retry)])
+
+    async def release(self, consumer: str) -> int:
+        """Nothing to do: RabbitMQ requeued what the consumer held when its connection closed."""
+        return 0
+
+    # -- inspecting and managing -------------------------------------------------------------
+    async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        async def count(ch: Wire, q: str) -> QueueStats:
+            waiting = await ch.queue_declare(q, passive=True)
+            delayed = await ch.queue_declare(delay_queue(q), passive=True)
+            return QueueStats((waiting.message_count or 0) + (delayed.message_count or 0))
+
+        return dict(zip(queues, await self._each("depth", queues, count), strict=True))
+
+    async def dead_letter_count(self, queues: Sequence[str]) -> int:
+        async def count(ch: Wire, q: str) -> int:
+            return (await ch.queue_declare(dead_queue(q), passive=True)).message_count or 0
+
+        return sum(await self._each("count dead letters", queues, count))
+
+    async def purge(self, queue: str) -> int:
+        async def purge(ch: Wire, q: str) -> int:
+            done = [await ch.queue_purge(name) for name in (q, delay_queue(q))]
+            return sum(p.message_count or 0 for p in done)
+
+        return (await self._each("purge", [queue], purge))[0]
+
+    async def delete(self, queues: Sequence[str]) -> None:
+        async def delete(ch: Wire, q: str) -> None:
+            for name in (q, delay_queue(q), dead_queue(q)):
+                await ch.queue_delete(name)  # RabbitMQ cancels our consumers on it
+
+        await self._each("delete", queues, delete)
+        for q in queues:
+            self._known.pop(q, None)
+
+    async def _borrow(
+        self, queue: str, limit: int, to: str | None = None, ids: set[str] | None = None
+    ) -> list[DeliveredMessage]:
+        """Read up to ``limit`` messages with ``basic.get`` and requeue them in place; but with
+        ``to``, move those named in ``ids`` (all if None) there instead, and return those."""
+
+        async def go() -> list[DeliveredMessage]:
+            async with self._get_lock:
+                ch = await self._channel("ops")
+                taken: list[DeliveredMessage] = []
+                try:
+                    while len(taken) < limit:
+                        m = await ch.basic_get(queue)
+                        if m.delivery_tag is None:  # Basic.GetEmpty
+                            break
+                        taken.append(m)
+                    if to is None:
+                        return taken
+                    chosen = [m for m in taken if ids is None or _id(m) in ids]
+                    await self._send([_Out(to, m.body) for m in chosen])  # delivery count reset
+                    for m in chosen:
+                        await ch.basic_ack(m.delivery_tag or 0)
+                    taken = [m for m in taken if m not in chosen]
+                    return chosen
+                finally:
+                    if taken and not ch.is_closed:
+                        last = taken[-1].delivery_tag or 0
+                        await ch.basic_nack(last, multiple=True, requeue=True)
+
+        return await self._retrying("read", go, queue)
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        return [m.body for m in await self._borrow(queue, limit)]
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        letters = [
+            _letter(q, m)
+            for q in ([queue] if queue is not None else list(self._known))
+            for m in await self._borrow(dead_queue(q), limit)
+        ]
+        return sorted(letters, key=lambda letter: letter.failed_at)[:limit]
+
+    async def replay(self, ids: Sequence[Any] | None = None, queue: str | None = None) -> int:
+        wanted = None if ids is None else {str(i) for i in ids}
+        replayed = 0
+        for q in [queue] if queue is not None else list(self._known):
+            moved = await self._borrow(dead_queue(q), 2**31, q, wanted)
+            replayed += len(moved)
+            if wanted is not None:
+                wanted -= {_id(m) for m in moved}
+                if not wanted:
+                    break
+        return replayed
+
+
+def _id(m: DeliveredMessage) -> str:
+    return m.header.properties.message_id or ""
+
+
+def _deliveries(m: DeliveredMessage) -> int:
+    """How often a message has been handed out, this delivery included (see above)."""
+    headers = m.header.properties.headers or {}
+    before, returned = headers.get(COUNT), headers.get("x-delivery-count")  # quorum: exact
+    count = before if isinstance(before, int) else 0
+    return count + 1 + (returned if isinstance(returned, int) else int(bool(m.redelivered)))
+
+
+def _letter(queue: str, m: DeliveredMessage) -> DeadLetter:
+    headers = m.header.properties.headers or {}
+    error, failed, count = headers.get(ERROR, ""), headers.get(FAILED_AT), headers.get(COUNT)
+    error = error.decode() if isinstance(error, bytes) else str(error)
+    count, at = (
+        count if isinstance(count, int) else 0,
+        failed / 1000 if isinstance(failed, int) else 0.0,
+    )
+    return DeadLetter(_id(m), queue, m.body, error, count, at)
