@@ -43,9 +43,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_to_end(flow: Flow, tmp_path: Path, workers: int = 2) -> dict[str, int]:
+def run_to_end(
+    flow: Flow, tmp_path: Path, workers: int = 2, broker: str | None = None
+) -> dict[str, int]:
     """Run a flow with several instances per processor; return the errors per processor."""
-    result = run(flow, state_dir=tmp_path / "state", workers=workers, progress=None)
+    result = run(flow, state_dir=tmp_path / "state", workers=workers, broker=broker)
     assert result.status == "finished"
     assert result.dead_letters == 0
     assert sum(result.queues.values()) == 0
@@ -228,8 +230,12 @@ def test_enrichment_joins_every_order_exactly_once(tmp_path: Path) -> None:
     flow = Flow.load(ENRICHMENT / "flow.yaml")
     flow.get("store").config = {"path": str(tmp_path / "orders.jsonl")}
     assert run_to_end(flow, tmp_path) == {}
+    check_enriched_orders(flow, tmp_path / "orders.jsonl")
 
-    stored = read_jsonl(tmp_path / "orders.jsonl")
+
+def check_enriched_orders(flow: Flow, path: Path) -> None:
+    """Every generated order stored once, equal to an independently computed record."""
+    stored = read_jsonl(path)
     order_ids = [o["order_id"] for o in stored]
     assert sorted(order_ids) == [f"ORD-{n:05d}" for n in range(1, 201)]
 

@@ -166,6 +166,10 @@ class Agent:
             )
         return events
 
+    def live_consumers(self) -> set[str]:
+        """Consumer ids of the workers running now."""
+        return {inst.consumer for inst in self.instances if inst.alive}
+
     def stop(self, timeout: float = 15.0) -> None:
         """Ask every worker to finish its batch and exit; kill those that do not in time."""
         for inst in self.instances:

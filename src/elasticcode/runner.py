@@ -195,7 +195,8 @@ async def _run(
             progress.update(_totals(flow, agent, reports), depths)
             if stop.is_set():
                 break
-            if not forever and drained.check(depths, reports, state.sources_done(run_id, sources)):
+            live = [r for r in reports if r.id in agent.live_consumers()]
+            if not forever and drained.check(depths, live, state.sources_done(run_id, sources)):
                 status = "finished"
                 break
             with contextlib.suppress(TimeoutError):
@@ -244,18 +245,18 @@ class _Drained:
         self.first: tuple[float, tuple[tuple[str, int, int], ...]] | None = None
 
     def check(
-        self, depths: dict[str, tuple[int, int]], reports: list[WorkerReport], sources_done: bool
+        self, depths: dict[str, tuple[int, int]], live: list[WorkerReport], sources_done: bool
     ) -> bool:
+        """``live``: the latest reports of the workers running now."""
         if not sources_done or any(n for n, _ in depths.values()):
             self.first = None
             return False
         if self.counts_in_flight:
             return True
-        live = [r for r in reports if r.status not in ("stopped", "done", "failed")]
         if any(r.holding for r in live):
             self.first = None
             return False
-        counters = tuple(sorted((r.id, r.received, r.emitted) for r in reports))
+        counters = tuple(sorted((r.id, r.received, r.emitted) for r in live))
         now = time.monotonic()
         if self.first is None or self.first[1] != counters:
             self.first = (now, counters)
