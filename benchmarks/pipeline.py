@@ -1,4 +1,4 @@
-"""End-to-end throughput and latency of a 3-stage pipeline on the embedded SQLite broker.
+"""End-to-end throughput and latency of a 3-stage pipeline, per broker, beside the raw client.
 
 The flow is ``source -> s1 -> s2 -> s3``: the source emits N payloads of about 200 bytes, each
 stamped with its creation time ``t0``; s1, s2 and s3 each add a field; s3 also records
@@ -10,16 +10,23 @@ Latency is arrival - t0 per message. With an unpaced source the queues fill up t
 back-pressure limit, so latency then measures queueing under saturation; ``--rate`` paces the
 source to measure latency at a given load.
 
-Each round runs the flow once per worker count (instances per stage; the source is always one
-instance), alternating, so drift on the machine affects every setting alike.
+``--broker`` runs the flow on each broker named (sqlite, the embedded default; redis, rabbitmq
+and nats on the loopback test servers; or URLs), and beside it ``raw_relay.py``: the same
+3-hop relay written directly against the broker's client library with the same guarantees,
+the ceiling the engine is measured against. Each round runs every system on every broker
+once, alternating, so drift on the machine affects every setting alike. Flows on a server get
+a unique name per run and their queues are deleted afterwards.
 
-    python benchmarks/pipeline.py                    # 20000 messages, 3 rounds, 1 and 2 workers
-    python benchmarks/pipeline.py --messages 5000 --rounds 1 --workers 2
+    python benchmarks/pipeline.py                    # sqlite: raw, 1 and 2 workers; 3 rounds
+    python benchmarks/pipeline.py --broker sqlite redis rabbitmq nats
+    python benchmarks/pipeline.py --broker redis nats --rate redis=8000 nats=2000 --rounds 1
+    python benchmarks/pipeline.py --messages 5000 --rounds 1 --workers 2 --no-raw
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -28,18 +35,23 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+import raw_relay  # the sibling script (this folder is on sys.path when this one runs)
+
 import elasticcode
+from elasticcode.agent import Agent
+from elasticcode.brokers import open_broker
 
 HERE = Path(__file__).resolve().parent
 
 
 @dataclass
 class Sample:
-    workers: int
+    system: str
     messages: int
     received: int
     status: str
@@ -49,15 +61,17 @@ class Sample:
     p50_ms: float
     p99_ms: float
     wall: float
-    #: RunResult.seconds: from the agent's start to the end of the run
-    run_seconds: float
-    #: run start to the source's first message, and the last arrival to the run's return
-    startup: float
-    shutdown: float
+    #: CPU seconds per process group from the first message's creation to the last arrival
+    #: (see raw_relay.CpuSampler): clients by role or processor, "server", "machine"
+    cpu: dict[str, float]
+    #: more about the run, for its progress line
+    detail: str = ""
 
 
-def build_flow(messages: int, out: Path, prefetch: int | None, rate: float) -> elasticcode.Flow:
-    flow = elasticcode.Flow(name="bench", path=["."], base_dir=HERE)
+def build_flow(
+    name: str, messages: int, out: Path, prefetch: int | None, rate: float
+) -> elasticcode.Flow:
+    flow = elasticcode.Flow(name=name, path=["."], base_dir=HERE)
     extra = {} if prefetch is None else {"prefetch": prefetch}
     flow.processor(
         "source",
@@ -80,13 +94,6 @@ def read_latencies(out: Path) -> tuple[array[float], array[float]]:
     for path in sorted(out.glob("latency-*.bin")):
         pairs.frombytes(path.read_bytes())
     return pairs[0::2], pairs[1::2]
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
 
 
 class Watchdog:
@@ -115,7 +122,18 @@ class Watchdog:
                 os.kill(os.getpid(), signal.SIGINT)
 
 
+async def delete_queues(url: str, queues: list[str]) -> None:
+    broker = open_broker(url)
+    await broker.connect()
+    try:
+        await broker.delete(queues)
+    finally:
+        await broker.close()
+
+
 def run_once(
+    kind: str,
+    url: str | None,
     workers: int,
     messages: int,
     timeout: float,
@@ -123,61 +141,148 @@ def run_once(
     rate: float,
     keep: bool,
 ) -> Sample:
+    """One run of the flow; ``url`` None runs it on the embedded default in a fresh folder."""
     tmp = Path(tempfile.mkdtemp(prefix="ec-bench-"))
+    # a server is shared: a unique flow name gives the run queues of its own
+    name = "bench" if url is None else f"bench_{uuid.uuid4().hex[:12]}"
+    out = tmp / "latency"
+    flow = build_flow(name, messages, out, prefetch, rate)
+    started = time.time()
+
+    def watch(agent: Agent) -> None:
+        for inst in agent.instances:
+            sampler.watch(inst.processor, [inst.pid or 0])
+
     try:
-        out = tmp / "latency"
-        flow = build_flow(messages, out, prefetch, rate)
-        started = time.time()
-        with Watchdog(timeout) as dog:
-            result = elasticcode.run(flow, state_dir=tmp / "state", workers=workers, progress=None)
+        with raw_relay.CpuSampler() as sampler, Watchdog(timeout) as dog:
+            sampler.watch("runner", [os.getpid()])
+            sampler.watch("server", raw_relay.server_pids(kind, url or ""))
+            result = elasticcode.run(
+                flow,
+                state_dir=tmp / "state",
+                broker=url,
+                workers=workers,
+                progress=None,
+                on_start=watch,
+            )
         ended = time.time()
         t0s, arrivals = read_latencies(out)
-        received = len(arrivals)
-        status = "timeout" if dog.fired else result.status
-        if result.dead_letters:
-            status += f", {result.dead_letters} dead"
-        if received:
-            first, last = min(t0s), max(arrivals)
-            latencies = sorted((a - t) * 1000 for a, t in zip(arrivals, t0s, strict=True))
-            rate_seen = received / (last - first) if last > first else float("inf")
-            drain = last - min(arrivals)
-            sink_rate = (received - 1) / drain if drain > 0 else float("inf")
-        else:
-            first = last = ended
-            latencies, rate_seen, sink_rate = [], 0.0, 0.0
-        return Sample(
-            workers,
-            messages,
-            received,
-            status,
-            rate_seen,
-            sink_rate,
-            percentile(latencies, 50),
-            percentile(latencies, 99),
-            ended - started,
-            result.seconds,
-            first - started,
-            ended - last,
-        )
     finally:
+        if url is not None:
+            try:
+                asyncio.run(delete_queues(url, flow.queues()))
+            except Exception as exc:
+                print(f"  WARNING: could not delete the queues of {name}: {exc}", file=sys.stderr)
         if keep:
             print(f"  kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    status = "timeout" if dog.fired else result.status
+    if result.dead_letters:
+        status += f", {result.dead_letters} dead"
+    rate_seen, sink_rate, p50, p99 = raw_relay.summarize(t0s, arrivals)
+    first = min(t0s) if len(t0s) else ended
+    last = max(arrivals) if len(arrivals) else ended
+    detail = (
+        f"run {result.seconds:.2f} s, start-up {first - started:.2f} s, "
+        f"shutdown {ended - last:.2f} s"
+    )
+    return Sample(
+        f"elasticcode {workers}w",
+        messages,
+        len(arrivals),
+        status,
+        rate_seen,
+        sink_rate,
+        p50,
+        p99,
+        ended - started,
+        sampler.between(first, last),
+        detail,
+    )
+
+
+def run_raw(
+    url: str, messages: int, timeout: float, prefetch: int, rate: float, client: str
+) -> Sample:
+    r = raw_relay.run_relay(url, messages, rate, timeout, prefetch, client)
+    return Sample(
+        "raw",
+        r.messages,
+        r.received,
+        r.status,
+        r.rate,
+        r.sink_rate,
+        r.p50_ms,
+        r.p99_ms,
+        r.wall,
+        r.cpu,
+    )
+
+
+def wait_for_quiet(limit: float, busy: float = 0.15) -> float:
+    """Wait (up to ``limit`` seconds) until the machine has been under ``busy`` of one core
+    for half a second, so that another user's burst does not land in a run; return the wait."""
+    started = time.monotonic()
+    while True:
+        before = raw_relay.machine_cpu()
+        time.sleep(0.5)
+        if raw_relay.machine_cpu() - before < busy * 0.5 or not before:
+            return time.monotonic() - started
+        if time.monotonic() - started >= limit:
+            return time.monotonic() - started
+
+
+def parse_rates(tokens: list[str], labels: list[str]) -> dict[str, float]:
+    """``--rate 5000`` for every broker, or ``--rate redis=8000 nats=2000`` (others unpaced)."""
+    rates = dict.fromkeys(labels, 0.0)
+    for token in tokens:
+        label, sep, value = token.rpartition("=")
+        if sep and label not in rates:
+            raise ValueError(f"--rate {token}: {label!r} is not among --broker {' '.join(labels)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--rate {token}: {value!r} is not a number") from None
+        for name in [label] if sep else labels:
+            rates[name] = number
+    return rates
+
+
+def cpu_per_message(s: Sample) -> tuple[str, str]:
+    """CPU microseconds per message: clients + server (where it can be read), and the other
+    processes on the machine in the meantime (a sign of a disturbed run)."""
+    if not s.cpu:
+        return "?", "?"
+    per = 1e6 / max(1, s.received)
+    clients = sum(v for k, v in s.cpu.items() if k not in ("server", "machine"))
+    server = s.cpu.get("server", 0.0)
+    text = f"{clients * per:,.0f}" + (f"+{server * per:,.0f}" if "server" in s.cpu else "")
+    other = max(0.0, s.cpu.get("machine", 0.0) - clients - server)
+    return text, f"{other * per:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
             "Messages/second end-to-end through source -> s1 -> s2 -> s3 (trivial processors) "
-            "on the embedded SQLite broker, with N workers per stage; p50/p99 latency."
+            "with N workers per stage, on each broker beside a raw-client relay of the same "
+            "shape; p50/p99 latency."
         ),
     )
     parser.add_argument(
-        "--messages", type=int, default=20_000, help="messages per run (default 20000)"
+        "--broker",
+        nargs="+",
+        default=["sqlite"],
+        metavar="NAME_OR_URL",
+        help="brokers to compare: sqlite (embedded, in a temporary folder), redis, rabbitmq, "
+        "nats (the loopback servers), or URLs (default: sqlite)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds; each runs every worker count (default 3)"
+        "--messages", type=int, default=10_000, help="messages per run (default 10000)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds; each runs every system (default 3)"
     )
     parser.add_argument(
         "--workers",
@@ -185,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[1, 2],
         help="worker counts (instances per stage) to compare (default: 1 2)",
+    )
+    parser.add_argument(
+        "--no-raw",
+        dest="raw",
+        action="store_false",
+        help="leave out the raw-client relay (benchmarks/raw_relay.py)",
+    )
+    parser.add_argument(
+        "--amqp-client",
+        choices=["pika", "aio-pika"],
+        default="pika",
+        help="client of the raw RabbitMQ relay (default pika: pipelined confirms)",
     )
     parser.add_argument(
         "--timeout",
@@ -196,13 +313,23 @@ def main(argv: list[str] | None = None) -> int:
         "--prefetch",
         type=int,
         default=None,
-        help="prefetch of s1..s3 (default: the engine's default)",
+        help="prefetch of s1..s3 and batch of the raw relay (default: the engine's, 100)",
     )
     parser.add_argument(
         "--rate",
+        nargs="+",
+        default=[],
+        metavar="[BROKER=]RATE",
+        help="pace the source to this many messages/s, for every broker or per broker "
+        "(default: as fast as possible)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
         type=float,
-        default=0.0,
-        help="pace the source to this many messages/s (default 0: as fast as possible)",
+        default=20.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine to be idle (default 20; "
+        "0: do not wait)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep each run's temporary folder (state, logs)"
@@ -210,45 +337,63 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or any(w < 1 for w in args.workers):
         parser.error("--messages, --rounds and --workers must be at least 1")
+    try:
+        brokers = [raw_relay.resolve(b) for b in args.broker]
+        rates = parse_rates(args.rate, [label for label, _, _ in brokers])
+    except ValueError as exc:
+        parser.error(str(exc))
+    systems = (["raw"] if args.raw else []) + [f"elasticcode {w}w" for w in args.workers]
 
     print(
-        f"{args.messages} messages, {args.rounds} round(s), workers {args.workers}, "
-        f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}, "
-        f"elasticcode {elasticcode.__version__}, load average {os.getloadavg()[0]:.2f}",
+        f"{args.messages} messages, {args.rounds} round(s), brokers {' '.join(rates)}, "
+        f"systems {', '.join(systems)}, {os.cpu_count()} CPU(s), "
+        f"Python {sys.version.split()[0]}, elasticcode {elasticcode.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    samples: dict[int, list[Sample]] = {w: [] for w in args.workers}
+    if any(rates.values()):
+        print("paced: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items() if v))
+    samples: dict[tuple[str, str], list[Sample]] = {
+        (label, system): [] for label, _, _ in brokers for system in systems
+    }
     for round_no in range(1, args.rounds + 1):
-        for w in args.workers:
-            s = run_once(w, args.messages, args.timeout, args.prefetch, args.rate, args.keep)
-            samples[w].append(s)
-            print(
-                f"  round {round_no} workers {w}: {s.rate:,.0f} msg/s (sink side "
-                f"{s.sink_rate:,.0f}), p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
-                f"wall {s.wall:.2f} s (run {s.run_seconds:.2f} s, start-up {s.startup:.2f} s, "
-                f"shutdown {s.shutdown:.2f} s), {s.received}/{s.messages} received, {s.status}",
-                flush=True,
-            )
-            if s.status == "interrupted":  # Ctrl-C (the watchdog reports "timeout")
-                return 130
+        for label, kind, url in brokers:
+            # the embedded default lives in each run's own folder; a URL is used as given
+            ec_url = None if url == raw_relay.BROKERS["sqlite"] else url
+            for system in systems:
+                waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
+                if waited >= 1:
+                    print(f"  (waited {waited:.0f} s for the machine to be idle)", flush=True)
+                if system == "raw":
+                    prefetch = args.prefetch or 100
+                    s = run_raw(
+                        url, args.messages, args.timeout, prefetch, rates[label], args.amqp_client
+                    )
+                else:
+                    w = int(system.split()[1].rstrip("w"))
+                    s = run_once(
+                        kind,
+                        ec_url,
+                        w,
+                        args.messages,
+                        args.timeout,
+                        args.prefetch,
+                        rates[label],
+                        args.keep,
+                    )
+                samples[(label, system)].append(s)
+                print(
+                    f"  round {round_no} {label} {system}: {s.rate:,.0f} msg/s (sink side "
+                    f"{s.sink_rate:,.0f}), p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
+                    f"wall {s.wall:.2f} s{', ' if s.detail else ''}{s.detail}, "
+                    f"{s.received}/{s.messages} received, {s.status}\n"
+                    f"    {raw_relay.cpu_text(s.cpu, s.received)}",
+                    flush=True,
+                )
+                if s.status == "interrupted":  # Ctrl-C (the watchdog reports "timeout")
+                    return 130
 
-    header = f"{'workers':>7}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  {'p99 ms':>8}"
-    header += f"  {'wall s':>7}"
-    print()
-    print(header)
-    print("-" * len(header))
-    medians: dict[int, float] = {}
-    for w, runs in samples.items():
-        rates = [s.rate for s in runs]
-        medians[w] = statistics.median(rates)
-        spread = f"{medians[w]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
-        print(
-            f"{w:>7}  {spread:>26}  {statistics.median(s.p50_ms for s in runs):>8.1f}  "
-            f"{statistics.median(s.p99_ms for s in runs):>8.1f}  "
-            f"{statistics.median(s.wall for s in runs):>7.2f}"
-        )
-    if 1 in medians and 2 in medians and medians[1] > 0:
-        print(f"\nratio 2w/1w: {medians[2] / medians[1]:.2f}")
+    print_table(samples, [label for label, _, _ in brokers], systems)
     bad = [
         s
         for runs in samples.values()
@@ -259,6 +404,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nWARNING: {len(bad)} run(s) did not finish cleanly or lost messages")
         return 1
     return 0
+
+
+def print_table(
+    samples: dict[tuple[str, str], list[Sample]], labels: list[str], systems: list[str]
+) -> None:
+    header = (
+        f"{'broker':<10}  {'system':<15}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  "
+        f"{'p99 ms':>8}  {'ec/raw':>6}  {'CPU us/msg':>10}  {'other':>5}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for label in labels:
+        raw = samples.get((label, "raw"))
+        raw_median = statistics.median(s.rate for s in raw) if raw else 0.0
+        for system in systems:
+            runs = samples[(label, system)]
+            rates = [s.rate for s in runs]
+            median = statistics.median(rates)
+            spread = f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+            ratio = f"{median / raw_median:.2f}" if system != "raw" and raw_median > 0 else ""
+            cpu, other = cpu_per_message(sorted(runs, key=lambda s: s.rate)[len(runs) // 2])
+            print(
+                f"{label:<10}  {system:<15}  {spread:>26}  "
+                f"{statistics.median(s.p50_ms for s in runs):>8.1f}  "
+                f"{statistics.median(s.p99_ms for s in runs):>8.1f}  {ratio:>6}  "
+                f"{cpu:>10}  {other:>5}"
+            )
+    print(
+        "\nmsgs/s: messages / (last arrival - first creation); p50/p99: arrival - creation, "
+        "medians over rounds;\nec/raw: elasticcode median / raw median; CPU us/msg (of the "
+        "median run): CPU microseconds per message\nof the clients (every process of the "
+        "system) + the broker server, from the first creation to the last arrival;\nother: "
+        "of every other process on the machine meanwhile (high: the run was disturbed)."
+    )
 
 
 if __name__ == "__main__":
