@@ -1,9 +1,10 @@
 """Processors for ``benchmarks/pipeline.py``: a source, two pass-through stages and a sink.
 
 They live in their own module so that the worker processes can import them (the benchmark
-flow's ``path`` points at this folder). Each stage adds one field; the sink records, per
-message, the time the source created it (``t0`` in the payload) and the time it arrived, as
-pairs of float64 in ``<out>/latency-<pid>.bin``.
+flow's ``path`` points at this folder). Each stage adds one field, the time it handled the
+message; the sink records, per message, the time the source created it (``t0`` in the
+payload), the times s1 and s2 handled it and the time it arrived, as four float64 in
+``<out>/latency-<pid>.bin``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-#: Float pairs buffered by the sink before it appends them to its file.
+#: Messages' times buffered by the sink before it appends them to its file.
 FLUSH_EVERY = 4096
 
 
@@ -44,17 +45,17 @@ def source(messages: int = 20_000, rate: float = 0.0) -> Iterator[dict[str, Any]
 
 
 def stage1(payload: dict[str, Any]) -> dict[str, Any]:
-    payload["s1"] = 1
+    payload["s1"] = time.time()
     return payload
 
 
 def stage2(payload: dict[str, Any]) -> dict[str, Any]:
-    payload["s2"] = 2
+    payload["s2"] = time.time()
     return payload
 
 
 class Sink:
-    """Last stage: records (t0, arrival) per message; emits nothing."""
+    """Last stage: records (t0, s1, s2, arrival) per message; emits nothing."""
 
     def __init__(self, out: str) -> None:
         self.out = out
@@ -68,9 +69,8 @@ class Sink:
     def process(self, payload: dict[str, Any]) -> None:
         payload["s3"] = 3
         buffer = self.buffer
-        buffer.append(payload["t0"])
-        buffer.append(time.time())
-        if len(buffer) >= 2 * FLUSH_EVERY:
+        buffer.extend((payload["t0"], payload["s1"], payload["s2"], time.time()))
+        if len(buffer) >= 4 * FLUSH_EVERY:
             self._flush()
 
     def _flush(self) -> None:

@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +65,8 @@ class Sample:
     #: CPU seconds per process group from the first message's creation to the last arrival
     #: (see raw_relay.CpuSampler): clients by role or processor, "server", "machine"
     cpu: dict[str, float]
+    #: median latency of each hop, ms: creation -> s1, s1 -> s2, s2 -> arrival
+    hops: tuple[float, float, float]
     #: more about the run, for its progress line
     detail: str = ""
 
@@ -88,12 +91,14 @@ def build_flow(
     return flow
 
 
-def read_latencies(out: Path) -> tuple[array[float], array[float]]:
-    """(t0s, arrivals) from every sink instance's file."""
-    pairs = array("d")
+def read_latencies(
+    out: Path,
+) -> tuple[array[float], array[float], array[float], array[float]]:
+    """(t0s, s1 times, s2 times, arrivals) from every sink instance's file."""
+    times = array("d")
     for path in sorted(out.glob("latency-*.bin")):
-        pairs.frombytes(path.read_bytes())
-    return pairs[0::2], pairs[1::2]
+        times.frombytes(path.read_bytes())
+    return times[0::4], times[1::4], times[2::4], times[3::4]
 
 
 class Watchdog:
@@ -166,7 +171,7 @@ def run_once(
                 on_start=watch,
             )
         ended = time.time()
-        t0s, arrivals = read_latencies(out)
+        t0s, s1s, s2s, arrivals = read_latencies(out)
     finally:
         if url is not None:
             try:
@@ -198,6 +203,7 @@ def run_once(
         p99,
         ended - started,
         sampler.between(first, last),
+        raw_relay.hops(t0s, s1s, s2s, arrivals),
         detail,
     )
 
@@ -217,6 +223,7 @@ def run_raw(
         r.p99_ms,
         r.wall,
         r.cpu,
+        r.hops,
     )
 
 
@@ -231,6 +238,27 @@ def wait_for_quiet(limit: float, busy: float = 0.15) -> float:
             return time.monotonic() - started
         if time.monotonic() - started >= limit:
             return time.monotonic() - started
+
+
+def source_version() -> str:
+    """The commit of the engine's source measured (+ "dirty" if src/ has changes)."""
+    root = HERE.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + (" (src/ modified)" if dirty else "")
 
 
 def parse_rates(tokens: list[str], labels: list[str]) -> dict[str, float]:
@@ -346,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{args.messages} messages, {args.rounds} round(s), brokers {' '.join(rates)}, "
+        f"commit {source_version()}, "
         f"systems {', '.join(systems)}, {os.cpu_count()} CPU(s), "
         f"Python {sys.version.split()[0]}, elasticcode {elasticcode.__version__}, "
         f"load average {os.getloadavg()[0]:.2f}",
@@ -387,13 +416,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{s.sink_rate:,.0f}), p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
                     f"wall {s.wall:.2f} s{', ' if s.detail else ''}{s.detail}, "
                     f"{s.received}/{s.messages} received, {s.status}\n"
-                    f"    {raw_relay.cpu_text(s.cpu, s.received)}",
+                    f"    {raw_relay.hops_text(s.hops)}; {raw_relay.cpu_text(s.cpu, s.received)}",
                     flush=True,
                 )
                 if s.status == "interrupted":  # Ctrl-C (the watchdog reports "timeout")
                     return 130
 
     print_table(samples, [label for label, _, _ in brokers], systems)
+    if any(rates.values()):
+        print("paced: msgs/s is the pace (ec/raw near 1.00); compare the latencies.")
     bad = [
         s
         for runs in samples.values()

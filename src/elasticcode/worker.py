@@ -35,7 +35,7 @@ log = logging.getLogger("elasticcode.worker")
 
 REPORT_EVERY = 0.5
 SOURCE_BATCH = 500
-SOURCE_FLUSH = 0.02
+SOURCE_FLUSH = 0.005
 EXIT_CONFIG = 3
 BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
 STATE_ENV = "ELASTICCODE_WORKER_STATE"
@@ -176,9 +176,11 @@ class Worker:
                 break
             batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
             if not batch:
+                self.report.holding = 0
                 continue
             # Tell the runner at once when an idle worker starts holding messages: with brokers
             # that do not count held messages, that is how it knows the flow is not drained.
+            # (Between busy batches ``holding`` stays above 0, so this is one write per burst.)
             idle = self.report.holding == 0
             self.report.holding = len(batch)
             if idle:
@@ -191,7 +193,6 @@ class Worker:
             for d in batch:
                 if d.delivery > 1:
                     await self._process([d], False, isolated=True)
-            self.report.holding = 0
 
     async def _process(
         self, batch: list[Delivery], concurrent: bool, isolated: bool = False
