@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,7 @@ import pytest
 
 import elasticcode
 from elasticcode import Flow, RunResult
+from elasticcode.agent import Agent
 
 
 class FlowDir:
@@ -37,6 +42,23 @@ class FlowDir:
     def lines(self, name: str) -> list[str]:
         path = self.root / name
         return path.read_text().splitlines() if path.exists() else []
+
+
+def kill_worker(processor: str, after: float, killed: list[int]) -> Callable[[Agent], None]:
+    """An ``on_start`` hook that kill -9s one worker of ``processor`` after ``after`` seconds."""
+
+    def hook(agent: Agent) -> None:
+        def go() -> None:
+            time.sleep(after)
+            for inst in agent.instances:
+                if inst.processor == processor and inst.pid:
+                    os.kill(inst.pid, signal.SIGKILL)
+                    killed.append(inst.pid)
+                    return
+
+        threading.Thread(target=go, daemon=True).start()
+
+    return hook
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import elasticcode
-from elasticcode.agent import Agent
 from elasticcode.brokers.sqlite import SQLiteBroker
 
-from .conftest import FlowDir
+from .conftest import FlowDir, kill_worker
 
 CLI = str(Path(sys.executable).with_name("elasticcode"))
 
@@ -67,19 +65,7 @@ def test_kill_9_of_a_worker_loses_nothing(fd: FlowDir, sink_module: Callable[[],
         )
     )
     killed: list[int] = []
-
-    def killer(agent: Agent) -> None:
-        def go() -> None:
-            time.sleep(1.0)
-            for inst in agent.instances:
-                if inst.processor == "work" and inst.pid:
-                    os.kill(inst.pid, signal.SIGKILL)
-                    killed.append(inst.pid)
-                    return
-
-        threading.Thread(target=go, daemon=True).start()
-
-    result = fd.run(flow, on_start=killer)
+    result = fd.run(flow, on_start=kill_worker("work", after=1.0, killed=killed))
     assert killed, "no worker was killed"
     assert result.status == "finished"
     assert any("died (signal 9)" in e for e in result.events)

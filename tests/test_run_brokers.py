@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from elasticcode import Flow
-from elasticcode.agent import Agent
 from elasticcode.brokers import open_broker
 
-from .conftest import FlowDir
+from .conftest import FlowDir, kill_worker
 from .services import service_url
 from .test_examples import ENRICHMENT, check_enriched_orders, run_to_end
 from .test_run import PIPELINE, accounting
@@ -63,19 +58,7 @@ def test_pipeline_with_a_worker_killed(
         )
     )
     killed: list[int] = []
-
-    def killer(agent: Agent) -> None:
-        def go() -> None:
-            time.sleep(1.5)
-            for inst in agent.instances:
-                if inst.processor == "work" and inst.pid:
-                    os.kill(inst.pid, signal.SIGKILL)
-                    killed.append(inst.pid)
-                    return
-
-        threading.Thread(target=go, daemon=True).start()
-
-    result = fd.run(flow, broker=broker, on_start=killer)
+    result = fd.run(flow, broker=broker, on_start=kill_worker("work", after=1.5, killed=killed))
     assert result.status == "finished"
     assert killed
     accounting(fd, 2000)
