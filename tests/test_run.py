@@ -304,7 +304,9 @@ def test_ctrl_c_then_rerun_resumes(fd: FlowDir, sink_module: Callable[[], Path])
     )
     cmd = [CLI, "run", str(fd.root / "flow.yaml"), "--state-dir", str(fd.state), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    deadline = time.monotonic() + 60
+    while len(fd.lines("sink.log")) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)  # interrupt once the flow is well under way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
