@@ -52,7 +52,7 @@ def test_pipeline_with_a_worker_killed(
     fd.module("slow", "import time\n\ndef step(p):\n    time.sleep(0.001)\n    return p\n")
     flow = own_queues(
         fd.flow(
-            PIPELINE.replace("COUNT", "2000").replace(
+            PIPELINE.replace("COUNT", "3000").replace(
                 '"steps:inc", instances: 2', '"slow:step", instances: 2'
             )
         )
@@ -61,7 +61,7 @@ def test_pipeline_with_a_worker_killed(
     result = fd.run(flow, broker=broker, on_start=kill_worker("work", after=1.5, killed=killed))
     assert result.status == "finished"
     assert killed
-    accounting(fd, 2000)
+    accounting(fd, 3000)
 
 
 def test_enrichment_example_with_join(
