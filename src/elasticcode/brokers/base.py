@@ -132,18 +132,6 @@ class Broker(abc.ABC):
         """Take up to ``limit`` visible messages for ``consumer``, waiting up to ``timeout``."""
 
     @abc.abstractmethod
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Remove settled deliveries from their queues."""
-
-    @abc.abstractmethod
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """Return a delivery to its queue, visible again after ``delay`` seconds."""
-
-    @abc.abstractmethod
-    async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        """Move a delivery to the dead-letter store with the error that ended it."""
-
-    @abc.abstractmethod
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         """Depth (messages and bytes, in-flight included) of each named queue."""
 
@@ -179,17 +167,23 @@ class Broker(abc.ABC):
     async def replay(self, ids: Sequence[Any] | None = None, queue: str | None = None) -> int:
         """Put dead letters back on their queues (all, or those named); return the count."""
 
+    @abc.abstractmethod
     async def settle(self, settlement: Settlement) -> None:
-        """Publish outputs, then acknowledge, retry or dead-letter the inputs.
+        """Publish outputs (confirmed), then acknowledge, retry or dead-letter the inputs.
 
         Publishing comes first so that an input is never acknowledged before its outputs are
-        durable; a crash in between redelivers the input (at-least-once).
+        durable; a crash in between redelivers the input (at-least-once). A backend that can
+        do it all in one transaction should.
         """
-        if settlement.publish:
-            await self.publish(settlement.publish)
-        for delivery, error in settlement.dead:
-            await self.dead_letter(delivery, error)
-        for delivery, delay, error in settlement.retry:
-            await self.retry(delivery, delay, error)
-        if settlement.ack:
-            await self.ack(settlement.ack)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove settled deliveries from their queues."""
+        await self.settle(Settlement(ack=list(deliveries)))
+
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Return a delivery to its queue, visible again after ``delay`` seconds."""
+        await self.settle(Settlement(retry=[(delivery, delay, error)]))
+
+    async def dead_letter(self, delivery: Delivery, error: str) -> None:
+        """Move a delivery to the dead-letter store with the error that ended it."""
+        await self.settle(Settlement(dead=[(delivery, error)]))

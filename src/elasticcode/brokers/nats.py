@@ -327,15 +327,6 @@ class NATSBroker(Broker):
             with suppress(Exception):
                 await self.nc.publish(_lease_subject(consumer), _encode(held))
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self.settle(Settlement(ack=list(deliveries)))
-
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        await self.settle(Settlement(retry=[(delivery, delay, error)]))
-
-    async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        await self.settle(Settlement(dead=[(delivery, error)]))
-
     async def settle(self, settlement: Settlement) -> None:
         if settlement.publish:
             await self.publish(settlement.publish)

@@ -366,12 +366,6 @@ class RabbitMQBroker(Broker):
         except self._transient as exc:
             log.info("%s: ack lost (%s); redelivery follows", self.where, self._scrub(exc))
 
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        await self.settle(Settlement(retry=[(delivery, delay, error)]))
-
-    async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        await self.settle(Settlement(dead=[(delivery, error)]))
-
     async def settle(self, settlement: Settlement) -> None:
         """Outputs first, then retried and dead-lettered copies (all confirmed), then acks."""
         if settlement.publish:

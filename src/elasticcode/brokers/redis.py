@@ -528,15 +528,6 @@ class RedisBroker(Broker):
         keys += [k for q in numbers for k in self._keys(q, "", "bytes", "delayed", "dead")]
         await self._write("settle", keys, [GROUP, len(numbers), *numbers, *ops])
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self.settle(Settlement(ack=list(deliveries)))
-
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        await self.settle(Settlement(retry=[(delivery, delay, error)]))
-
-    async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        await self.settle(Settlement(dead=[(delivery, error)]))
-
     async def _depth(self, queues: Sequence[str], stats: bool) -> list[list[int]]:
         keys = [k for q in queues for k in self._keys(q, "", "delayed", "bytes")]
         if not keys:

@@ -245,10 +245,6 @@ class SQLiteBroker(Broker):
                     break
         return out
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        with self._write():
-            self._ack(deliveries)
-
     def _ack(self, deliveries: Sequence[Delivery]) -> None:
         removed = self.db.executemany(
             "DELETE FROM messages WHERE seq = ? AND owner = ?", [d.tag for d in deliveries]
@@ -259,20 +255,12 @@ class SQLiteBroker(Broker):
         else:  # some leases had expired and were taken over: count those queues afresh
             self._recount(list({qid for qid, _, _ in rows}))
 
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        with self._write():
-            self._retry([(delivery, delay, error)])
-
     def _retry(self, items: Sequence[tuple[Delivery, float, str]]) -> None:
         now = time.time()
         self.db.executemany(
             "UPDATE messages SET owner = NULL, visible_at = ?, error = ? WHERE seq = ? AND owner = ?",
             [(now + delay, error, *d.tag) for d, delay, error in items],
         )
-
-    async def dead_letter(self, delivery: Delivery, error: str) -> None:
-        with self._write():
-            self._dead([(delivery, error)])
 
     def _dead(self, items: Sequence[tuple[Delivery, str]]) -> None:
         now = time.time()
