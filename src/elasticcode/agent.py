@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from .brokers import Broker
+from .errors import BrokerError
 from .flow import Flow
 from .worker import BROKER_ENV, EXIT_CONFIG, STATE_ENV
 
@@ -144,12 +145,15 @@ class Agent:
                 continue
             inst.last_exit = code
             inst.process = None
-            released = await broker.release(inst.consumer)
-            held = (
-                f"{released} message(s) released"
-                if broker.counts_in_flight
-                else "the broker returns its messages to their queues"
-            )
+            try:
+                released = await broker.release(inst.consumer)
+                held = (
+                    f"{released} message(s) released"
+                    if broker.counts_in_flight
+                    else "the broker returns its messages to their queues"
+                )
+            except BrokerError as exc:  # the broker redelivers them when their lease runs out
+                held = f"its messages wait for their lease to run out ({exc})"
             if code == 0:
                 inst.finished = True
                 continue
