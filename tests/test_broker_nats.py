@@ -271,6 +271,9 @@ def test_server_restart_loses_no_confirmed_message(url: str) -> None:
         missing = [body for body in confirmed if body not in acked and body not in consumed]
         assert missing == [], f"{len(missing)} confirmed message(s) lost in the restart"
         assert any(body.startswith(b"during") for body in consumed)
-        assert await b.depth([q]) == {q: (0, 0)}
+        # An ack cut off by the restart leaves that batch (at most 10) pending until ack_wait
+        # runs out; it is then delivered again: at-least-once, nothing lost.
+        ((outstanding, _),) = (await b.depth([q])).values()
+        assert outstanding <= 10
 
     on(url, queues, test, brokers=2)
