@@ -149,7 +149,7 @@ class Agent:
                 released = await broker.release(inst.consumer)
                 held = (
                     f"{released} message(s) released"
-                    if broker.counts_in_flight
+                    if broker.releases_held
                     else "the broker returns its messages to their queues"
                 )
             except BrokerError as exc:  # the broker redelivers them when their lease runs out

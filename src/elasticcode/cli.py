@@ -76,7 +76,7 @@ broker_option = click.option(
     "--broker",
     default=None,
     metavar="URL",
-    help="Broker URL, e.g. amqp://…, redis://…, nats://… [default: $ELASTICCODE_BROKER, else "
+    help="Broker URL, e.g. amqp://…, redis://…, nats://…, sqs://… [default: $ELASTICCODE_BROKER, else "
     "the flow's settings.broker, else embedded SQLite queues in the state dir].",
 )
 

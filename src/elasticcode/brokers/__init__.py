@@ -20,6 +20,7 @@ BACKENDS: dict[str, str] = {
     "rediss": "elasticcode.brokers.redis:RedisBroker",
     "nats": "elasticcode.brokers.nats:NATSBroker",
     "tls": "elasticcode.brokers.nats:NATSBroker",
+    "sqs": "elasticcode.brokers.sqs:SQSBroker",
 }
 
 

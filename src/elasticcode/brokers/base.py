@@ -88,7 +88,8 @@ class Broker(abc.ABC):
       with the error until ``replay`` puts it back (delivery count reset).
     * ``depth`` counts messages not yet acknowledged. Where ``counts_in_flight`` is False it
       counts only those waiting, not those held by consumers; where ``counts_bytes`` is False
-      the byte figure is 0.
+      the byte figure is 0. Where ``peeks_in_flight`` is False, ``peek`` sees waiting
+      messages only.
     * Bodies over ``max_message_bytes`` are refused with a ``BrokerError``.
     * Everything runs in the event loop that called ``connect``.
     """
@@ -99,6 +100,11 @@ class Broker(abc.ABC):
     counts_in_flight: bool = True
     #: ``depth`` reports the bytes held in a queue.
     counts_bytes: bool = True
+    #: ``peek`` sees messages held by consumers too, not only those waiting.
+    peeks_in_flight: bool = True
+    #: ``release`` hands back what a consumer in any process held; where False, the broker
+    #: returns a dead consumer's messages by itself (on disconnect, or after a timeout).
+    releases_held: bool = True
 
     def __init__(self, url: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.url = url

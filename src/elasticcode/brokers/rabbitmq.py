@@ -100,6 +100,8 @@ class _Consuming:
 class RabbitMQBroker(Broker):
     schemes = ("amqp", "amqps")
     counts_in_flight = False
+    peeks_in_flight = False
+    releases_held = False
     counts_bytes = False
 
     def __init__(self, url: str, **kwargs: Any) -> None:
