@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+import elasticcode
 from elasticcode import Flow
 from elasticcode.brokers import open_broker
+from elasticcode.errors import BrokerError
 
 from .conftest import FlowDir, kill_worker
 from .services import service_url
 from .test_examples import ENRICHMENT, check_enriched_orders, run_to_end
-from .test_run import PIPELINE, accounting
+from .test_run import PIPELINE, POISON, accounting
 
 
 @pytest.fixture(params=["redis", "rabbitmq", "nats", "sqs"])
@@ -77,3 +79,41 @@ def test_enrichment_example_with_join(
     flow.get("store").config = {"path": str(out)}
     assert run_to_end(flow, tmp_path, broker=broker) == {}
     check_enriched_orders(flow, out)
+
+
+def test_connections_on_brokers_of_their_own(fd: FlowDir, sink_module: Callable[[], Path]) -> None:
+    """One connection on Redis, the rest on the embedded default: a worker killed mid-run loses
+    nothing, dead letters on either broker are listed and replayed by their N:ID names."""
+    redis_py = pytest.importorskip("redis")
+    prefix = f"ecroute{uuid.uuid4().hex[:8]}"
+    redis_url = f"{service_url('redis')}?prefix={prefix}"
+    sink_module()
+    fd.module("poison", POISON)
+    pipeline = PIPELINE.replace("COUNT", "2000").replace(
+        '"steps:inc", instances: 2, prefetch: 20',
+        '"poison:step", instances: 2, prefetch: 20, retries: {max: 0}',
+    )
+    flow = fd.flow(
+        pipeline.replace(
+            "{from: work, to: sink}", f"{{from: work, to: sink, broker: '{redis_url}'}}"
+        )
+    )
+    assert flow.broker_routes() == {"pipe.work.success-sink.input": redis_url}
+    assert Flow.from_dict(flow.to_dict()).to_dict() == flow.to_dict()  # the field round-trips
+    client = redis_py.Redis.from_url(service_url("redis"))
+    try:
+        killed: list[int] = []
+        result = fd.run(flow, on_start=kill_worker("sink", after=1.0, killed=killed))
+        assert result.status == "finished" and killed
+        assert client.keys(f"{prefix}:q:*"), "the routed connection's queue is not on Redis"
+        rows = [line.split() for line in fd.lines("sink.log")]
+        assert {int(n) for _, n in rows} == {n for n in range(2000) if n % 10 != 3}
+        letters = elasticcode.dead_letters(flow, state_dir=fd.state, limit=1000)
+        assert len(letters) == 200 and all(str(dl.id).startswith("0:") for dl in letters)
+        assert elasticcode.replay(flow, [letters[0].id], state_dir=fd.state) == 1
+        with pytest.raises(BrokerError, match="named N:ID"):
+            elasticcode.replay(flow, ["7"], state_dir=fd.state)
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()

@@ -27,7 +27,9 @@ def _with_broker(
     _, url, _ = state_paths(flow, state_dir, broker)
 
     async def go() -> T:
-        b = open_broker(url, max_message_bytes=flow.settings.max_message_bytes)
+        b = open_broker(
+            url, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
+        )
         await b.connect()
         try:
             await b.declare(flow.queues())

@@ -206,6 +206,8 @@ class Connection(_Model):
     #: Back pressure: upstream stops consuming while the queue holds more than this.
     max_messages: int = Field(default=10_000, ge=1)
     max_bytes: Size = 64 * 2**20
+    #: Broker URL of this connection's queue, if not the flow's broker.
+    broker: str | None = None
 
     @field_validator("source", "target")
     @classmethod
@@ -315,6 +317,10 @@ class Flow(_Model):
             if src == name:
                 out[port].append(conn)
         return out
+
+    def broker_routes(self) -> dict[str, str]:
+        """Queue -> broker URL, for the connections that name a broker of their own."""
+        return {self.queue_name(c): c.broker for c in self.connections if c.broker}
 
     def queues(self) -> list[str]:
         names = [self.queue_name(c) for c in self.connections]

@@ -148,7 +148,9 @@ async def _run(
     on_start: Callable[[Agent], None] | None,
 ) -> RunResult:
     state = StateStore(state_url)
-    broker = open_broker(broker_url, max_message_bytes=flow.settings.max_message_bytes)
+    broker = open_broker(
+        broker_url, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
+    )
     await broker.connect()
     queues = flow.queues()
     await broker.declare(queues)

@@ -519,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
     flow = Flow.load(args.flow)
-    broker = open_broker(args.broker, max_message_bytes=flow.settings.max_message_bytes)
+    broker = open_broker(
+        args.broker, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
+    )
     state = StateStore(args.state)
     worker = Worker(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
 

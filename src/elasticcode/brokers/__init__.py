@@ -45,6 +45,13 @@ def broker_class(url: str) -> type[Broker]:
     return cls
 
 
-def open_broker(url: str, **options: Any) -> Broker:
-    """Build (not yet connect) the broker a URL names."""
-    return broker_class(url)(url, **options)
+def open_broker(url: str, routes: dict[str, str] | None = None, **options: Any) -> Broker:
+    """Build (not yet connect) the broker a URL names; with ``routes`` (queue -> URL) for queues
+    that live elsewhere, one broker over all of them."""
+    if not routes or set(routes.values()) == {url}:
+        return broker_class(url)(url, **options)
+    from .routed import RoutedBroker
+
+    urls = dict.fromkeys([url, *routes.values()])
+    brokers = {u: broker_class(u)(u, **options) for u in urls}
+    return RoutedBroker(url, brokers, routes)
