@@ -69,10 +69,16 @@ def expected_word_counts(flow: Flow) -> Counter[str]:
 
 
 def test_wordcount_counts_every_word_of_the_data(tmp_path: Path) -> None:
+    run_wordcount(tmp_path)
+
+
+def run_wordcount(tmp_path: Path, broker: str | None = None, own: Any = None) -> None:
+    """Run the word count (``own`` renames the flow) and check every count."""
     flow = Flow.load(WORDCOUNT / "flow.yaml")
+    flow = own(flow) if own else flow
     out = tmp_path / "out"
     flow.get("total").config = {"output": str(out)}
-    assert run_to_end(flow, tmp_path) == {}
+    assert run_to_end(flow, tmp_path, broker=broker) == {}
 
     counts = json.loads((out / "counts.json").read_text())
     expected = expected_word_counts(flow)
@@ -135,10 +141,16 @@ REJECTED = {
 
 
 def test_csv_clean_splits_clean_and_rejected_rows(tmp_path: Path) -> None:
+    run_csv_clean(tmp_path)
+
+
+def run_csv_clean(tmp_path: Path, broker: str | None = None, own: Any = None) -> None:
+    """Run the CSV clean-up (``own`` renames the flow) and check both outputs row by row."""
     flow = Flow.load(CSV_CLEAN / "flow.yaml")
+    flow = own(flow) if own else flow
     flow.get("store").config = {"path": str(tmp_path / "clean.jsonl")}
     flow.get("rejected").config = {"path": str(tmp_path / "rejected.jsonl")}
-    assert run_to_end(flow, tmp_path) == {"clean": len(REJECTED)}
+    assert run_to_end(flow, tmp_path, broker=broker) == {"clean": len(REJECTED)}
 
     clean = read_jsonl(tmp_path / "clean.jsonl")
     rejected = read_jsonl(tmp_path / "rejected.jsonl")

@@ -16,7 +16,13 @@ from elasticcode.errors import BrokerError
 
 from .conftest import FlowDir, kill_worker
 from .services import service_url
-from .test_examples import ENRICHMENT, check_enriched_orders, run_to_end
+from .test_examples import (
+    ENRICHMENT,
+    check_enriched_orders,
+    run_csv_clean,
+    run_to_end,
+    run_wordcount,
+)
 from .test_run import PIPELINE, POISON, accounting
 
 
@@ -79,6 +85,14 @@ def test_enrichment_example_with_join(
     flow.get("store").config = {"path": str(out)}
     assert run_to_end(flow, tmp_path, broker=broker) == {}
     check_enriched_orders(flow, out)
+
+
+def test_wordcount_example(tmp_path: Path, broker: str, own_queues: Callable[[Flow], Flow]) -> None:
+    run_wordcount(tmp_path, broker, own_queues)
+
+
+def test_csv_clean_example(tmp_path: Path, broker: str, own_queues: Callable[[Flow], Flow]) -> None:
+    run_csv_clean(tmp_path, broker, own_queues)
 
 
 def test_connections_on_brokers_of_their_own(fd: FlowDir, sink_module: Callable[[], Path]) -> None:
