@@ -1,5 +1,8 @@
 """Processors for ``benchmarks/pipeline.py``: a source, two pass-through stages and a sink.
 
+``stage2`` has a CPU-bound variant (``cpu_ms``: about that many milliseconds of pure-Python
+work per message), for the scaling benchmark.
+
 They live in their own module so that the worker processes can import them (the benchmark
 flow's ``path`` points at this folder). Each stage adds one field, the time it handled the
 message; the sink records, per message, the time the source created it (``t0`` in the
@@ -49,9 +52,25 @@ def stage1(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def stage2(payload: dict[str, Any]) -> dict[str, Any]:
+def stage2(payload: dict[str, Any], cpu_ms: float = 0.0) -> dict[str, Any]:
+    """With ``cpu_ms`` > 0, the CPU-bound variant: about that much pure-Python work first."""
+    if cpu_ms:
+        burn(cpu_ms)
     payload["s2"] = time.time()
     return payload
+
+
+#: Iterations of ``burn``'s loop per millisecond of one core of the benchmark machine (2 cores,
+#: Python 3.11): a fixed amount of work, so that a loaded core takes longer, as real work does.
+LOOPS_PER_MS = 26_000
+
+
+def burn(ms: float) -> int:
+    """About ``ms`` milliseconds of pure-Python arithmetic, holding the GIL throughout."""
+    x = 0
+    for i in range(int(ms * LOOPS_PER_MS)):
+        x += i * i % 7
+    return x
 
 
 class Sink:

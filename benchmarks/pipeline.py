@@ -38,10 +38,12 @@ import threading
 import time
 import uuid
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import raw_relay  # the sibling script (this folder is on sys.path when this one runs)
+import bench_steps  # the sibling scripts (this folder is on sys.path when this one runs)
+import celery_relay
+import raw_relay
 
 import elasticcode
 from elasticcode.agent import Agent
@@ -69,10 +71,14 @@ class Sample:
     hops: tuple[float, float, float]
     #: more about the run, for its progress line
     detail: str = ""
+    #: peak resident memory (MB) of the largest process of each role or processor
+    rss: dict[str, float] = field(default_factory=dict)
+    #: p99 latency of each hop in the steady state, ms (engine runs)
+    hops99: tuple[float, float, float] = (float("nan"),) * 3
 
 
 def build_flow(
-    name: str, messages: int, out: Path, prefetch: int | None, rate: float
+    name: str, messages: int, out: Path, prefetch: int | None, rate: float, cpu_ms: float = 0.0
 ) -> elasticcode.Flow:
     flow = elasticcode.Flow(name=name, path=["."], base_dir=HERE)
     extra = {} if prefetch is None else {"prefetch": prefetch}
@@ -83,7 +89,8 @@ def build_flow(
         config={"messages": messages, "rate": rate},
     )
     flow.processor("s1", "bench_steps:stage1", **extra)
-    flow.processor("s2", "bench_steps:stage2", **extra)
+    s2_config = {"cpu_ms": cpu_ms} if cpu_ms else {}
+    flow.processor("s2", "bench_steps:stage2", config=s2_config, **extra)
     flow.processor("s3", "bench_steps:Sink", config={"out": str(out)}, **extra)
     flow.connect("source", "s1")
     flow.connect("s1", "s2")
@@ -145,13 +152,14 @@ def run_once(
     prefetch: int | None,
     rate: float,
     keep: bool,
+    cpu_ms: float = 0.0,
 ) -> Sample:
     """One run of the flow; ``url`` None runs it on the embedded default in a fresh folder."""
     tmp = Path(tempfile.mkdtemp(prefix="ec-bench-"))
     # a server is shared: a unique flow name gives the run queues of its own
     name = "bench" if url is None else f"bench_{uuid.uuid4().hex[:12]}"
     out = tmp / "latency"
-    flow = build_flow(name, messages, out, prefetch, rate)
+    flow = build_flow(name, messages, out, prefetch, rate, cpu_ms)
     started = time.time()
 
     def watch(agent: Agent) -> None:
@@ -205,15 +213,30 @@ def run_once(
         sampler.between(first, last),
         raw_relay.hops(t0s, s1s, s2s, arrivals),
         detail,
+        sampler.peak_rss(),
+        steady_hops(t0s, s1s, s2s, arrivals),
     )
+
+
+def steady_hops(
+    t0s: array[float], s1s: array[float], s2s: array[float], arrivals: array[float]
+) -> tuple[float, float, float]:
+    """p99 of each hop in the steady state: the first 10% of messages (by creation), made
+    while the workers were still starting, are left out."""
+    order = sorted(range(len(t0s)), key=t0s.__getitem__)[len(t0s) // 10 :]
+    pick = [array("d", (xs[i] for i in order)) for xs in (t0s, s1s, s2s, arrivals)]
+    return raw_relay.hops(*pick, q=99)
 
 
 def run_raw(
     url: str, messages: int, timeout: float, prefetch: int, rate: float, client: str
 ) -> Sample:
-    r = raw_relay.run_relay(url, messages, rate, timeout, prefetch, client)
+    return from_result("raw", raw_relay.run_relay(url, messages, rate, timeout, prefetch, client))
+
+
+def from_result(system: str, r: raw_relay.Result) -> Sample:
     return Sample(
-        "raw",
+        system,
         r.messages,
         r.received,
         r.status,
@@ -224,6 +247,7 @@ def run_raw(
         r.wall,
         r.cpu,
         r.hops,
+        rss=r.rss,
     )
 
 
@@ -291,6 +315,10 @@ def cpu_per_message(s: Sample) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))[0]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Messages/second end-to-end through source -> s1 -> s2 -> s3 (trivial processors) "
@@ -360,17 +388,51 @@ def main(argv: list[str] | None = None) -> int:
         "0: do not wait)",
     )
     parser.add_argument(
+        "--celery",
+        action="store_true",
+        help="also run the pipeline on Celery 5 with the same worker counts, where it speaks "
+        "the broker (redis, rabbitmq): benchmarks/celery_relay.py",
+    )
+    parser.add_argument(
+        "--celery-messages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="messages per Celery run (default: --messages); Celery's rate is steady after a "
+        "few hundred, and a run of 10,000 takes half a minute",
+    )
+    parser.add_argument(
+        "--cpu-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the CPU-bound variant: s2 does about MS milliseconds of pure-Python work per "
+        "message (leaves out the raw relay; prints the 2w/1w scaling)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep each run's temporary folder (state, logs)"
     )
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or any(w < 1 for w in args.workers):
         parser.error("--messages, --rounds and --workers must be at least 1")
     try:
-        brokers = [raw_relay.resolve(b) for b in args.broker]
-        rates = parse_rates(args.rate, [label for label, _, _ in brokers])
+        args.brokers = [raw_relay.resolve(b) for b in args.broker]
+        args.rates = parse_rates(args.rate, [label for label, _, _ in args.brokers])
     except ValueError as exc:
         parser.error(str(exc))
-    systems = (["raw"] if args.raw else []) + [f"elasticcode {w}w" for w in args.workers]
+    return args
+
+
+Samples = dict[tuple[str, str], list[Sample]]
+
+
+def run(args: argparse.Namespace) -> tuple[int, Samples]:
+    """Every round of every system on every broker; print each run and the table; return
+    the exit status (1 if a run lost messages or failed) and the samples."""
+    brokers, rates = args.brokers, args.rates
+    raw = args.raw and not args.cpu_ms  # the raw relay has no CPU-bound stage
+    systems = (["raw"] if raw else []) + [f"elasticcode {w}w" for w in args.workers]
+    systems += [f"celery {w}w" for w in args.workers] if args.celery else []
 
     print(
         f"{args.messages} messages, {args.rounds} round(s), brokers {' '.join(rates)}, "
@@ -382,24 +444,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     if any(rates.values()):
         print("paced: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items() if v))
-    samples: dict[tuple[str, str], list[Sample]] = {
-        (label, system): [] for label, _, _ in brokers for system in systems
+    if args.cpu_ms:
+        started = time.perf_counter()
+        bench_steps.burn(args.cpu_ms * 100)
+        took = (time.perf_counter() - started) * 10
+        print(f"CPU-bound variant: s2 does {args.cpu_ms:g} ms of work (measured {took:.2f} ms)")
+    samples: Samples = {
+        (label, system): []
+        for label, kind, _ in brokers
+        for system in systems
+        if not system.startswith("celery") or kind in celery_relay.SUPPORTED
     }
     for round_no in range(1, args.rounds + 1):
         for label, kind, url in brokers:
             # the embedded default lives in each run's own folder; a URL is used as given
             ec_url = None if url == raw_relay.BROKERS["sqlite"] else url
             for system in systems:
+                if (label, system) not in samples:
+                    continue  # Celery on a broker it does not speak
                 waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
                 if waited >= 1:
                     print(f"  (waited {waited:.0f} s for the machine to be idle)", flush=True)
+                w = int(system.split()[-1].rstrip("w")) if system != "raw" else 1
                 if system == "raw":
                     prefetch = args.prefetch or 100
                     s = run_raw(
                         url, args.messages, args.timeout, prefetch, rates[label], args.amqp_client
                     )
+                elif system.startswith("celery"):
+                    n = args.celery_messages or args.messages
+                    r = celery_relay.run_celery(
+                        kind, url, n, w, rates[label], args.timeout, args.cpu_ms
+                    )
+                    s = from_result(system, r)
                 else:
-                    w = int(system.split()[1].rstrip("w"))
                     s = run_once(
                         kind,
                         ec_url,
@@ -409,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.prefetch,
                         rates[label],
                         args.keep,
+                        args.cpu_ms,
                     )
                 samples[(label, system)].append(s)
                 print(
@@ -416,13 +495,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"{s.sink_rate:,.0f}), p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
                     f"wall {s.wall:.2f} s{', ' if s.detail else ''}{s.detail}, "
                     f"{s.received}/{s.messages} received, {s.status}\n"
-                    f"    {raw_relay.hops_text(s.hops)}; {raw_relay.cpu_text(s.cpu, s.received)}",
+                    f"    {raw_relay.hops_text(s.hops)}; {raw_relay.cpu_text(s.cpu, s.received)}; "
+                    f"{rss_text(s.rss)}",
                     flush=True,
                 )
                 if s.status == "interrupted":  # Ctrl-C (the watchdog reports "timeout")
-                    return 130
+                    return 130, samples
 
     print_table(samples, [label for label, _, _ in brokers], systems)
+    if args.cpu_ms and len(args.workers) > 1:
+        print_scaling(samples, [label for label, _, _ in brokers], systems)
     if any(rates.values()):
         print("paced: msgs/s is the pace (ec/raw near 1.00); compare the latencies.")
     bad = [
@@ -433,8 +515,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if bad:
         print(f"\nWARNING: {len(bad)} run(s) did not finish cleanly or lost messages")
-        return 1
-    return 0
+        return 1, samples
+    return 0, samples
+
+
+def rss_text(rss: dict[str, float]) -> str:
+    if not rss:
+        return "peak RSS: unknown"
+    return "peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+
+
+def median_rate(samples: dict[tuple[str, str], list[Sample]], key: tuple[str, str]) -> float:
+    runs = samples.get(key)
+    return statistics.median(s.rate for s in runs) if runs else 0.0
 
 
 def print_table(
@@ -442,34 +535,69 @@ def print_table(
 ) -> None:
     header = (
         f"{'broker':<10}  {'system':<15}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  "
-        f"{'p99 ms':>8}  {'ec/raw':>6}  {'CPU us/msg':>10}  {'other':>5}"
+        f"{'p99 ms':>8}  {'ec/raw':>6}  {'ec/celery':>9}  {'CPU s/1k':>8}  {'RSS MB':>6}  "
+        f"{'other':>5}"
     )
     print()
     print(header)
     print("-" * len(header))
     for label in labels:
-        raw = samples.get((label, "raw"))
-        raw_median = statistics.median(s.rate for s in raw) if raw else 0.0
+        raw_median = median_rate(samples, (label, "raw"))
         for system in systems:
-            runs = samples[(label, system)]
+            runs = samples.get((label, system))
+            if not runs:
+                continue
             rates = [s.rate for s in runs]
             median = statistics.median(rates)
             spread = f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
-            ratio = f"{median / raw_median:.2f}" if system != "raw" and raw_median > 0 else ""
-            cpu, other = cpu_per_message(sorted(runs, key=lambda s: s.rate)[len(runs) // 2])
+            ours = system.startswith("elasticcode")
+            ratio = f"{median / raw_median:.2f}" if ours and raw_median > 0 else ""
+            celery = median_rate(samples, (label, system.replace("elasticcode", "celery")))
+            vs_celery = f"{median / celery:.1f}x" if ours and celery > 0 else ""
+            mid = sorted(runs, key=lambda s: s.rate)[len(runs) // 2]
+            cpu, other = cpu_per_message(mid)
+            cpu_s = f"{float(cpu.split('+')[0].replace(',', '')) / 1000:.2f}" if cpu != "?" else "?"
+            if "+" in cpu:
+                cpu_s += f"+{float(cpu.split('+')[1].replace(',', '')) / 1000:.2f}"
+            rss = f"{max(mid.rss.values()):.0f}" if mid.rss else "?"
             print(
                 f"{label:<10}  {system:<15}  {spread:>26}  "
                 f"{statistics.median(s.p50_ms for s in runs):>8.1f}  "
                 f"{statistics.median(s.p99_ms for s in runs):>8.1f}  {ratio:>6}  "
-                f"{cpu:>10}  {other:>5}"
+                f"{vs_celery:>9}  {cpu_s:>8}  {rss:>6}  {other:>5}"
             )
     print(
         "\nmsgs/s: messages / (last arrival - first creation); p50/p99: arrival - creation, "
-        "medians over rounds;\nec/raw: elasticcode median / raw median; CPU us/msg (of the "
-        "median run): CPU microseconds per message\nof the clients (every process of the "
-        "system) + the broker server, from the first creation to the last arrival;\nother: "
-        "of every other process on the machine meanwhile (high: the run was disturbed)."
+        "medians over rounds;\nec/raw, ec/celery: elasticcode median / raw (or Celery, same "
+        "workers) median; CPU s/1k (of the\nmedian run): CPU seconds per 1,000 messages of the "
+        "clients (every process of the system) +\nthe broker server, from the first creation to "
+        "the last arrival; RSS MB: peak resident memory of the\nlargest process of the system "
+        "(the broker's not counted); other: CPU microseconds per message of\nevery other "
+        "process on the machine meanwhile (high: the run was disturbed)."
     )
+
+
+def print_scaling(
+    samples: dict[tuple[str, str], list[Sample]], labels: list[str], systems: list[str]
+) -> None:
+    """The CPU-bound variant: each system's rate with its most workers over its fewest."""
+    print("\nscaling (CPU-bound variant):")
+    for label in labels:
+        for name in ("elasticcode", "celery"):
+            counts = sorted(
+                int(s.split()[-1].rstrip("w"))
+                for s in systems
+                if s.startswith(name) and (label, s) in samples
+            )
+            if len(counts) < 2:
+                continue
+            low = median_rate(samples, (label, f"{name} {counts[0]}w"))
+            high = median_rate(samples, (label, f"{name} {counts[-1]}w"))
+            if low > 0:
+                print(
+                    f"  {label:<10} {name:<12} {counts[-1]}w/{counts[0]}w = {high / low:.2f} "
+                    f"({high:,.0f} / {low:,.0f} msg/s)"
+                )
 
 
 if __name__ == "__main__":

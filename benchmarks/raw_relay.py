@@ -108,6 +108,8 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     #: median latency of each hop, ms: creation -> s1, s1 -> s2, s2 -> arrival
     hops: tuple[float, float, float] = (float("nan"),) * 3
+    #: peak resident memory (MB) of the largest process of each role
+    rss: dict[str, float] = field(default_factory=dict)
 
 
 #: Server process names, to read their CPU time from /proc (when it can be read).
@@ -146,6 +148,14 @@ def process_cpu(pid: int) -> float:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_peak_rss(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), MB (OSError once it is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def machine_cpu() -> float:
     """CPU seconds every core of this machine has been busy (from /proc/stat; 0 if absent)."""
     try:
@@ -170,6 +180,7 @@ class CpuSampler:
         self.groups: dict[str, list[int]] = {}
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._last: dict[int, float] = {}
+        self._rss: dict[int, float] = {}  # pid -> peak RSS, MB
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -204,9 +215,18 @@ class CpuSampler:
                 # once a process has exited (or if it cannot be read), keep its last reading
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     self._last[pid] = process_cpu(pid)
+                    self._rss[pid] = process_peak_rss(pid)
                 total += self._last.get(pid, 0.0)
             totals[group] = total
         self.samples.append((now, totals))
+
+    def peak_rss(self) -> dict[str, float]:
+        """Peak resident memory (MB) of the largest process of each group (the server's not)."""
+        with self._lock:
+            groups = {g: list(pids) for g, pids in self.groups.items() if g != "server"}
+        return {
+            g: max((self._rss.get(p, 0.0) for p in pids), default=0.0) for g, pids in groups.items()
+        }
 
     def between(self, t0: float, t1: float) -> dict[str, float]:
         if not self.samples:
@@ -239,13 +259,17 @@ def summarize(t0s: Sequence[float], arrivals: Sequence[float]) -> tuple[float, f
 
 
 def hops(
-    t0s: Sequence[float], s1s: Sequence[float], s2s: Sequence[float], arrivals: Sequence[float]
+    t0s: Sequence[float],
+    s1s: Sequence[float],
+    s2s: Sequence[float],
+    arrivals: Sequence[float],
+    q: float = 50,
 ) -> tuple[float, float, float]:
-    """Median latency (ms) of each hop: creation -> s1, s1 -> s2, s2 -> arrival."""
+    """Latency percentile ``q`` (ms) of each hop: creation -> s1, s1 -> s2, s2 -> arrival."""
     out = []
     for before, after in ((t0s, s1s), (s1s, s2s), (s2s, arrivals)):
         out.append(
-            percentile(sorted((a - b) * 1000 for a, b in zip(after, before, strict=True)), 50)
+            percentile(sorted((a - b) * 1000 for a, b in zip(after, before, strict=True)), q)
         )
     return out[0], out[1], out[2]
 
@@ -1015,6 +1039,7 @@ def run_relay(
         ended - started,
         sampler.between(min(t0s), max(arrivals)) if len(arrivals) else {},
         hops(t0s, s1s, s2s, arrivals),
+        sampler.peak_rss(),
     )
 
 
