@@ -100,12 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {label: pipeline.median_rate(trivial, (label, "elasticcode 1w")) for label in labels}
     paced = [f"{label}={peak / 2:.0f}" for label, peak in peaks.items() if peak > 0]
     print("\n== 4. latency at half of peak: elasticcode 1w paced at " + ", ".join(paced))
-    code, half = pipeline.run(
-        pipeline.parse_args(
-            ["--broker", *args.broker, "--messages", str(args.messages), "--rounds", "1"]
-            + ["--workers", "1", "--no-raw", "--rate", *paced]  # noqa: RUF005
-        )
-    )
+    half_args = ["--broker", *args.broker, "--messages", str(args.messages), "--rounds", "1"]
+    half_args += ["--workers", "1", "--no-raw", "--rate", *paced]
+    code, half = pipeline.run(pipeline.parse_args(half_args))
     status |= code
 
     print("\n== 5. targets (figures from this run)")
