@@ -128,44 +128,81 @@ return {out, last, wake}
 )
 
 # KEYS: dead-letter sequence, dead-letter index, then stream, bytes, delayed, dead per queue.
-# ARGV: group, queue count, queue names, then ops of 7 fields: op, queue number, a, b, c, d, e
-#   P body | A id owner size | R id owner delay-ms deliveries | D id owner size deliveries error
+# ARGV: group, queue count, queue names, then sections, one per (queue, owner):
+#   queue number, owner, counts of P, A, R, D, then P: body | A: id size |
+#   R: id delay-ms deliveries | D: id size deliveries error
+# Only what the owner still holds is settled (a lease that ran out may have handed it on).
 SETTLE = (
     _LUA_COMMON
     + """
 local group, nq, done = ARGV[1], tonumber(ARGV[2]), 0
-for i = 3 + nq, #ARGV, 7 do
-  local op, q = ARGV[i], tonumber(ARGV[i + 1])
+local i = 3 + nq
+local function each(ids, cmd, s)
+  for k = 1, #ids, 1000 do
+    redis.call(cmd, s, group, unpack(ids, k, math.min(k + 999, #ids)))
+  end
+end
+while i <= #ARGV do
+  local q, owner = tonumber(ARGV[i]), ARGV[i + 1]
+  local np, na, nr, nd = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]),
+    tonumber(ARGV[i + 5])
+  i = i + 6
   local s, size, delayed, dead = KEYS[4 * q - 1], KEYS[4 * q], KEYS[4 * q + 1], KEYS[4 * q + 2]
-  local id, owner = ARGV[i + 2], ARGV[i + 3]
-  if op == 'P' then
-    redis.call('XADD', s, '*', 'n', 0, 'b', id)
-    redis.call('INCRBY', size, #id)
-  else
-    local p = redis.pcall('XPENDING', s, group, id, id, 1)
-    if type(p) == 'table' and p[1] and p[1][2] == owner then -- still held by this consumer
-      done = done + 1
-      local e = op ~= 'A' and redis.call('XRANGE', s, id, id)[1]
+  local added = 0
+  for _ = 1, np do
+    redis.call('XADD', s, '*', 'n', 0, 'b', ARGV[i])
+    added = added + #ARGV[i]
+    i = i + 1
+  end
+  local held, gone, freed = {}, {}, 0
+  if na + nr + nd > 0 then
+    local p = redis.pcall('XPENDING', s, group, '-', '+', 1000000, owner)
+    if type(p) == 'table' and not p.err then
+      for _, e in ipairs(p) do held[e[1]] = true end
+    end
+  end
+  for _ = 1, na do
+    if held[ARGV[i]] then gone[#gone + 1] = ARGV[i]; freed = freed + tonumber(ARGV[i + 1]) end
+    i = i + 2
+  end
+  for _ = 1, nr do
+    local id = ARGV[i]
+    if held[id] then
+      local e = redis.call('XRANGE', s, id, id)[1]
       if e then
         local _, b = body_of(e[2])
-        if op == 'R' then
-          redis.call('ZADD', delayed, now + tonumber(ARGV[i + 4]), id .. '\\n' .. ARGV[i + 5] .. '\\n' .. b)
-        else -- dead letters are numbered across queues; never reuse a number in use
-          local seq, top = redis.call('INCR', KEYS[1]), redis.call('XREVRANGE', dead, '+', '-', 'COUNT', 1)[1]
-          if top and seq <= tonumber(string.match(top[1], '^%d+')) then
-            seq = tonumber(string.match(top[1], '^%d+')) + 1
-          end
-          while redis.call('HEXISTS', KEYS[2], seq) == 1 do seq = seq + 1 end
-          redis.call('SET', KEYS[1], seq)
-          redis.call('XADD', dead, seq .. '-0', 'b', b, 'e', ARGV[i + 6], 'd', ARGV[i + 5],
-                     't', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
-          redis.call('HSET', KEYS[2], seq, ARGV[2 + q])
-        end
+        redis.call('ZADD', delayed, now + tonumber(ARGV[i + 1]), id .. '\\n' .. ARGV[i + 2] .. '\\n' .. b)
       end
-      if op == 'A' or e and op == 'D' then redis.call('DECRBY', size, ARGV[i + 4]) end
-      redis.call('XACK', s, group, id)
-      redis.call('XDEL', s, id)
+      gone[#gone + 1] = id
     end
+    i = i + 3
+  end
+  for _ = 1, nd do
+    local id = ARGV[i]
+    if held[id] then
+      local e = redis.call('XRANGE', s, id, id)[1]
+      if e then -- dead letters are numbered across queues; never reuse a number in use
+        local _, b = body_of(e[2])
+        local seq, top = redis.call('INCR', KEYS[1]), redis.call('XREVRANGE', dead, '+', '-', 'COUNT', 1)[1]
+        if top and seq <= tonumber(string.match(top[1], '^%d+')) then
+          seq = tonumber(string.match(top[1], '^%d+')) + 1
+        end
+        while redis.call('HEXISTS', KEYS[2], seq) == 1 do seq = seq + 1 end
+        redis.call('SET', KEYS[1], seq)
+        redis.call('XADD', dead, seq .. '-0', 'b', b, 'e', ARGV[i + 3], 'd', ARGV[i + 2],
+                   't', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+        redis.call('HSET', KEYS[2], seq, ARGV[2 + q])
+        freed = freed + tonumber(ARGV[i + 1])
+      end
+      gone[#gone + 1] = id
+    end
+    i = i + 4
+  end
+  if added - freed ~= 0 then redis.call('INCRBY', size, added - freed) end
+  if #gone > 0 then
+    each(gone, 'XACK', s)
+    for k = 1, #gone, 1000 do redis.call('XDEL', s, unpack(gone, k, math.min(k + 999, #gone))) end
+    done = done + #gone
   end
 end
 return done
@@ -508,25 +545,30 @@ class RedisBroker(Broker):
     async def settle(self, settlement: Settlement) -> None:
         self._check(settlement.publish)
         numbers: dict[str, int] = {}
-        ops: list[Any] = []
+        #: (queue, owner) -> the four lists of a section: P, A, R, D fields
+        sections: dict[tuple[str, str], tuple[list[Any], ...]] = {}
 
-        def op(kind: str, queue: str, *fields: Any) -> None:
-            number = numbers.setdefault(queue, len(numbers) + 1)
-            ops.extend((kind, number, *fields, *[""] * (5 - len(fields))))
+        def section(queue: str, owner: str) -> tuple[list[Any], ...]:
+            numbers.setdefault(queue, len(numbers) + 1)
+            return sections.setdefault((queue, owner), ([], [], [], []))
 
         for queue, body in settlement.publish:
-            op("P", queue, body)
-        for d, error in settlement.dead:
-            op("D", d.queue, *d.tag, len(d.body), d.delivery, error)
-        for d, delay, _ in settlement.retry:
-            op("R", d.queue, *d.tag, max(0, int(delay * 1000)), d.delivery)
+            section(queue, "")[0].append(body)
         for d in settlement.ack:
-            op("A", d.queue, *d.tag, len(d.body))
-        if not ops:
+            section(d.queue, d.tag[1])[1].extend((d.tag[0], len(d.body)))
+        for d, delay, _ in settlement.retry:
+            section(d.queue, d.tag[1])[2].extend((d.tag[0], max(0, int(delay * 1000)), d.delivery))
+        for d, error in settlement.dead:
+            section(d.queue, d.tag[1])[3].extend((d.tag[0], len(d.body), d.delivery, error))
+        if not sections:
             return
+        args: list[Any] = [GROUP, len(numbers), *numbers]
+        for (queue, owner), (p, a, r, dead) in sections.items():
+            args += [numbers[queue], owner, len(p), len(a) // 2, len(r) // 3, len(dead) // 4]
+            args += [*p, *a, *r, *dead]
         keys = [self._seq, self._index]
         keys += [k for q in numbers for k in self._keys(q, "", "bytes", "delayed", "dead")]
-        await self._write("settle", keys, [GROUP, len(numbers), *numbers, *ops])
+        await self._write("settle", keys, args)
 
     async def _depth(self, queues: Sequence[str], stats: bool) -> list[list[int]]:
         keys = [k for q in queues for k in self._keys(q, "", "delayed", "bytes")]
