@@ -59,6 +59,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("elasticcode.brokers.rabbitmq")
 T = TypeVar("T")
 
+try:  # aiormq's frame types, for publishing a batch in one write (see _publish_batch)
+    from aiormq import spec as _SPEC
+    from aiormq.abc import ChannelFrame as _Frame
+    from pamqp.header import ContentHeader as _Header
+
+    _BATCHING = True
+except ImportError:  # another aiormq: publish one message at a time
+    _BATCHING = False
+#: What _publish_batch uses of an aiormq channel.
+_BATCH_NEEDS = "lock delivery_tag confirmations message_id_delivery_tag create_future".split()
+_BATCH_NEEDS += "write_queue _split_body number".split()
+
+
+def _forgetting(ch: Any, message_id: str, tag: int) -> Callable[[Any], None]:
+    """Drop a message id's entry once its confirmation is settled (as aiormq does)."""
+
+    def forget(_: Any) -> None:
+        if ch.message_id_delivery_tag.get(message_id) == tag:
+            ch.message_id_delivery_tag.pop(message_id)
+
+    return forget
+
+
 COUNT = "x-ec-deliveries"  # deliveries before this copy was published
 ERROR = "x-ec-error"
 FAILED_AT = "x-ec-failed-at"  # milliseconds since the epoch
@@ -271,7 +294,11 @@ class RabbitMQBroker(Broker):
         async def attempt() -> None:
             nonlocal pending
             ch = await self._channel("pub")
-            results = await asyncio.gather(*(one(ch, o) for o in pending), return_exceptions=True)
+            if _BATCHING and all(hasattr(ch, a) for a in _BATCH_NEEDS):
+                results = await self._publish_batch(ch, pending)
+            else:
+                sends = (one(ch, o) for o in pending)
+                results = await asyncio.gather(*sends, return_exceptions=True)
             cut = [(o, r) for o, r in zip(pending, results, strict=True) if r is not None]
             for out, exc in cut:  # unroutable (queue missing) or refused: no use retrying
                 if not isinstance(exc, (*self._transient, asyncio.CancelledError)):
@@ -282,6 +309,48 @@ class RabbitMQBroker(Broker):
 
         if pending:
             await self._retrying("publish", attempt)
+
+    async def _publish_batch(self, ch: Any, outs: Sequence[_Out]) -> list[Any]:
+        """Publish a batch as aiormq's ``basic_publish`` does each message, but with the frames
+        of all of them in one write: per message, a delivery tag, a confirmation future and a
+        random message id (to match a return), all registered on the channel under its lock.
+        Returns, per message, None once confirmed or the exception that ended it."""
+        frames: list[Any] = []
+        futures: list[asyncio.Future[Any]] = []
+        registered: list[tuple[int, str]] = []
+        async with ch.lock:
+            first = ch.delivery_tag
+            try:
+                for out in outs:
+                    message_id = uuid.uuid4().hex
+                    props = self._properties(
+                        delivery_mode=2,
+                        headers=out.headers,
+                        expiration=out.expiration,
+                        message_id=message_id,
+                    )
+                    ch.delivery_tag += 1
+                    tag = ch.delivery_tag
+                    confirmation = ch.create_future()
+                    ch.confirmations[tag] = confirmation
+                    ch.message_id_delivery_tag[message_id] = tag
+                    confirmation.add_done_callback(_forgetting(ch, message_id, tag))
+                    registered.append((tag, message_id))
+                    futures.append(confirmation)
+                    publish = _SPEC.Basic.Publish(routing_key=out.queue, mandatory=True)
+                    frames += [publish, _Header(properties=props, body_size=len(out.body))]
+                    frames += ch._split_body(out.body)
+                await ch.write_queue.put(_Frame.marshall(channel_number=ch.number, frames=frames))
+            except BaseException:  # nothing was sent: give the delivery tags back
+                ch.delivery_tag = first
+                for tag, message_id in registered:
+                    ch.confirmations.pop(tag, None)
+                    ch.message_id_delivery_tag.pop(message_id, None)
+                for f in futures:
+                    f.cancel()
+                raise
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     # -- consuming ---------------------------------------------------------------------------
     async def _consume(self, queues: Sequence[str], limit: int, consumer: str) -> _Consuming:
