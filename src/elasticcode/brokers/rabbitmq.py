@@ -68,8 +68,10 @@ try:  # aiormq's frame types, for publishing a batch in one write (see _publish_
 except ImportError:  # another aiormq: publish one message at a time
     _BATCHING = False
 #: What _publish_batch uses of an aiormq channel.
-_BATCH_NEEDS = "lock delivery_tag confirmations message_id_delivery_tag create_future".split()
-_BATCH_NEEDS += "write_queue _split_body number".split()
+_BATCH_NEEDS = (
+    *("lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "create_future"),
+    *("write_queue", "_split_body", "number"),
+)
 
 
 def _forgetting(ch: Any, message_id: str, tag: int) -> Callable[[Any], None]:
