@@ -145,7 +145,11 @@ def test_competing_consumers_share_without_loss(make: BrokerFactory, Q: str) -> 
         await asyncio.gather(*(consume(b, f"c{i}") for i, b in enumerate(consumers)))
 
     run(all_of_them())
-    assert sorted(seen) == sorted(body for _, body in bodies(Q, 300))
+    sent = sorted(body for _, body in bodies(Q, 300))
+    if producer.eventually_consistent:  # SQS: now and then one copy more, never one less
+        assert sorted(set(seen)) == sent and len(seen) - len(sent) <= 3
+    else:
+        assert sorted(seen) == sent
 
 
 def test_retry_with_delay(make: BrokerFactory, Q: str) -> None:

@@ -166,7 +166,9 @@ async def _run(
     flow_file = snapshot(flow, root)
     agent = Agent(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
     sources = [p.name for p in flow.processors if p.is_source]
-    drained = _Drained(broker.counts_in_flight)
+    # where the broker's counts are exact and include held messages, they alone say when the
+    # flow is drained; elsewhere the workers' reports must agree
+    drained = _Drained(broker.counts_in_flight and not broker.eventually_consistent)
 
     stop = asyncio.Event()
     interrupts = 0
@@ -234,7 +236,7 @@ class _Drained:
     """Decides when a flow has no work left.
 
     Queues empty (held messages included) and sources exhausted is enough when the broker
-    counts held messages. When it does not, every worker must also report holding nothing,
+    counts held messages, exactly. When it does not, every worker must also report holding nothing,
     with unchanged counters, in two observations ``SETTLE`` seconds apart. A worker reports at
     once when it starts holding messages and at least every half second after, so work in
     progress anywhere shows up in one of the two.
@@ -243,6 +245,7 @@ class _Drained:
     SETTLE = 1.2  # seconds between the two observations (> twice the report interval)
 
     def __init__(self, counts_in_flight: bool) -> None:
+        #: the broker's depth alone is to be trusted
         self.counts_in_flight = counts_in_flight
         self.first: tuple[float, tuple[tuple[str, int, int], ...]] | None = None
 

@@ -105,6 +105,9 @@ class Broker(abc.ABC):
     #: ``release`` hands back what a consumer in any process held; where False, the broker
     #: returns a dead consumer's messages by itself (on disconnect, or after a timeout).
     releases_held: bool = True
+    #: The broker is a distributed store that answers from replicas: ``depth`` may lag behind
+    #: for a while, and a message may now and then reach two consumers (Amazon SQS).
+    eventually_consistent: bool = False
 
     def __init__(self, url: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.url = url

@@ -33,6 +33,7 @@ class RoutedBroker(Broker):
         self._rotation = itertools.count()
         for flag in ("counts_in_flight", "counts_bytes", "peeks_in_flight", "releases_held"):
             setattr(self, flag, all(getattr(b, flag) for b in self._brokers))
+        self.eventually_consistent = any(b.eventually_consistent for b in self._brokers)
 
     def _index(self, queue: str) -> int:
         return self._routes.get(queue, self._default)

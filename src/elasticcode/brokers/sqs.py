@@ -15,7 +15,9 @@ Features
 
     * ``depth``/``stats`` are SQS's approximate counts: waiting, in-flight and delayed
       messages (``counts_in_flight``), no bytes (``counts_bytes``). On AWS they may lag
-      behind by up to a minute; an SQS-compatible test server counts exactly.
+      behind by up to a minute, and a standard queue now and then hands a message to two
+      consumers (``eventually_consistent``): a run decides it is drained only once the
+      workers, too, have been idle for a while.
     * ``peek`` and ``dead_letters`` receive messages and put them straight back: they see
       only waiting messages (``peeks_in_flight`` is False), and each look counts as one more
       receive in the delivery count.
@@ -114,6 +116,7 @@ class SQSBroker(Broker):
     counts_bytes = False
     peeks_in_flight = False
     releases_held = False
+    eventually_consistent = True
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
