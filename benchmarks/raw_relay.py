@@ -215,7 +215,8 @@ class CpuSampler:
                 # once a process has exited (or if it cannot be read), keep its last reading
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     self._last[pid] = process_cpu(pid)
-                    self._rss[pid] = process_peak_rss(pid)
+                    # a process that has exited reads as 0: keep its last reading
+                    self._rss[pid] = max(self._rss.get(pid, 0.0), process_peak_rss(pid))
                 total += self._last.get(pid, 0.0)
             totals[group] = total
         self.samples.append((now, totals))
