@@ -271,7 +271,7 @@ def test_enrichment_python_flow_equals_the_yaml_flow() -> None:
     assert reloaded == from_python
 
 
-@pytest.mark.parametrize("folder", [WORDCOUNT, CSV_CLEAN, ENRICHMENT])
+@pytest.mark.parametrize("folder", [WORDCOUNT, CSV_CLEAN, ENRICHMENT, EXAMPLES / "polyglot"])
 def test_example_flow_dumps_and_loads_back_equal(folder: Path) -> None:
     flow = Flow.load(folder / "flow.yaml")
     assert Flow.loads(flow.dump(), base_dir=flow.base_dir) == flow

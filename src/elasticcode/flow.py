@@ -139,6 +139,10 @@ class Processor(_Model):
     name: Name
     code: str | None = None
     inline: str | None = None
+    #: An executable speaking JSON lines on stdin/stdout (see ``elasticcode.command``).
+    command: str | list[str] | None = None
+    #: Working folder of a command, relative to the flow's folder (default: that folder).
+    cwd: str | None = None
     entry: str = "process"
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: list[Name] | None = None
@@ -171,8 +175,11 @@ class Processor(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Processor:
-        if (self.code is None) == (self.inline is None):
-            raise ValueError("give exactly one of code (module:function) or inline (source text)")
+        if sum(x is not None for x in (self.code, self.inline, self.command)) != 1:
+            raise ValueError(
+                "give exactly one of code (module:function), inline (source text) or command "
+                "(an executable speaking JSON lines)"
+            )
         if self.source is not None:
             if self.inputs:
                 raise ValueError("a source has no inputs; remove inputs or source")

@@ -1,7 +1,8 @@
 """Loading a processor's code and calling it.
 
 A processor is a Python callable named ``module:function`` (importable from the flow's folder,
-its ``path`` entries, or ``sys.path``) or given inline as source text. It may be
+its ``path`` entries, or ``sys.path``) or given inline as source text (or an executable in any
+language: see ``elasticcode.command``). It may be
 
 * a function, sync or async, taking the payload as its first argument;
 * a generator (sync or async) that yields any number of outputs;
@@ -124,6 +125,10 @@ class Loaded:
 
 def load(spec: Processor, flow: Flow) -> Loaded:
     """Import and bind a processor; any problem raises ``ProcessorError`` saying what to fix."""
+    if spec.command is not None:
+        from .command import load_command
+
+        return load_command(spec, flow)
     target = spec.code or f"<inline>:{spec.entry}"
     obj = _resolve(spec, flow)
     if inspect.isclass(obj):

@@ -75,8 +75,16 @@ def check_code(flow: Flow) -> None:
 
 
 def snapshot(flow: Flow, root: Path) -> Path:
-    """Write the flow as run (module paths made absolute) for the workers to load."""
-    frozen = flow.model_copy(update={"path": import_paths(flow), "base_dir": root})
+    """Write the flow as run (module paths and command folders made absolute) for the
+    workers to load."""
+    folder = flow.base_dir.resolve()
+    processors = [
+        p.model_copy(update={"cwd": str(folder / (p.cwd or "."))}) if p.command else p
+        for p in flow.processors
+    ]
+    frozen = flow.model_copy(
+        update={"path": import_paths(flow), "base_dir": root, "processors": processors}
+    )
     path = root / "flow.yaml"
     tmp = path.with_suffix(".tmp")
     frozen.dump(tmp)

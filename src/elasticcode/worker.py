@@ -35,7 +35,8 @@ log = logging.getLogger("elasticcode.worker")
 
 REPORT_EVERY = 0.5
 SOURCE_BATCH = 500
-SOURCE_FLUSH = 0.005
+SOURCE_FLUSH = 0.001  # a source publishes what it has after this long (s)
+ROOM_FRESH = 0.1  # how long a queue depth reading stands for back pressure (s)
 EXIT_CONFIG = 3
 BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
 STATE_ENV = "ELASTICCODE_WORKER_STATE"
@@ -77,6 +78,8 @@ class Worker:
         self.report = WorkerReport(self.consumer, run_id, processor, instance, os.getpid())
         self.stopping = False
         self._reported = 0.0
+        #: room left on the fullest outgoing connection, and when the broker said so
+        self._room, self._room_at = 0, 0.0
         self._parent = os.getppid()
         self.loaded: Loaded | None = None
         self._calls = 0
@@ -147,8 +150,12 @@ class Worker:
         """Back pressure: wait while any outgoing connection is at its threshold.
 
         Return how many more messages the fullest connection takes (0 if the worker was told
-        to stop while waiting).
+        to stop while waiting). A reading with room left stands for ``ROOM_FRESH`` seconds,
+        less what this worker publishes meanwhile, so a busy worker does not ask the broker
+        before every batch.
         """
+        if self._room > 0 and time.monotonic() - self._room_at < ROOM_FRESH:
+            return self._room  # less what this worker published since
         while self.limits and not self.stopping:
             depths = await self.broker.depth(list(self.limits))
             room = min(
@@ -158,6 +165,7 @@ class Worker:
             if room > 0:
                 if self.report.status == "back-pressure":
                     self.report.status = "running"
+                self._room, self._room_at = room, time.monotonic()
                 return room
             self.report.status = "back-pressure"
             self._publish_report()
@@ -207,6 +215,7 @@ class Worker:
                 await self._handle(d, settlement, deferred, isolated)
         self.report.busy += time.perf_counter() - started
         await self.broker.settle(settlement)
+        self._room -= len(settlement.publish)
         for fn in deferred:
             try:
                 fn()
@@ -455,6 +464,7 @@ class Worker:
                 for i in range(len(chunk))
             ]
             await self.broker.publish(self._encode(None, chunk, ids))
+            self._room -= len(chunk)
             offset += len(chunk)
             self.report.emitted += len(chunk)
             self.state.save_source(self.run_id, self.name, offset, self._calls, False)

@@ -298,6 +298,14 @@ class NATSBroker(Broker):
         return [Delivery(q, m.data, (m.reply, consumer), m.metadata.num_delivered) for q, m in got]
 
     async def _pull(self, queue: str, n: int, wait: float) -> list[Any]:
+        """What is there at once, else the first to come within ``wait`` and what is there
+        by then. (A waiting request for ``n`` would wait until ``n`` have come.)"""
+        if not wait or n == 1:
+            return await self._pull_once(queue, n, wait)
+        first = await self._pull_once(queue, 1, wait)
+        return first + await self._pull_once(queue, n - 1, 0.0) if first else []
+
+    async def _pull_once(self, queue: str, n: int, wait: float) -> list[Any]:
         """One pull request: what is there at once, else the first to come within ``wait``."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
