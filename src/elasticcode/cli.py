@@ -273,3 +273,53 @@ def dead_replay(
         raise click.UsageError("name dead letters with --id N, or pass --all")
     n = control.replay(load_flow(flow), list(ids) if ids else None, state_dir, broker)
     click.echo(f"replayed {n} message(s)")
+
+
+@main.group("code")
+def code() -> None:
+    """Processor code from git: the commits each processor's ref was pinned to."""
+
+
+@code.command("update", epilog=FLOW_HELP)
+@click.argument("flow")
+@click.argument("processors", nargs=-1)
+@state_dir_option
+def code_update(flow: str, processors: tuple[str, ...], state_dir: str | None) -> None:
+    """Resolve the git refs of FLOW's processors (or only those named) again and pin them to
+    the commits they name now; the next run uses those."""
+    from .runner import pin_code, state_paths
+
+    model = load_flow(flow)
+    for name in processors:
+        if model.get(name).git is None:
+            raise FlowError(f"processor {name!r} does not take its code from git")
+    _, _, state_url = state_paths(model, state_dir)
+    _, notes = pin_code(model, state_url, update=list(processors))
+    for note in notes:
+        click.echo(note)
+    if not notes:
+        click.echo(f"flow {model.name!r} has no processor with code from git", err=True)
+
+
+@code.command("history", epilog=FLOW_HELP)
+@click.argument("flow")
+@state_dir_option
+def code_history(flow: str, state_dir: str | None) -> None:
+    """List every commit FLOW's processors were pinned to, oldest first."""
+    import time
+
+    from .gitcode import shown
+    from .runner import state_paths
+    from .state import StateStore
+
+    model = load_flow(flow)
+    _, _, state_url = state_paths(model, state_dir)
+    store = StateStore(state_url)
+    try:
+        pins = store.code_history(model.name)
+    finally:
+        store.close()
+    for pin in pins:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pin.resolved))
+        click.echo(f"{when}  {pin.processor:<20} {pin.commit[:12]}  {pin.ref} of {shown(pin.repo)}")
+    click.echo(f"{len(pins)} pin(s)", err=True)

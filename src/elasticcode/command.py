@@ -58,7 +58,12 @@ class Command:
         argv = shlex.split(spec.command) if isinstance(spec.command, str) else list(spec.command)
         if not argv:
             raise ProcessorError(spec.name, "command is empty; name an executable to run")
-        cwd = (flow.base_dir / (spec.cwd or ".")).resolve()
+        if spec.git is not None:
+            from .processor import code_folder
+
+            cwd = (code_folder(spec) / (spec.cwd or ".")).resolve()
+        else:
+            cwd = (flow.base_dir / (spec.cwd or ".")).resolve()
         program = argv[0]
         local = cwd / program
         if os.sep in program or local.exists():

@@ -125,6 +125,26 @@ class Retry(_Model):
         return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
+class GitSource(_Model):
+    """Where a processor's code comes from: a git repository at a ref, pinned to a commit."""
+
+    repo: str
+    ref: str
+    #: Folder inside the repository that holds the code (modules, or the command).
+    path: str = ""
+    #: Name of the environment variable holding the token or SSH key path for the repository.
+    credential: str | None = None
+    #: The commit the ref resolved to; set by the engine (see ``elasticcode.gitcode``).
+    commit: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError(f"path {value!r} must be a folder inside the repository")
+        return value
+
+
 def _source(value: Any) -> Any:
     if value is True:
         return Schedule()
@@ -143,6 +163,8 @@ class Processor(_Model):
     command: str | list[str] | None = None
     #: Working folder of a command, relative to the flow's folder (default: that folder).
     cwd: str | None = None
+    #: The code (module or command) comes from this git repository.
+    git: GitSource | None = None
     entry: str = "process"
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: list[Name] | None = None
@@ -180,6 +202,8 @@ class Processor(_Model):
                 "give exactly one of code (module:function), inline (source text) or command "
                 "(an executable speaking JSON lines)"
             )
+        if self.git is not None and self.inline is not None:
+            raise ValueError("inline code cannot come from git; give code or command with git")
         if self.source is not None:
             if self.inputs:
                 raise ValueError("a source has no inputs; remove inputs or source")

@@ -164,8 +164,11 @@ def _resolve(spec: Processor, flow: Flow) -> Any:
 
     assert spec.code is not None
     module_name, _, attr = spec.code.partition(":")
-    add_import_paths(flow)
-    _forget_if_shadowed(module_name, import_paths(flow))
+    paths = import_paths(flow)
+    if spec.git is not None:  # the pinned commit's files come first
+        paths = [str(code_folder(spec)), *paths]
+    add_import_paths(paths)
+    _forget_if_shadowed(module_name, paths)
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
@@ -174,7 +177,7 @@ def _resolve(spec: Processor, flow: Flow) -> Any:
             raise ProcessorError(
                 spec.name,
                 f"module {module_name!r} not found; searched the flow folder "
-                f"({', '.join(import_paths(flow))}) and sys.path. Check the spelling of code, "
+                f"({', '.join(paths)}) and sys.path. Check the spelling of code, "
                 "or add the module's folder to the flow's path",
             ) from None
         raise ProcessorError(
@@ -207,9 +210,21 @@ def import_paths(flow: Flow) -> list[str]:
     return [str((flow.base_dir / p).resolve()) for p in flow.path]
 
 
-def add_import_paths(flow: Flow) -> None:
-    """Put the flow's folders first on sys.path (moving them there if already present)."""
-    for path in reversed(import_paths(flow)):
+def code_folder(spec: Processor) -> Path:
+    """The folder of a git processor's code at its commit (fetched into the cache if needed)."""
+    from .gitcode import GitError, tree_of
+
+    git = spec.git
+    assert git is not None
+    try:
+        return tree_of(git.repo, git.ref, git.commit, git.path, git.credential)
+    except GitError as exc:
+        raise ProcessorError(spec.name, str(exc)) from None
+
+
+def add_import_paths(paths: list[str]) -> None:
+    """Put folders first on sys.path (moving them there if already present)."""
+    for path in reversed(paths):
         if path in sys.path:
             sys.path.remove(path)
         sys.path.insert(0, path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import gitcode
 from .agent import Agent
 from .brokers import Broker, open_broker
 from .errors import FlowError, RunLocked
@@ -66,6 +67,39 @@ def state_paths(
     return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
 
 
+def pin_code(flow: Flow, state_url: str, update: list[str] | None = None) -> tuple[Flow, list[str]]:
+    """The flow with each git processor's ref pinned to a commit (checked out in the cache),
+    and a line per processor saying which. A ref is resolved the first time and recorded;
+    later calls use the record, except for the processors in ``update`` ([] for all)."""
+    pinned, notes = [], []
+    store: StateStore | None = None
+    try:
+        for p in flow.processors:
+            git = p.git
+            if git is None or git.commit:
+                pinned.append(p)
+                continue
+            store = store or StateStore(state_url)
+            moving = update is not None and (not update or p.name in update)
+            commit = None if moving else store.code_pin(flow.name, p.name, git.repo, git.ref)
+            where = f"processor {p.name}: {git.ref} of {gitcode.shown(git.repo)}"
+            if commit is None:
+                commit = gitcode.resolve(git.repo, git.ref, git.credential)
+                before = store.code_pin(flow.name, p.name, git.repo, git.ref)
+                if before != commit:
+                    store.record_pin(flow.name, p.name, git.repo, git.ref, commit)
+                was = f" (was {before[:12]})" if before and before != commit else ""
+                notes.append(f"{where} resolved to commit {commit[:12]}{was}")
+            else:
+                notes.append(f"{where} at commit {commit[:12]} (elasticcode code update to move)")
+            gitcode.checkout(git.repo, commit, git.credential)
+            pinned.append(p.model_copy(update={"git": git.model_copy(update={"commit": commit})}))
+    finally:
+        if store is not None:
+            store.close()
+    return flow.model_copy(update={"processors": pinned}), notes
+
+
 def check_code(flow: Flow) -> None:
     """Load every processor once, so that code errors show before anything starts."""
     if not flow.processors:
@@ -79,7 +113,9 @@ def snapshot(flow: Flow, root: Path) -> Path:
     workers to load."""
     folder = flow.base_dir.resolve()
     processors = [
-        p.model_copy(update={"cwd": str(folder / (p.cwd or "."))}) if p.command else p
+        p.model_copy(update={"cwd": str(folder / (p.cwd or "."))})
+        if p.command and p.git is None
+        else p
         for p in flow.processors
     ]
     frozen = flow.model_copy(
@@ -123,10 +159,11 @@ def run(
     """Run a flow until it is done (or interrupted); return what happened."""
     if not isinstance(flow, Flow):
         flow = Flow.load(flow)
-    check_code(flow)
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
     lock = _Lock(root)
     try:
+        flow, pinned = pin_code(flow, state_url)
+        check_code(flow)
         return asyncio.run(
             _run(
                 flow,
@@ -138,6 +175,7 @@ def run(
                 fresh,
                 progress or Progress(None),
                 on_start,
+                pinned,
             )
         )
     finally:
@@ -154,6 +192,7 @@ async def _run(
     fresh: bool,
     progress: Progress,
     on_start: Callable[[Agent], None] | None,
+    pinned: list[str],
 ) -> RunResult:
     state = StateStore(state_url)
     broker = open_broker(
@@ -163,7 +202,7 @@ async def _run(
     queues = flow.queues()
     await broker.declare(queues)
     run_id, resumed = state.start_run(flow.name, fresh=fresh)
-    events: list[str] = []
+    events: list[str] = list(pinned)
     if fresh:
         dropped = sum([await broker.purge(q) for q in queues])
         if dropped:

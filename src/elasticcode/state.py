@@ -77,6 +77,31 @@ kv = sa.Table(
 )
 
 
+code_pins = sa.Table(
+    "code_pins",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(200), nullable=False),
+    sa.Column("processor", sa.String(200), nullable=False),
+    sa.Column("repo", sa.Text, nullable=False),
+    sa.Column("ref", sa.String(500), nullable=False),
+    sa.Column("commit", sa.String(64), nullable=False),
+    sa.Column("resolved", sa.Float, nullable=False),
+    sa.Index("code_pins_by_processor", "flow", "processor"),
+)
+
+
+@dataclass(slots=True)
+class CodePin:
+    """One resolution of a processor's git ref to a commit."""
+
+    processor: str
+    repo: str
+    ref: str
+    commit: str
+    resolved: float
+
+
 @dataclass(slots=True)
 class WorkerReport:
     id: str
@@ -156,6 +181,44 @@ class StateStore:
             db.execute(
                 runs.update().where(runs.c.id == run_id).values(status=status, ended=time.time())
             )
+
+    # -- code pins -------------------------------------------------------------------------
+    def code_pin(self, flow: str, processor: str, repo: str, ref: str) -> str | None:
+        """The commit last recorded for a processor's repository and ref, if any."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                sa.select(code_pins.c.commit)
+                .where(
+                    code_pins.c.flow == flow,
+                    code_pins.c.processor == processor,
+                    code_pins.c.repo == repo,
+                    code_pins.c.ref == ref,
+                )
+                .order_by(code_pins.c.id.desc())
+                .limit(1)
+            ).first()
+        return str(row.commit) if row else None
+
+    def record_pin(self, flow: str, processor: str, repo: str, ref: str, commit: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                code_pins.insert().values(
+                    flow=flow,
+                    processor=processor,
+                    repo=repo,
+                    ref=ref,
+                    commit=commit,
+                    resolved=time.time(),
+                )
+            )
+
+    def code_history(self, flow: str) -> list[CodePin]:
+        """Every recorded resolution of the flow's processors' code, oldest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                sa.select(code_pins).where(code_pins.c.flow == flow).order_by(code_pins.c.id)
+            ).all()
+        return [CodePin(r.processor, r.repo, r.ref, r.commit, r.resolved) for r in rows]
 
     # -- sources ---------------------------------------------------------------------------
     def source_progress(self, run_id: int, processor: str) -> tuple[int, int, bool]:

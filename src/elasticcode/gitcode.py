@@ -1,0 +1,202 @@
+"""Processor code from git repositories, pinned to a commit.
+
+A processor names a repository and a ref (``git: {repo: URL, ref: main, path: subdir}``) beside
+its ``code`` (``module:function``) or ``command``. The first run resolves the ref to a commit
+and records it in the state store; later runs use the recorded commit, so a branch that moves
+is not followed until ``elasticcode code update`` resolves it again (every resolution stays in
+the history, ``elasticcode code history``).
+
+Each host keeps one cache (``$ELASTICCODE_CACHE``, else ``~/.cache/elasticcode``): a bare
+clone per repository URL, fetched once and shared by every worker and flow, and one checked-out
+tree per commit (``trees/<commit>``), written once and read-only after.
+
+Private repositories: ``credential: NAME`` names an environment variable holding an HTTPS
+token (sent as basic auth, user ``x-access-token`` unless the variable holds ``user:token``)
+or, for ``ssh://`` and ``user@host:path`` URLs, the path of a private key. The secret reaches
+git through its environment, never its command line, and is masked in every error.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ElasticCodeError
+
+CACHE_ENV = "ELASTICCODE_CACHE"
+TIMEOUT = 600  # seconds for one git command (a first clone of a big repository)
+
+
+class GitError(ElasticCodeError):
+    """A repository cannot be fetched, or a ref or commit is not in it."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "elasticcode")
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _secret_env(repo: str, credential: str | None) -> tuple[dict[str, str], list[str]]:
+    """Environment for git that carries the credential, and the strings to mask."""
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    if not credential:
+        return env, []
+    value = os.environ.get(credential)
+    if not value:
+        raise GitError(
+            f"credential {credential!r} for {repo} is not set; put the token (or the path of an "
+            f"SSH key) in the environment variable {credential}"
+        )
+    if repo.startswith(("http://", "https://")):
+        user_token = value if ":" in value else f"x-access-token:{value}"
+        header = "Authorization: Basic " + base64.b64encode(user_token.encode()).decode()
+        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader"}
+        env["GIT_CONFIG_VALUE_0"] = header
+        return env, [value, user_token, header.split()[-1]]
+    env["GIT_SSH_COMMAND"] = f"ssh -i {value!s} -o IdentitiesOnly=yes -o BatchMode=yes"
+    return env, [value]
+
+
+def _git(args: list[str], repo: str, credential: str | None, what: str) -> bytes:
+    extra, secrets = _secret_env(repo, credential)
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            timeout=TIMEOUT,
+            env={**os.environ, **extra},
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GitError("git is not installed; install git to run processors from git") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"{what}: git took longer than {TIMEOUT}s") from None
+    if done.returncode != 0:
+        text = done.stderr.decode(errors="replace").strip()
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        raise GitError(
+            f"{what}: {text.splitlines()[-1] if text else f'git exit {done.returncode}'}"
+        )
+    return done.stdout
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _bare(repo: str) -> Path:
+    return cache_root() / "git" / f"{_key(repo)}.git"
+
+
+def fetch(repo: str, credential: str | None = None) -> Path:
+    """Fetch every branch and tag of ``repo`` into its bare clone in the cache; return it."""
+    bare = _bare(repo)
+    with _locked(bare.with_suffix(".lock")):
+        if not (bare / "HEAD").exists():
+            _git(["init", "--quiet", "--bare", str(bare)], repo, None, "creating the cache")
+        refs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+        _git(
+            ["--git-dir", str(bare), "fetch", "--quiet", "--prune", "--force", repo, *refs],
+            repo,
+            credential,
+            f"cannot fetch {shown(repo)}",
+        )
+    return bare
+
+
+def resolve(repo: str, ref: str, credential: str | None = None) -> str:
+    """The commit that ``ref`` (branch, tag or commit) names in ``repo`` now."""
+    bare = fetch(repo, credential)
+    for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
+        try:
+            out = _git(
+                [
+                    "--git-dir",
+                    str(bare),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    f"{candidate}^{{commit}}",
+                ],
+                repo,
+                None,
+                "resolve",
+            )
+        except GitError:
+            continue
+        return out.decode().strip()
+    raise GitError(
+        f"ref {ref!r} is no branch, tag or commit of {shown(repo)}; check the ref, or push it"
+    )
+
+
+def checkout(repo: str, commit: str, credential: str | None = None) -> Path:
+    """The files of ``commit``, written once into the cache (``trees/<commit>``)."""
+    if not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
+        raise GitError(f"{commit!r} is not a full commit id")
+    tree = cache_root() / "trees" / commit
+    if tree.is_dir():
+        return tree
+    bare = _bare(repo)
+    with _locked(tree.with_name(f"{commit}.lock")):
+        if tree.is_dir():
+            return tree
+        have = (bare / "HEAD").exists()
+        if have:
+            try:
+                _git(
+                    ["--git-dir", str(bare), "cat-file", "-e", f"{commit}^{{commit}}"],
+                    repo,
+                    None,
+                    "",
+                )
+            except GitError:
+                have = False
+        if not have:
+            fetch(repo, credential)
+        archive = _git(
+            ["--git-dir", str(bare), "archive", "--format=tar", commit],
+            repo,
+            None,
+            f"commit {commit[:12]} is not in {shown(repo)}",
+        )
+        tmp = tree.with_name(f".{commit}.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp, tree)
+    return tree
+
+
+def shown(repo: str) -> str:
+    """A repository URL without any password in it."""
+    return re.sub(r"//[^/@]*@", "//***@", repo)
+
+
+def tree_of(repo: str, ref: str, commit: str | None, path: str, credential: str | None) -> Path:
+    """The folder holding a processor's code: its pinned commit's tree (resolving the ref if
+    it has no commit yet, as ``elasticcode validate`` does), and ``path`` inside it."""
+    commit = commit or resolve(repo, ref, credential)
+    folder = checkout(repo, commit, credential) / path
+    if not folder.is_dir():
+        raise GitError(f"commit {commit[:12]} of {shown(repo)} has no folder {path!r}")
+    return folder
