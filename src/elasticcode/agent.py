@@ -12,13 +12,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from . import envs
 from .brokers import Broker
 from .errors import BrokerError
 from .flow import Flow
@@ -101,7 +101,7 @@ class Agent:
         if inst.log_file is None:
             inst.log_file = open(self.log_dir / f"{inst.processor}-{inst.index}.log", "ab")  # noqa: SIM115
         cmd = [
-            sys.executable,
+            envs.python_for(self.flow.get(inst.processor), self.flow),
             "-m",
             "elasticcode.worker",
             "--flow",

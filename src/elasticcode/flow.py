@@ -165,6 +165,9 @@ class Processor(_Model):
     cwd: str | None = None
     #: The code (module or command) comes from this git repository.
     git: GitSource | None = None
+    #: Packages the processor needs, or a requirements file in its code folder: its workers
+    #: then run in an environment of their own (see ``elasticcode.envs``).
+    requirements: list[str] | str | None = None
     entry: str = "process"
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: list[Name] | None = None

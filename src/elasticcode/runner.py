@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import gitcode
+from . import envs, gitcode
 from .agent import Agent
 from .brokers import Broker, open_broker
 from .errors import FlowError, RunLocked
@@ -105,7 +105,10 @@ def check_code(flow: Flow) -> None:
     if not flow.processors:
         raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
     for spec in flow.processors:
-        load(spec, flow)
+        if spec.requirements:  # importable only in its own environment (built here if new)
+            envs.check_in_env(spec, flow)
+        else:
+            load(spec, flow)
 
 
 def snapshot(flow: Flow, root: Path) -> Path:

@@ -1,0 +1,95 @@
+"""Processors with requirements: workers in environments of their own, built from PyPI once per
+host and shared; two versions of one library side by side; a requirement that cannot install."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from elasticcode.errors import ProcessorError
+from elasticcode.runner import check_code
+
+from .conftest import FlowDir
+
+FLOW = """
+name: envs
+processors:
+  - {name: gen, code: "steps:numbers", source: true, config: {count: 10}}
+  - {name: old, code: "which:version", requirements: ["six==1.15.0"], instances: 1}
+  - {name: new, code: "which:version", requirements: req.txt, instances: 1}
+  - {name: sink, code: "steps:sink", instances: 1}
+connections:
+  - {from: gen, to: old}
+  - {from: gen, to: new}
+  - {from: old, to: sink}
+  - {from: new, to: sink}
+"""
+
+STEPS = """
+import json, os
+OUT = {out!r}
+
+def numbers(count):
+    for i in range(count):
+        yield {{"n": i}}
+
+def sink(payload, ctx):
+    with open(os.path.join(OUT, "sink.log"), "a") as f:
+        f.write(json.dumps(payload) + "\\n")
+"""
+
+WHICH = """
+import sys
+
+import six
+
+def version(payload, ctx):
+    return {**payload, "by": ctx.processor, "six": six.__version__, "python": sys.executable}
+"""
+
+
+@pytest.mark.slow
+def test_conflicting_requirements_run_side_by_side(
+    fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
+    fd.module("steps", STEPS.format(out=str(fd.root)))
+    fd.module("which", WHICH)
+    (fd.root / "req.txt").write_text("# the newer one\nsix==1.16.0\n")
+    flow = fd.flow(FLOW)
+    result = fd.run(flow)
+    assert result.status == "finished"
+    rows = [json.loads(line) for line in fd.lines("sink.log")]
+    seen = {(r["by"], r["six"]) for r in rows}
+    assert seen == {("old", "1.15.0"), ("new", "1.16.0")}
+    pythons = {r["by"]: r["python"] for r in rows}
+    assert pythons["old"] != pythons["new"]
+    assert all("/envs/" in p for p in pythons.values())
+    # the same needs share one environment: a third processor adds none
+    envs = sorted((tmp_path / "cache" / "envs").glob("[0-9a-f]*"))
+    assert len([e for e in envs if e.is_dir()]) == 2
+    flow.get("old").requirements = ["six==1.16.0"]
+    assert fd.run(flow, fresh=True).status == "finished"
+    assert len([e for e in (tmp_path / "cache" / "envs").glob("[0-9a-f]*") if e.is_dir()]) == 2
+
+
+def test_requirement_that_cannot_install_names_the_processor(
+    fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
+    fd.module("steps", STEPS.format(out=str(fd.root)))
+    fd.module("which", WHICH)
+    (fd.root / "req.txt").write_text("six==1.16.0\n")
+    flow = fd.flow(FLOW)
+    flow.get("old").requirements = ["this-is-not a requirement !!"]
+    with pytest.raises(ProcessorError, match="processor 'old': installing its requirements failed"):
+        check_code(flow)
+    with pytest.raises(ProcessorError, match="Invalid requirement"):
+        check_code(flow)
+    assert not list((tmp_path / "cache" / "envs").glob(".*")), "a failed build left files"
+    flow.get("old").requirements = None
+    flow.get("new").requirements = "missing.txt"
+    with pytest.raises(ProcessorError, match=r"requirements file 'missing\.txt' not in"):
+        check_code(flow)
