@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,9 +68,9 @@ class Repo:
         path.mkdir()
         git(path, "init", "--quiet", "--initial-branch=main")
 
-    def commit(self, version: int, tag: str | None = None) -> str:
+    def commit(self, version: int, tag: str | None = None, code: str | None = None) -> str:
         (self.path / "lib").mkdir(exist_ok=True)
-        code = f"def step(p):\n    return {{**p, 'version': {version}}}\n"
+        code = code or f"def step(p):\n    return {{**p, 'version': {version}}}\n"
         (self.path / "lib" / "stage.py").write_text(code)
         git(self.path, "add", "-A")
         git(self.path, "commit", "--quiet", "-m", f"version {version}")
@@ -246,3 +247,61 @@ def test_private_repository_over_smart_http(
     monkeypatch.delenv("REPO_TOKEN")
     with pytest.raises(GitError, match=r"credential 'REPO_TOKEN' .* is not set"):
         resolve(url, "main", "REPO_TOKEN")
+
+
+SLOW = "import os, time\n\ndef step(p):\n    time.sleep(0.002)\n    return {**p, 'version': VERSION, 'pid': os.getpid(), 't': time.time()}\n"
+
+
+def test_switching_commits_under_load_loses_nothing(fd: FlowDir, repo: Repo, cache: Path) -> None:
+    """code update while the flow runs: the processor's workers are replaced (new ones first),
+    the others keep running, and every message arrives."""
+    import json
+
+    first = repo.commit(1, code=SLOW.replace("VERSION", "1"))
+    url = f"file://{repo.path}"
+    flow = make_flow(fd, url, "main")
+    flow.get("gen").config = {"count": 3000}
+    _, _, state = state_paths(flow, fd.state)
+    switched: list[str] = []
+
+    def hook(agent: object) -> None:
+        def go() -> None:
+            time.sleep(1.0)
+            switched.append(repo.commit(2, code=SLOW.replace("VERSION", "2")))
+            pin_code(flow, state, update=["work"])  # as `elasticcode code update` does
+
+        threading.Thread(target=go, daemon=True).start()
+
+    result = fd.run(flow, on_start=hook)
+    assert result.status == "finished"
+    assert any(f"from commit {first[:12]} to {switched[0][:12]}" in e for e in result.events)
+    assert result.processors["work"].instances == 2  # the replaced ones are not counted
+    rows = [json.loads(line) for line in fd.lines("sink.log")]
+    assert {r["n"] for r in rows} == set(range(3000)), "messages lost in the switch"
+    assert {r["version"] for r in rows} == {1, 2}
+    late = [r["version"] for r in rows[-100:]]
+    assert set(late) == {2}, "the old commit still ran at the end"
+    print(f"sent=3000 delivered={len(rows)} duplicates={len(rows) - 3000} lost=0")
+
+
+def test_a_commit_that_does_not_load_keeps_the_old_one(
+    fd: FlowDir, repo: Repo, cache: Path
+) -> None:
+    first = repo.commit(1, code=SLOW.replace("VERSION", "1"))
+    url = f"file://{repo.path}"
+    flow = make_flow(fd, url, "main")
+    flow.get("gen").config = {"count": 1500}
+    _, _, state = state_paths(flow, fd.state)
+
+    def hook(agent: object) -> None:
+        def go() -> None:
+            time.sleep(1.0)
+            repo.commit(2, code="def step(p):\n    return undefined_name +\n")
+            pin_code(flow, state, update=["work"])
+
+        threading.Thread(target=go, daemon=True).start()
+
+    result = fd.run(flow, on_start=hook)
+    assert result.status == "finished"
+    assert any(f"stays at commit {first[:12]}" in e and "syntax error" in e for e in result.events)
+    assert versions(fd) == [1]

@@ -44,6 +44,11 @@ class Instance:
     finished: bool = False
     last_exit: int | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    #: The flow (and its snapshot file) this instance runs; None: the agent's.
+    flow: Flow | None = field(default=None, repr=False)
+    flow_file: Path | None = None
+    #: Asked to finish its batch and exit, replaced by a newer instance.
+    retiring: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -100,12 +105,13 @@ class Agent:
         )
         if inst.log_file is None:
             inst.log_file = open(self.log_dir / f"{inst.processor}-{inst.index}.log", "ab")  # noqa: SIM115
+        flow = inst.flow or self.flow
         cmd = [
-            envs.python_for(self.flow.get(inst.processor), self.flow),
+            envs.python_for(flow.get(inst.processor), flow),
             "-m",
             "elasticcode.worker",
             "--flow",
-            str(self.flow_file),
+            str(inst.flow_file or self.flow_file),
             "--processor",
             inst.processor,
             "--instance",
@@ -154,8 +160,10 @@ class Agent:
                 )
             except BrokerError as exc:  # the broker redelivers them when their lease runs out
                 held = f"its messages wait for their lease to run out ({exc})"
-            if code == 0:
+            if code == 0 or inst.retiring:
                 inst.finished = True
+                if inst.retiring:
+                    events.append(f"worker {inst.processor}[{inst.index}] replaced ({held})")
                 continue
             ran = now - inst.started
             inst.failures = 0 if ran >= STABLE_AFTER else inst.failures + 1
@@ -169,6 +177,21 @@ class Agent:
                 f"restarting{f' in {delay:.1f}s' if delay else ''}"
             )
         return events
+
+    def replace(self, processor: str, flow: Flow, flow_file: Path) -> None:
+        """Rolling replacement of one processor's workers: new ones (from ``flow_file``) start
+        first, then the old ones finish their batch and exit; other workers are not touched."""
+        old = [i for i in self.instances if i.processor == processor and not i.retiring]
+        fresh = [Instance(processor, i.index, flow=flow, flow_file=flow_file) for i in old]
+        for inst in fresh:
+            self._spawn(inst)
+        self.instances += fresh
+        for inst in old:
+            inst.retiring = True
+            if inst.alive and inst.process is not None:
+                inst.process.send_signal(signal.SIGTERM)
+            else:
+                inst.finished = True
 
     def live_consumers(self) -> set[str]:
         """Consumer ids of the workers running now."""

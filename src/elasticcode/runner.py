@@ -22,7 +22,7 @@ from typing import IO, Any
 from . import envs, gitcode
 from .agent import Agent
 from .brokers import Broker, open_broker
-from .errors import FlowError, RunLocked
+from .errors import ElasticCodeError, FlowError, RunLocked
 from .flow import Flow
 from .processor import import_paths, load
 from .progress import Progress
@@ -111,7 +111,7 @@ def check_code(flow: Flow) -> None:
             load(spec, flow)
 
 
-def snapshot(flow: Flow, root: Path) -> Path:
+def snapshot(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
     """Write the flow as run (module paths and command folders made absolute) for the
     workers to load."""
     folder = flow.base_dir.resolve()
@@ -124,7 +124,7 @@ def snapshot(flow: Flow, root: Path) -> Path:
     frozen = flow.model_copy(
         update={"path": import_paths(flow), "base_dir": root, "processors": processors}
     )
-    path = root / "flow.yaml"
+    path = root / name
     tmp = path.with_suffix(".tmp")
     frozen.dump(tmp)
     os.replace(tmp, path)
@@ -239,9 +239,10 @@ async def _run(
         on_start(agent)
     progress.begin(flow, run_id, resumed, root)
     status = "interrupted"
+    switch = _Switch(flow, root, agent)
     try:
         while True:
-            for event in await agent.supervise(broker):
+            for event in await agent.supervise(broker) + await switch.check(state):
                 events.append(event)
                 progress.event(event)
             reports = state.worker_reports(run_id)
@@ -319,6 +320,56 @@ class _Drained:
         return now - self.first[0] >= self.SETTLE
 
 
+class _Switch:
+    """Moves a running git processor to the commit ``elasticcode code update`` recorded: its
+    workers are replaced, new ones first, once the commit's code loads; nothing else stops."""
+
+    EVERY = 1.0  # seconds between looks at the recorded pins
+
+    def __init__(self, flow: Flow, root: Path, agent: Agent) -> None:
+        self.flow, self.root, self.agent = flow, root, agent
+        self.next = 0.0
+        self.refused: set[tuple[str, str]] = set()
+        self.revision = 1
+
+    async def check(self, state: StateStore) -> list[str]:
+        if not any(p.git for p in self.flow.processors) or time.monotonic() < self.next:
+            return []
+        self.next = time.monotonic() + self.EVERY
+        events = []
+        for p in self.flow.processors:
+            git = p.git
+            if git is None or git.commit is None:
+                continue
+            latest = state.code_pin(self.flow.name, p.name, git.repo, git.ref)
+            if latest is None or latest == git.commit or (p.name, latest) in self.refused:
+                continue
+            spec = p.model_copy(update={"git": git.model_copy(update={"commit": latest})})
+            candidate = self.flow.model_copy(
+                update={
+                    "processors": [spec if q.name == p.name else q for q in self.flow.processors]
+                }
+            )
+            loop = asyncio.get_running_loop()
+            try:  # the new commit's code must load before the old workers go
+                await loop.run_in_executor(None, envs.check_in_env, spec, candidate)
+            except ElasticCodeError as exc:
+                self.refused.add((p.name, latest))
+                events.append(
+                    f"processor {p.name}: stays at commit {git.commit[:12]}; commit "
+                    f"{latest[:12]} does not load: {exc}"
+                )
+                continue
+            self.flow, self.revision = candidate, self.revision + 1
+            flow_file = snapshot(candidate, self.root, f"flow-{self.revision}.yaml")
+            self.agent.replace(p.name, candidate, flow_file)
+            events.append(
+                f"processor {p.name}: switching from commit {git.commit[:12]} to "
+                f"{latest[:12]}, new workers first"
+            )
+        return events
+
+
 async def _release_all(broker: Broker) -> int:
     release_all = getattr(broker, "release_all", None)
     return int(await release_all()) if release_all is not None else 0
@@ -327,7 +378,7 @@ async def _release_all(broker: Broker) -> int:
 def _totals(flow: Flow, agent: Agent, reports: list[WorkerReport]) -> dict[str, ProcessorTotals]:
     totals = {p.name: ProcessorTotals(p.name) for p in flow.processors}
     for inst in agent.instances:
-        totals[inst.processor].instances += 1
+        totals[inst.processor].instances += not inst.retiring
     statuses: dict[str, set[str]] = {}
     for r in reports:
         t = totals.get(r.processor)

@@ -179,6 +179,9 @@ class Worker:
         prefetch = self.spec.prefetch
         is_async = self.loaded.is_async
         while not self.stopping:
+            # let the loop run its callbacks (SIGTERM's among them) even when every await
+            # below completes at once, as on a busy embedded queue
+            await asyncio.sleep(0)
             self._publish_report()
             if not await self._wait_for_room():
                 break
@@ -442,6 +445,7 @@ class Worker:
                 offset = await self._flush(pending, offset)
                 pending = []
                 flushed = time.monotonic()
+                await asyncio.sleep(0)  # a chance for SIGTERM's callback (see _consume)
                 if self.stopping:
                     raise _Stopped
         if pending:
