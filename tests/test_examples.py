@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from elasticcode import Context, Flow, Message, run
+from elasticcode.brokers import open_broker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WORDCOUNT = EXAMPLES / "wordcount"
@@ -150,7 +151,13 @@ def run_csv_clean(tmp_path: Path, broker: str | None = None, own: Any = None) ->
     flow = own(flow) if own else flow
     flow.get("store").config = {"path": str(tmp_path / "clean.jsonl")}
     flow.get("rejected").config = {"path": str(tmp_path / "rejected.jsonl")}
-    assert run_to_end(flow, tmp_path, broker=broker) == {"clean": len(REJECTED)}
+    errors = run_to_end(flow, tmp_path, broker=broker)
+    if broker and open_broker(broker).eventually_consistent:
+        # SQS may hand a rejected row out twice (and count its error twice): the sinks below
+        # still hold each row once
+        assert errors.keys() == {"clean"} and errors["clean"] >= len(REJECTED)
+    else:
+        assert errors == {"clean": len(REJECTED)}
 
     clean = read_jsonl(tmp_path / "clean.jsonl")
     rejected = read_jsonl(tmp_path / "rejected.jsonl")
