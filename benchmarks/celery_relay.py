@@ -138,22 +138,7 @@ def run_celery(
         except Exception as exc:
             print(f"  WARNING: could not delete Celery queues {queues}: {exc}", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
-    ended = time.time()
-    t0s, s1s, s2s, arrivals = times[0::4], times[1::4], times[2::4], times[3::4]
-    rate_seen, sink_rate, p50, p99 = raw_relay.summarize(t0s, arrivals)
-    return raw_relay.Result(
-        messages,
-        len(arrivals),
-        status,
-        rate_seen,
-        sink_rate,
-        p50,
-        p99,
-        ended - started,
-        sampler.between(min(t0s), max(arrivals)) if len(arrivals) else {},
-        raw_relay.hops(t0s, s1s, s2s, arrivals),
-        sampler.peak_rss(),
-    )
+    return raw_relay.Result.measured(messages, status, times, time.time() - started, sampler)
 
 
 def delete_queues(kind: str, url: str, queues: list[str]) -> None:

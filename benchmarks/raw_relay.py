@@ -111,6 +111,27 @@ class Result:
     #: peak resident memory (MB) of the largest process of each role
     rss: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def measured(
+        cls, messages: int, status: str, times: array[float], wall: float, sampler: CpuSampler
+    ) -> Result:
+        """A run's result from its (t0, s1, s2, arrival) times and its processes' samples."""
+        t0s, s1s, s2s, arrivals = times[0::4], times[1::4], times[2::4], times[3::4]
+        rate_seen, sink_rate, p50, p99 = summarize(t0s, arrivals)
+        return cls(
+            messages,
+            len(arrivals),
+            status,
+            rate_seen,
+            sink_rate,
+            p50,
+            p99,
+            wall,
+            sampler.between(min(t0s), max(arrivals)) if len(arrivals) else {},
+            hops(t0s, s1s, s2s, arrivals),
+            sampler.peak_rss(),
+        )
+
 
 #: Server process names, to read their CPU time from /proc (when it can be read).
 SERVERS = {"redis": "redis-server", "rabbitmq": "beam.smp", "nats": "nats-server"}
@@ -1027,21 +1048,7 @@ def run_relay(
     ended = time.time()
     times = array("d")
     times.frombytes(data)
-    t0s, s1s, s2s, arrivals = times[0::4], times[1::4], times[2::4], times[3::4]
-    rate_seen, sink_rate, p50, p99 = summarize(t0s, arrivals)
-    return Result(
-        messages,
-        len(arrivals),
-        status,
-        rate_seen,
-        sink_rate,
-        p50,
-        p99,
-        ended - started,
-        sampler.between(min(t0s), max(arrivals)) if len(arrivals) else {},
-        hops(t0s, s1s, s2s, arrivals),
-        sampler.peak_rss(),
-    )
+    return Result.measured(messages, status, times, ended - started, sampler)
 
 
 def cpu_text(cpu: dict[str, float], received: int) -> str:

@@ -96,3 +96,22 @@ def sink_module(fd: FlowDir) -> Callable[[], Path]:
         )
 
     return make
+
+
+JSON_STEPS = """
+import json, os
+OUT = {out!r}
+
+def numbers(count):
+    for i in range(count):
+        yield {{"n": i}}
+
+def sink(payload, ctx):
+    with open(os.path.join(OUT, "sink.log"), "a") as f:
+        f.write(json.dumps(payload) + "\\n")
+"""
+
+
+def json_steps(fd: FlowDir) -> None:
+    """A ``steps`` module: ``numbers(count)`` and a ``sink`` appending payloads to sink.log."""
+    fd.module("steps", JSON_STEPS.format(out=str(fd.root)))

@@ -11,7 +11,7 @@ import pytest
 from elasticcode.errors import ProcessorError
 from elasticcode.runner import check_code
 
-from .conftest import FlowDir
+from .conftest import FlowDir, json_steps
 
 FLOW = """
 name: envs
@@ -25,19 +25,6 @@ connections:
   - {from: gen, to: new}
   - {from: old, to: sink}
   - {from: new, to: sink}
-"""
-
-STEPS = """
-import json, os
-OUT = {out!r}
-
-def numbers(count):
-    for i in range(count):
-        yield {{"n": i}}
-
-def sink(payload, ctx):
-    with open(os.path.join(OUT, "sink.log"), "a") as f:
-        f.write(json.dumps(payload) + "\\n")
 """
 
 WHICH = """
@@ -55,7 +42,7 @@ def test_conflicting_requirements_run_side_by_side(
     fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
-    fd.module("steps", STEPS.format(out=str(fd.root)))
+    json_steps(fd)
     fd.module("which", WHICH)
     (fd.root / "req.txt").write_text("# the newer one\nsix==1.16.0\n")
     flow = fd.flow(FLOW)
@@ -79,7 +66,7 @@ def test_requirement_that_cannot_install_names_the_processor(
     fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
-    fd.module("steps", STEPS.format(out=str(fd.root)))
+    json_steps(fd)
     fd.module("which", WHICH)
     (fd.root / "req.txt").write_text("six==1.16.0\n")
     flow = fd.flow(FLOW)

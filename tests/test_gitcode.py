@@ -22,7 +22,7 @@ from elasticcode.errors import ProcessorError
 from elasticcode.gitcode import GitError, resolve
 from elasticcode.runner import check_code, pin_code, state_paths
 
-from .conftest import FlowDir
+from .conftest import FlowDir, json_steps
 from .services import unavailable
 
 FLOW = """
@@ -36,19 +36,6 @@ processors:
 connections:
   - {from: gen, to: work}
   - {from: work, to: sink}
-"""
-
-SINK = """
-import json, os
-OUT = {out!r}
-
-def numbers(count):
-    for i in range(count):
-        yield {{"n": i}}
-
-def sink(payload, ctx):
-    with open(os.path.join(OUT, "sink.log"), "a") as f:
-        f.write(json.dumps(payload) + "\\n")
 """
 
 
@@ -97,7 +84,7 @@ def versions(fd: FlowDir) -> list[int]:
 
 
 def make_flow(fd: FlowDir, url: str, ref: str) -> Flow:
-    fd.module("steps", SINK.format(out=str(fd.root)))
+    json_steps(fd)
     return fd.flow(FLOW.replace("REPO", url).replace("REF", ref))
 
 

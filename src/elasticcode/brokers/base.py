@@ -10,12 +10,14 @@ transaction (the embedded SQLite broker) overrides it to do so atomically.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import BrokerError
 from ..message import DEFAULT_MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -59,6 +61,14 @@ class Settlement:
 
     def __bool__(self) -> bool:
         return bool(self.publish or self.ack or self.retry or self.dead)
+
+
+def rotate(items: list[T], turns: Iterator[int]) -> list[T]:
+    """``items`` rotated by the next of ``turns``, so that no input queue starves the others."""
+    if len(items) < 2:
+        return items
+    start = next(turns) % len(items)
+    return items[start:] + items[:start]
 
 
 def require(module: str, extra: str) -> Any:

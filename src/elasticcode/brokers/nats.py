@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -270,10 +270,7 @@ class NATSBroker(Broker):
     async def fetch(
         self, queues: Sequence[str], limit: int, consumer: str, timeout: float
     ) -> list[Delivery]:
-        qs = list(queues)
-        if len(qs) > 1:  # rotate so that no input queue starves the others
-            start = next(self._rotation) % len(qs)
-            qs = qs[start:] + qs[:start]
+        qs = rotate(list(queues), self._rotation)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         got: list[tuple[str, Any]] = []

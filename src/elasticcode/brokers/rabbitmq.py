@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -406,9 +406,7 @@ class RabbitMQBroker(Broker):
     def _take(self, cons: _Consuming, queues: Sequence[str], limit: int) -> list[Delivery]:
         if cons.channel.is_closed:  # RabbitMQ requeued what it had pushed
             return []
-        if len(queues) > 1:  # rotate so that no input queue starves the others
-            start = next(self._rotation) % len(queues)
-            queues = [*queues[start:], *queues[:start]]
+        queues = rotate(list(queues), self._rotation)
         out: list[Delivery] = []
         for q in queues:
             ready = cons.ready.get(q)

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 
 log = logging.getLogger("elasticcode.brokers.redis")
 T = TypeVar("T")
@@ -510,9 +510,7 @@ class RedisBroker(Broker):
         queues = list(queues)
         if limit <= 0 or not queues:
             return []
-        if len(queues) > 1:  # rotate so that no input queue starves the others
-            start = next(self._rotation) % len(queues)
-            queues = queues[start:] + queues[:start]
+        queues = rotate(queues, self._rotation)
         keys = [k for q in queues for k in self._keys(q, "", "delayed")]
         args = [GROUP, consumer, limit, int(self.lease * 1000)]
         deadline = time.monotonic() + timeout

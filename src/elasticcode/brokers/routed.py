@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, rotate
 
 #: How long a fetch over several brokers waits on each of them in turn.
 SLICE = 0.05
@@ -75,8 +75,7 @@ class RoutedBroker(Broker):
         if len(groups) == 1:
             ((i, qs),) = groups
             return await self._brokers[i].fetch(qs, limit, consumer, timeout)
-        start = next(self._rotation) % len(groups)  # no broker starves the others
-        groups = groups[start:] + groups[:start]
+        groups = rotate(groups, self._rotation)  # no broker starves the others
         loop = asyncio.get_running_loop()
         deadline, wait = loop.time() + timeout, 0.0  # a quick look at each, then turns
         while True:

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, rotate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -204,9 +204,7 @@ class SQLiteBroker(Broker):
         self, queues: Sequence[str], limit: int, consumer: str, timeout: float
     ) -> list[Delivery]:
         qids = [self._qid(q) for q in queues]
-        if len(qids) > 1:  # rotate so that no input queue starves the others
-            start = next(self._rotation) % len(qids)
-            qids = qids[start:] + qids[:start]
+        qids = rotate(qids, self._rotation)
         deadline = time.monotonic() + timeout
         steps = iter(POLL_STEPS)
         step = POLL_STEPS[0]

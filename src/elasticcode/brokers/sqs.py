@@ -66,7 +66,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import BrokerError
-from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require
+from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 
 log = logging.getLogger("elasticcode.brokers.sqs")
 T = TypeVar("T")
@@ -409,9 +409,7 @@ class SQSBroker(Broker):
         qs = list(queues)
         if limit <= 0 or not qs:
             return []
-        if len(qs) > 1:  # rotate so that no input queue starves the others
-            start = next(self._rotation) % len(qs)
-            qs = qs[start:] + qs[:start]
+        qs = rotate(qs, self._rotation)
         urls = [await self._url(q) for q in qs]
         deadline = time.monotonic() + timeout
         pause = 0.02
