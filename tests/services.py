@@ -62,7 +62,7 @@ def sqs_url() -> str:
     if _sqs is not None:
         return _sqs
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-        unavailable("the SQS tests need moto's server: pip install 'moto[server]'")
+        unavailable("the SQS tests need moto's server: pip install 'moto[sqs]' flask flask-cors")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
