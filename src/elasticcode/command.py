@@ -129,6 +129,12 @@ class Command:
                 proc.stdin.write(line)
                 await proc.stdin.drain()
                 reply = await proc.stdout.readline()
+            except (
+                asyncio.CancelledError
+            ):  # timed out: its late answer must not be read as the next
+                self.proc = None
+                proc.kill()
+                raise
             except (OSError, ValueError) as exc:  # a closed pipe; a line over the limit
                 await self.stop()
                 raise CommandError(f"command {self.argv[0]}: {exc}") from None

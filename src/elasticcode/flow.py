@@ -180,6 +180,9 @@ class Processor(_Model):
     instances: int | Literal["auto"] = "auto"
     prefetch: int = Field(default=100, ge=1, le=10_000)
     retries: Retry = Field(default_factory=Retry)
+    #: Longest a processor may take over one message; then that message fails (and is
+    #: retried like any error) and the worker goes on with the next.
+    timeout: Duration | None = None
     description: str = ""
 
     @field_validator("code")
@@ -189,6 +192,13 @@ class Processor(_Model):
             raise ValueError(
                 f"{value!r} is not of the form module:function (e.g. mypkg.steps:clean)"
             )
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("timeout must be greater than zero, e.g. 30s")
         return value
 
     @field_validator("instances")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -21,7 +22,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from .brokers import Broker, Delivery, Settlement, open_broker
@@ -253,12 +254,19 @@ class Worker:
                 )
                 return
         ctx = self.ctx.child(msg, self.inputs[d.queue])
+        limit = self.spec.timeout
         try:
-            result = self.loaded.call(msg.payload, ctx)
-            outputs = (
-                await collect(result, ctx) if self.loaded.is_async else collect_sync(result, ctx)
-            )
+            if self.loaded.is_async:
+                outputs = await asyncio.wait_for(
+                    collect(self.loaded.call(msg.payload, ctx), ctx), limit
+                )
+            else:
+                with _alarm(limit):
+                    outputs = collect_sync(self.loaded.call(msg.payload, ctx), ctx)
             items = self._encode(msg, outputs)
+        except (TimeoutError, _TimedOut):
+            error = f"timed out: took longer than {limit:g}s (timeout) over this message"
+            self._failed(d, msg, error, "", settlement, retry=True)
         except Reject as exc:
             self._failed(d, msg, f"rejected: {exc}", "", settlement, retry=False)
         except OutputError as exc:
@@ -478,6 +486,29 @@ class Worker:
 
 class _Stopped(Exception):
     pass
+
+
+class _TimedOut(BaseException):  # not an Exception: processor code cannot catch it by accident
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _TimedOut
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Interrupt the (synchronous) code inside after ``seconds``: SIGALRM raises in it."""
+    if seconds is None:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 async def _items(result: Any, ctx: Context) -> AsyncIterator[Output]:
