@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +28,7 @@ from .test_examples import (
     run_to_end,
     run_wordcount,
 )
-from .test_run import PIPELINE, POISON, accounting
+from .test_run import CLI, PIPELINE, POISON, accounting
 
 
 @pytest.fixture(params=["redis", "rabbitmq", "nats", "sqs"])
@@ -131,3 +136,53 @@ def test_connections_on_brokers_of_their_own(fd: FlowDir, sink_module: Callable[
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
         client.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return children + [d for c in children for d in _descendants(c)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["embedded", "redis", "rabbitmq"])
+def test_kill_9_of_the_agent_and_its_workers_then_rerun(
+    fd: FlowDir, sink_module: Callable[[], Path], where: str
+) -> None:
+    """The whole run (the agent and every worker) killed at once mid-flow; the next run resumes
+    from the durable queues and every message arrives."""
+    sink_module()
+    fd.module("slow", "import time\n\ndef step(p):\n    time.sleep(0.001)\n    return p\n")
+    name = f"agentkill{uuid.uuid4().hex[:8]}"
+    text = PIPELINE.replace("name: pipe", f"name: {name}").replace("COUNT", "2000")
+    flow = fd.flow(text.replace('"steps:inc", instances: 2', '"slow:step", instances: 2'))
+    url = None if where == "embedded" else service_url(where)
+    cmd = [CLI, "run", str(fd.root / "flow.yaml"), "--state-dir", str(fd.state), "--quiet"]
+    cmd += ["--broker", url] if url else []
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(fd.lines("sink.log")) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victims = [proc.pid, *_descendants(proc.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+        before = len(fd.lines("sink.log"))
+        assert 0 < before < 2000 and len(victims) >= 4, "the kill did not land mid-run"
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        accounting(fd, 2000)
+    finally:
+        if url:
+            asyncio.run(_delete(url, flow))
+
+
+async def _delete(url: str, flow: Flow) -> None:
+    b = open_broker(url)
+    await b.connect()
+    await b.delete(flow.queues())
+    await b.close()
