@@ -81,3 +81,28 @@ def test_hanging_message_times_out_and_the_rest_flows(
 def test_timeout_must_be_positive(fd: FlowDir) -> None:
     with pytest.raises(FlowError, match="timeout must be greater than zero"):
         fd.flow(PIPE.replace("WORK", 'code: "slow:step"').replace("300ms", "0s"))
+
+
+LEAK = """
+LEAKED = []
+
+def step(p):
+    LEAKED.append(b"x" * (2 * 2**20))  # 2 MB kept for ever
+    return p
+"""
+
+
+def test_leaking_worker_is_restarted_and_nothing_is_lost(
+    fd: FlowDir, sink_module: Callable[[], Path]
+) -> None:
+    sink_module()
+    fd.module("leak", LEAK)
+    work = 'code: "leak:step", max_memory: 120MB, prefetch: 10'
+    text = PIPE.replace("WORK", work).replace("count: 20", "count: 300")
+    flow = fd.flow(text.replace("timeout: 300ms, ", ""))
+    result = fd.run(flow)
+    assert result.status == "finished"
+    assert sorted(int(line.split()[1]) for line in fd.lines("sink.log")) == list(range(300))
+    restarts = sum("restarted: over max_memory" in e for e in result.events)
+    assert restarts >= 3, result.events
+    assert result.dead_letters == 0

@@ -22,7 +22,7 @@ from . import envs
 from .brokers import Broker
 from .errors import BrokerError
 from .flow import Flow
-from .worker import BROKER_ENV, EXIT_CONFIG, STATE_ENV
+from .worker import BROKER_ENV, EXIT_CONFIG, EXIT_MEMORY, STATE_ENV
 
 log = logging.getLogger("elasticcode.agent")
 
@@ -164,6 +164,10 @@ class Agent:
                 inst.finished = True
                 if inst.retiring:
                     events.append(f"worker {inst.processor}[{inst.index}] replaced ({held})")
+                continue
+            if code == EXIT_MEMORY:  # it settled what it held: a fresh one takes over at once
+                inst.next_start = now
+                events.append(f"worker {inst.processor}[{inst.index}] restarted: over max_memory")
                 continue
             ran = now - inst.started
             inst.failures = 0 if ran >= STABLE_AFTER else inst.failures + 1

@@ -183,6 +183,9 @@ class Processor(_Model):
     #: Longest a processor may take over one message; then that message fails (and is
     #: retried like any error) and the worker goes on with the next.
     timeout: Duration | None = None
+    #: A worker whose memory (resident set) grows past this, e.g. through a leak in the
+    #: processor, settles its batch and is restarted at once.
+    max_memory: Size | None = None
     description: str = ""
 
     @field_validator("code")

@@ -39,6 +39,7 @@ SOURCE_BATCH = 500
 SOURCE_FLUSH = 0.001  # a source publishes what it has after this long (s)
 ROOM_FRESH = 0.1  # how long a queue depth reading stands for back pressure (s)
 EXIT_CONFIG = 3
+EXIT_MEMORY = 4  # over max_memory: to be restarted at once
 BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
 STATE_ENV = "ELASTICCODE_WORKER_STATE"
 
@@ -78,6 +79,8 @@ class Worker:
         self.max_bytes = flow.settings.max_message_bytes
         self.report = WorkerReport(self.consumer, run_id, processor, instance, os.getpid())
         self.stopping = False
+        #: set when the worker outgrew max_memory and stops to be restarted
+        self.recycle = False
         self._reported = 0.0
         #: room left on the fullest outgoing connection, and when the broker said so
         self._room, self._room_at = 0, 0.0
@@ -116,6 +119,8 @@ class Worker:
                 await self._source()
             else:
                 await self._consume()
+                if self.recycle:
+                    return EXIT_MEMORY
         finally:
             if self.loaded.teardown is not None:
                 try:
@@ -205,6 +210,15 @@ class Worker:
             for d in batch:
                 if d.delivery > 1:
                     await self._process([d], False, isolated=True)
+            if self.spec.max_memory and (rss := _resident()) > self.spec.max_memory:
+                log.warning(
+                    "processor %s: worker uses %d MB, over its max_memory of %d MB; restarting",
+                    self.name,
+                    rss // 2**20,
+                    self.spec.max_memory // 2**20,
+                )
+                self.report.last_error = f"restarted at {rss // 2**20} MB (max_memory)"
+                self.recycle = self.stopping = True
 
     async def _process(
         self, batch: list[Delivery], concurrent: bool, isolated: bool = False
@@ -486,6 +500,15 @@ class Worker:
 
 class _Stopped(Exception):
     pass
+
+
+def _resident() -> int:
+    """This process's resident memory now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class _TimedOut(BaseException):  # not an Exception: processor code cannot catch it by accident
