@@ -247,7 +247,7 @@ def test_switching_commits_under_load_loses_nothing(fd: FlowDir, repo: Repo, cac
     first = repo.commit(1, code=SLOW.replace("VERSION", "1"))
     url = f"file://{repo.path}"
     flow = make_flow(fd, url, "main")
-    flow.get("gen").config = {"count": 3000}
+    flow.get("gen").config = {"count": 5000}
     _, _, state = state_paths(flow, fd.state)
     switched: list[str] = []
 
@@ -264,11 +264,11 @@ def test_switching_commits_under_load_loses_nothing(fd: FlowDir, repo: Repo, cac
     assert any(f"from commit {first[:12]} to {switched[0][:12]}" in e for e in result.events)
     assert result.processors["work"].instances == 2  # the replaced ones are not counted
     rows = [json.loads(line) for line in fd.lines("sink.log")]
-    assert {r["n"] for r in rows} == set(range(3000)), "messages lost in the switch"
+    assert {r["n"] for r in rows} == set(range(5000)), "messages lost in the switch"
     assert {r["version"] for r in rows} == {1, 2}
     late = [r["version"] for r in rows[-100:]]
     assert set(late) == {2}, "the old commit still ran at the end"
-    print(f"sent=3000 delivered={len(rows)} duplicates={len(rows) - 3000} lost=0")
+    print(f"sent=5000 delivered={len(rows)} duplicates={len(rows) - 5000} lost=0")
 
 
 def test_a_commit_that_does_not_load_keeps_the_old_one(
