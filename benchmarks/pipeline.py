@@ -98,14 +98,12 @@ def build_flow(
     return flow
 
 
-def read_latencies(
-    out: Path,
-) -> tuple[array[float], array[float], array[float], array[float]]:
-    """(t0s, s1 times, s2 times, arrivals) from every sink instance's file."""
+def read_latencies(out: Path) -> array[float]:
+    """(t0, s1 time, s2 time, arrival) per message, from every sink instance's file."""
     times = array("d")
     for path in sorted(out.glob("latency-*.bin")):
         times.frombytes(path.read_bytes())
-    return times[0::4], times[1::4], times[2::4], times[3::4]
+    return times
 
 
 class Watchdog:
@@ -179,7 +177,7 @@ def run_once(
                 on_start=watch,
             )
         ended = time.time()
-        t0s, s1s, s2s, arrivals = read_latencies(out)
+        times = read_latencies(out)
     finally:
         if url is not None:
             try:
@@ -193,29 +191,19 @@ def run_once(
     status = "timeout" if dog.fired else result.status
     if result.dead_letters:
         status += f", {result.dead_letters} dead"
-    rate_seen, sink_rate, p50, p99 = raw_relay.summarize(t0s, arrivals)
+    t0s, s1s, s2s, arrivals = times[0::4], times[1::4], times[2::4], times[3::4]
     first = min(t0s) if len(t0s) else ended
     last = max(arrivals) if len(arrivals) else ended
-    detail = (
+    sample = from_result(
+        f"elasticcode {workers}w",
+        raw_relay.Result.measured(messages, status, times, ended - started, sampler),
+    )
+    sample.detail = (
         f"run {result.seconds:.2f} s, start-up {first - started:.2f} s, "
         f"shutdown {ended - last:.2f} s"
     )
-    return Sample(
-        f"elasticcode {workers}w",
-        messages,
-        len(arrivals),
-        status,
-        rate_seen,
-        sink_rate,
-        p50,
-        p99,
-        ended - started,
-        sampler.between(first, last),
-        raw_relay.hops(t0s, s1s, s2s, arrivals),
-        detail,
-        sampler.peak_rss(),
-        steady_hops(t0s, s1s, s2s, arrivals),
-    )
+    sample.hops99 = steady_hops(t0s, s1s, s2s, arrivals)
+    return sample
 
 
 def steady_hops(
