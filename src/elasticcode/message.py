@@ -90,6 +90,8 @@ def decode(body: bytes, delivery: int = 1) -> Message:
     _, id_, flow, origin, created, parents, attributes, payload = fields
     if not isinstance(attributes, dict) or not isinstance(parents, list):
         raise MessageError("malformed message body: attributes or parents have the wrong type")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise MessageError(f"malformed message body: its creation time is {describe(created)}")
     return Message(
         payload=payload,
         id=str(id_),
