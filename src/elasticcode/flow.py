@@ -604,11 +604,12 @@ def _located(
             lines.extend(cause.problems)
             continue
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        field = err["loc"][-1] if err["loc"] else ""  # a key of the file's own, kept as it is
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}; check its spelling"
+            msg = f"unknown field {field!r}; check its spelling"
         elif err["type"] == "missing":
-            msg = f"field {loc[-1]!r} is required"
+            msg = f"field {field!r} is required"
         lines.append((loc, msg))
     located = []
     first: yaml.Mark | None = None
