@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from elasticcode import Flow
 from elasticcode.errors import ProcessorError
 from elasticcode.runner import check_code
 
@@ -37,15 +38,28 @@ def version(payload, ctx):
 """
 
 
-@pytest.mark.slow
-def test_conflicting_requirements_run_side_by_side(
-    fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def flow(fd: FlowDir, cache: Path) -> Flow:
+    """Two processors, one needing six 1.15.0 (inline), one six 1.16.0 (req.txt)."""
     json_steps(fd)
     fd.module("which", WHICH)
     (fd.root / "req.txt").write_text("# the newer one\nsix==1.16.0\n")
-    flow = fd.flow(FLOW)
+    return fd.flow(FLOW)
+
+
+def built(cache: Path) -> int:
+    """How many environments the cache holds."""
+    return len([e for e in (cache / "envs").glob("[0-9a-f]*") if e.is_dir()])
+
+
+@pytest.mark.slow
+def test_conflicting_requirements_run_side_by_side(fd: FlowDir, flow: Flow, cache: Path) -> None:
     result = fd.run(flow)
     assert result.status == "finished"
     rows = [json.loads(line) for line in fd.lines("sink.log")]
@@ -55,27 +69,19 @@ def test_conflicting_requirements_run_side_by_side(
     assert pythons["old"] != pythons["new"]
     assert all("/envs/" in p for p in pythons.values())
     # the same needs share one environment: a third processor adds none
-    envs = sorted((tmp_path / "cache" / "envs").glob("[0-9a-f]*"))
-    assert len([e for e in envs if e.is_dir()]) == 2
+    assert built(cache) == 2
     flow.get("old").requirements = ["six==1.16.0"]
     assert fd.run(flow, fresh=True).status == "finished"
-    assert len([e for e in (tmp_path / "cache" / "envs").glob("[0-9a-f]*") if e.is_dir()]) == 2
+    assert built(cache) == 2
 
 
-def test_requirement_that_cannot_install_names_the_processor(
-    fd: FlowDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ELASTICCODE_CACHE", str(tmp_path / "cache"))
-    json_steps(fd)
-    fd.module("which", WHICH)
-    (fd.root / "req.txt").write_text("six==1.16.0\n")
-    flow = fd.flow(FLOW)
+def test_requirement_that_cannot_install_names_the_processor(flow: Flow, cache: Path) -> None:
     flow.get("old").requirements = ["this-is-not a requirement !!"]
     with pytest.raises(ProcessorError, match="processor 'old': installing its requirements failed"):
         check_code(flow)
     with pytest.raises(ProcessorError, match="Invalid requirement"):
         check_code(flow)
-    assert not list((tmp_path / "cache" / "envs").glob(".*")), "a failed build left files"
+    assert not list((cache / "envs").glob(".*")), "a failed build left files"
     flow.get("old").requirements = None
     flow.get("new").requirements = "missing.txt"
     with pytest.raises(ProcessorError, match=r"requirements file 'missing\.txt' not in"):

@@ -81,16 +81,16 @@ def pin_code(flow: Flow, state_url: str, update: list[str] | None = None) -> tup
                 continue
             store = store or StateStore(state_url)
             moving = update is not None and (not update or p.name in update)
-            commit = None if moving else store.code_pin(flow.name, p.name, git.repo, git.ref)
+            recorded = store.code_pin(flow.name, p.name, git.repo, git.ref)
             where = f"processor {p.name}: {git.ref} of {gitcode.shown(git.repo)}"
-            if commit is None:
+            if moving or recorded is None:
                 commit = gitcode.resolve(git.repo, git.ref, git.credential)
-                before = store.code_pin(flow.name, p.name, git.repo, git.ref)
-                if before != commit:
+                if commit != recorded:
                     store.record_pin(flow.name, p.name, git.repo, git.ref, commit)
-                was = f" (was {before[:12]})" if before and before != commit else ""
+                was = f" (was {recorded[:12]})" if recorded and recorded != commit else ""
                 notes.append(f"{where} resolved to commit {commit[:12]}{was}")
             else:
+                commit = recorded
                 notes.append(f"{where} at commit {commit[:12]} (elasticcode code update to move)")
             gitcode.checkout(git.repo, commit, git.credential)
             pinned.append(p.model_copy(update={"git": git.model_copy(update={"commit": commit})}))
