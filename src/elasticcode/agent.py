@@ -8,12 +8,14 @@ so that processors use every core and a crash in user code takes down only its o
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +27,19 @@ from .flow import Flow
 from .worker import BROKER_ENV, EXIT_CONFIG, EXIT_MEMORY, STATE_ENV
 
 log = logging.getLogger("elasticcode.agent")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In a new worker (Linux): be sent SIGTERM when the agent dies, so that no worker outlives
+    its agent (a restarted agent would run a second copy)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
 
 #: A worker that ran at least this long before dying restarts without delay.
 STABLE_AFTER = 10.0
@@ -49,6 +64,11 @@ class Instance:
     flow_file: Path | None = None
     #: Asked to finish its batch and exit, replaced by a newer instance.
     retiring: bool = False
+    #: Distributed mode: the run and broker of the instance's flow, and its spec digest.
+    run_id: int | None = None
+    broker_url: str | None = None
+    spec: str = ""
+    flow_name: str = ""
 
     @property
     def pid(self) -> int | None:
@@ -74,8 +94,8 @@ class Agent:
 
     def __init__(
         self,
-        flow: Flow,
-        flow_file: Path,
+        flow: Flow | None,
+        flow_file: Path | None,
         run_id: int,
         broker_url: str,
         state_url: str,
@@ -88,11 +108,15 @@ class Agent:
         self.broker_url = broker_url
         self.state_url = state_url
         self.log_dir = log_dir
-        self.instances = [
-            Instance(p.name, i)
-            for p in flow.processors
-            for i in range(instance_count(flow, p.name, workers))
-        ]
+        self.instances = (
+            [
+                Instance(p.name, i)
+                for p in flow.processors
+                for i in range(instance_count(flow, p.name, workers))
+            ]
+            if flow is not None
+            else []
+        )
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -104,25 +128,33 @@ class Agent:
             f"{os.uname().nodename}:{inst.processor}:{inst.index}:{uuid.uuid4().hex[:8]}"
         )
         if inst.log_file is None:
-            inst.log_file = open(self.log_dir / f"{inst.processor}-{inst.index}.log", "ab")  # noqa: SIM115
+            prefix = f"{inst.flow_name}." if inst.flow_name else ""
+            log_path = self.log_dir / f"{prefix}{inst.processor}-{inst.index}.log"
+            inst.log_file = open(log_path, "ab")  # noqa: SIM115
         flow = inst.flow or self.flow
+        flow_file = inst.flow_file or self.flow_file
+        assert flow is not None and flow_file is not None, "an instance without a flow"
         cmd = [
             envs.python_for(flow.get(inst.processor), flow),
             "-m",
             "elasticcode.worker",
             "--flow",
-            str(inst.flow_file or self.flow_file),
+            str(flow_file),
             "--processor",
             inst.processor,
             "--instance",
             str(inst.index),
             "--run",
-            str(self.run_id),
+            str(inst.run_id if inst.run_id is not None else self.run_id),
             "--consumer",
             inst.consumer,
         ]
         # URLs may carry credentials: pass them in the environment, not on the command line
-        env = {**os.environ, BROKER_ENV: self.broker_url, STATE_ENV: self.state_url}
+        env = {
+            **os.environ,
+            BROKER_ENV: inst.broker_url or self.broker_url,
+            STATE_ENV: self.state_url,
+        }
         inst.process = subprocess.Popen(
             cmd,
             env=env,
@@ -130,12 +162,17 @@ class Agent:
             stdout=inst.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the agent, which stops workers in order
+            preexec_fn=_stop_with_parent,
         )
         inst.started = time.monotonic()
         log.debug("started %s[%d] pid %d", inst.processor, inst.index, inst.process.pid)
 
-    async def supervise(self, broker: Broker) -> list[str]:
-        """Restart dead workers (after releasing their messages); return what happened."""
+    async def supervise(
+        self, broker: Broker | Callable[[Instance], Awaitable[Broker]]
+    ) -> list[str]:
+        """Restart dead workers (after releasing their messages); return what happened.
+
+        ``broker``: the broker of every instance, or a function giving an instance's."""
         events = []
         now = time.monotonic()
         for inst in self.instances:
@@ -152,10 +189,11 @@ class Agent:
             inst.last_exit = code
             inst.process = None
             try:
-                released = await broker.release(inst.consumer)
+                own = broker if isinstance(broker, Broker) else await broker(inst)
+                released = await own.release(inst.consumer)
                 held = (
                     f"{released} message(s) released"
-                    if broker.releases_held
+                    if own.releases_held
                     else "the broker returns its messages to their queues"
                 )
             except BrokerError as exc:  # the broker redelivers them when their lease runs out

@@ -323,3 +323,12 @@ def code_history(flow: str, state_dir: str | None) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pin.resolved))
         click.echo(f"{when}  {pin.processor:<20} {pin.commit[:12]}  {pin.ref} of {shown(pin.repo)}")
     click.echo(f"{len(pins)} pin(s)", err=True)
+
+
+def _network_commands() -> None:
+    from .netcli import register
+
+    register(main)
+
+
+_network_commands()

@@ -178,6 +178,8 @@ class Processor(_Model):
         PlainSerializer(lambda s: None if s is None else (s.model_dump(exclude_none=True) or True)),
     ] = None
     instances: int | Literal["auto"] = "auto"
+    #: Distributed mode: run only on agents carrying every one of these labels (e.g. gpu: "true").
+    labels: dict[str, str] = Field(default_factory=dict)
     prefetch: int = Field(default=100, ge=1, le=10_000)
     retries: Retry = Field(default_factory=Retry)
     #: Longest a processor may take over one message; then that message fails (and is

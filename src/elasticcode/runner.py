@@ -111,9 +111,9 @@ def check_code(flow: Flow) -> None:
             load(spec, flow)
 
 
-def snapshot(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
-    """Write the flow as run (module paths and command folders made absolute) for the
-    workers to load."""
+def frozen(flow: Flow, base_dir: Path | None = None) -> Flow:
+    """The flow with module paths and command folders made absolute, so that it runs the same
+    from any folder (``base_dir``)."""
     folder = flow.base_dir.resolve()
     processors = [
         p.model_copy(update={"cwd": str(folder / (p.cwd or "."))})
@@ -121,12 +121,21 @@ def snapshot(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
         else p
         for p in flow.processors
     ]
-    frozen = flow.model_copy(
-        update={"path": import_paths(flow), "base_dir": root, "processors": processors}
+    return flow.model_copy(
+        update={
+            "path": import_paths(flow),
+            "base_dir": base_dir or folder,
+            "processors": processors,
+        }
     )
+
+
+def snapshot(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
+    """Write the flow as run (see ``frozen``) for the workers to load."""
+    frozen_flow = frozen(flow, root)
     path = root / name
     tmp = path.with_suffix(".tmp")
-    frozen.dump(tmp)
+    frozen_flow.dump(tmp)
     os.replace(tmp, path)
     return path
 

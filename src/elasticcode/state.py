@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import sqlalchemy as sa
 
+from . import schema
 from .errors import StateError
 
 metadata = sa.MetaData()
@@ -91,6 +92,93 @@ code_pins = sa.Table(
 )
 
 
+# -- distributed mode: the control plane's desired and observed state ----------------------
+flows = sa.Table(
+    "flows",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+    #: The run the flow's workers report under and its sources keep their progress in.
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("running", sa.Boolean, nullable=False, default=True),
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
+flow_revisions = sa.Table(
+    "flow_revisions",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("revision", sa.Integer, primary_key=True),
+    #: The flow as deployed (JSON), code references resolved.
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+)
+
+processor_controls = sa.Table(
+    "processor_controls",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    #: Bumped by a restart: every instance is replaced, new ones first.
+    sa.Column("restarts", sa.Integer, nullable=False, default=0),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("cores", sa.Integer, nullable=False),
+    sa.Column("memory", sa.BigInteger, nullable=False),
+    sa.Column("capacity", sa.Integer, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("registered", sa.Float, nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),
+    #: The generation of the agent's assignment: bumped whenever what it should run changes.
+    sa.Column("assigned", sa.BigInteger, nullable=False, default=0),
+    #: The generation the agent last said it runs.
+    sa.Column("applied", sa.BigInteger, nullable=False, default=0),
+    #: A digest of the assignment, to tell when it changed.
+    sa.Column("digest", sa.String(64), nullable=False, default=""),
+    #: Its workers as it last reported them (JSON).
+    sa.Column("workers", sa.Text, nullable=False, default="[]"),
+)
+
+placements = sa.Table(
+    "placements",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("instance", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(64), index=True),
+    sa.Column("placed", sa.Float, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    #: Bumped whenever the lease changes hands.
+    sa.Column("term", sa.BigInteger, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("flow", sa.String(200)),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+
 @dataclass(slots=True)
 class CodePin:
     """One resolution of a processor's git ref to a commit."""
@@ -134,8 +222,8 @@ class StateStore:
                 self.engine = sa.create_engine(url, connect_args={"timeout": 60})
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
-            metadata.create_all(self.engine)
+                self.engine = sa.create_engine(schema.engine_url(url), pool_pre_ping=True)
+            schema.ensure(self.engine, _safe(url))
         except sa.exc.SQLAlchemyError as exc:
             raise StateError(
                 f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "

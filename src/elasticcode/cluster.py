@@ -1,0 +1,614 @@
+"""The control plane's state: flows and their revisions, agents, placements, the leader lease.
+
+Everything the servers know lives here, in the state store (PostgreSQL in a network), so a
+server holds nothing of its own: any server answers the API and the agents, and the leader
+alone (``Cluster.lead``) turns the desired state into placements. Agents fetch what concerns
+them (``Cluster.assignment``) and reconcile to it.
+
+An instance's *spec* is a digest of what its worker runs: the processor's settings and code
+reference, the connections it reads and writes, the flow's settings and a restart counter.
+A new revision that leaves a processor's spec alone leaves its workers running; one that
+changes it has them replaced, new ones first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import ElasticCodeError, FlowError
+from .flow import Flow
+from .scheduler import AgentSlot, Demand, place
+from .state import (
+    StateStore,
+    agents,
+    events,
+    flow_revisions,
+    flows,
+    leases,
+    placements,
+    processor_controls,
+    runs,
+)
+
+LEADER = "leader"
+
+
+class NotFound(ElasticCodeError):
+    """A flow, processor, revision or agent that does not exist."""
+
+
+@dataclass(slots=True)
+class AgentInfo:
+    id: str
+    name: str
+    host: str
+    cores: int
+    memory: int
+    capacity: int
+    labels: dict[str, str]
+    status: str
+    registered: float
+    heartbeat: float
+    assigned: int
+    applied: int
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class FlowInfo:
+    name: str
+    revision: int
+    run_id: int
+    running: bool
+    updated: float
+    document: dict[str, Any]
+
+
+def spec_of(flow: Flow, processor: str, restarts: int = 0) -> str:
+    """The digest of what an instance of ``processor`` runs (see the module docstring)."""
+    p = flow.get(processor)
+    touching = [
+        c.model_dump(mode="json", by_alias=True)
+        for c in flow.connections
+        if processor in (c.ends()[0], c.ends()[2])
+    ]
+    what = {
+        "processor": p.model_dump(mode="json", by_alias=True, exclude={"labels", "instances"}),
+        "connections": touching,
+        "settings": flow.settings.model_dump(mode="json"),
+        "path": flow.path,
+        "restarts": restarts,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Cluster(StateStore):
+    """The state store, with the control plane's operations."""
+
+    def __init__(self, url: str, agent_timeout: float = 10.0) -> None:
+        super().__init__(url)
+        self.agent_timeout = agent_timeout
+        self._parsed: dict[tuple[str, int], Flow] = {}
+        self._pending: set[tuple[str, str]] = set()
+
+    # -- flows ----------------------------------------------------------------------------
+    def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
+        """Deploy a flow document as its next revision; return (revision, changed). A document
+        equal to the current revision makes none."""
+        # validated before anything is written; errors name the field at fault
+        flow = Flow.loads(json.dumps(document, indent=2), "flow document.json")
+        text = json.dumps(flow.to_dict(), sort_keys=True)
+        now = time.time()
+        with self.engine.begin() as db:
+            row = db.execute(sa.select(flows).where(flows.c.name == flow.name)).first()
+            if row is not None:
+                latest = db.execute(
+                    sa.select(flow_revisions.c.document).where(
+                        flow_revisions.c.flow == flow.name,
+                        flow_revisions.c.revision == row.revision,
+                    )
+                ).scalar_one()
+                if latest == text:
+                    return int(row.revision), False
+                revision = (
+                    int(
+                        db.execute(
+                            sa.select(sa.func.max(flow_revisions.c.revision)).where(
+                                flow_revisions.c.flow == flow.name
+                            )
+                        ).scalar_one()
+                    )
+                    + 1
+                )
+                db.execute(
+                    flows.update()
+                    .where(flows.c.name == flow.name)
+                    .values(revision=revision, updated=now)
+                )
+            else:
+                revision = 1
+                run_id = db.execute(
+                    runs.insert().values(flow=flow.name, status="running", started=now)
+                ).inserted_primary_key[0]  # type: ignore[index]
+                db.execute(
+                    flows.insert().values(
+                        name=flow.name, revision=1, run_id=run_id, running=True, updated=now
+                    )
+                )
+            db.execute(
+                flow_revisions.insert().values(
+                    flow=flow.name, revision=revision, document=text, created=now, note=note
+                )
+            )
+            self._event(db, "revision", flow.name, f"revision {revision} applied. {note}".strip())
+        return revision, True
+
+    def flow(self, name: str, revision: int | None = None) -> FlowInfo:
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(flows).where(flows.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"no flow named {name!r}; `elasticcode apply FILE` deploys one")
+            rev = revision or row.revision
+            doc = db.execute(
+                sa.select(flow_revisions.c.document).where(
+                    flow_revisions.c.flow == name, flow_revisions.c.revision == rev
+                )
+            ).scalar()
+        if doc is None:
+            raise NotFound(f"flow {name!r} has no revision {rev}; see its revisions")
+        return FlowInfo(name, rev, row.run_id, row.running, row.updated, json.loads(doc))
+
+    def flows(self) -> list[FlowInfo]:
+        with self.engine.connect() as db:
+            names = db.execute(sa.select(flows.c.name).order_by(flows.c.name)).scalars().all()
+        return [self.flow(n) for n in names]
+
+    def revisions(self, name: str) -> list[dict[str, Any]]:
+        self.flow(name)
+        with self.engine.connect() as db:
+            rows = db.execute(
+                sa.select(
+                    flow_revisions.c.revision, flow_revisions.c.created, flow_revisions.c.note
+                )
+                .where(flow_revisions.c.flow == name)
+                .order_by(flow_revisions.c.revision)
+            ).all()
+        return [{"revision": r.revision, "created": r.created, "note": r.note} for r in rows]
+
+    def rollback(self, name: str, revision: int) -> int:
+        """Deploy an earlier revision's document again, as a new revision."""
+        old = self.flow(name, revision)
+        rev, _ = self.apply(old.document, note=f"rollback to revision {revision}")
+        return rev
+
+    def remove_flow(self, name: str) -> None:
+        self.flow(name)
+        with self.engine.begin() as db:
+            for table in (flows, processor_controls):
+                key = table.c.name if table is flows else table.c.flow
+                db.execute(table.delete().where(key == name))
+            self._event(db, "flow", name, "removed; its workers stop, its queues stay")
+
+    def set_running(self, name: str, running: bool) -> None:
+        self.flow(name)
+        with self.engine.begin() as db:
+            db.execute(flows.update().where(flows.c.name == name).values(running=running))
+            self._event(db, "flow", name, "started" if running else "stopped")
+
+    def parsed(self, name: str, revision: int, document: dict[str, Any] | None = None) -> Flow:
+        key = (name, revision)
+        if key not in self._parsed:
+            doc = document if document is not None else self.flow(name, revision).document
+            self._parsed[key] = Flow.from_dict(doc)
+        return self._parsed[key]
+
+    # -- processors -------------------------------------------------------------------------
+    def control(self, flow: str, processor: str, action: str) -> None:
+        """``pause``, ``resume`` or ``restart`` one processor."""
+        info = self.flow(flow)
+        self.parsed(flow, info.revision, info.document).get(processor)
+        with self.engine.begin() as db:
+            row = db.execute(
+                sa.select(processor_controls).where(
+                    processor_controls.c.flow == flow, processor_controls.c.processor == processor
+                )
+            ).first()
+            paused, restarts = (row.paused, row.restarts) if row else (False, 0)
+            if action == "pause":
+                paused = True
+            elif action == "resume":
+                paused = False
+            elif action == "restart":
+                restarts += 1
+            else:
+                raise FlowError(f"unknown action {action!r}; use pause, resume or restart")
+            values = {"flow": flow, "processor": processor, "paused": paused, "restarts": restarts}
+            db.execute(self._upsert(processor_controls, values, ["flow", "processor"]))
+            self._event(db, "processor", flow, f"processor {processor}: {action}")
+
+    def controls(self) -> dict[tuple[str, str], tuple[bool, int]]:
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(processor_controls)).all()
+        return {(r.flow, r.processor): (r.paused, r.restarts) for r in rows}
+
+    def update_processor(self, flow: str, processor: str, changes: dict[str, Any]) -> int:
+        """A new revision with some of a processor's settings changed (e.g. instances)."""
+        doc = self.flow(flow).document
+        procs = doc.get("processors", [])
+        for p in procs:
+            if p.get("name") == processor:
+                p.update(changes)
+                break
+        else:
+            raise NotFound(f"flow {flow!r} has no processor {processor!r}")
+        what = ", ".join(f"{k}={v}" for k, v in changes.items())
+        rev, _ = self.apply(doc, note=f"processor {processor}: {what}")
+        return rev
+
+    # -- agents ------------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        host: str,
+        cores: int,
+        memory: int,
+        capacity: int,
+        labels: dict[str, str],
+        agent_id: str | None = None,
+    ) -> str:
+        """Record an agent (again, when it gives the id it had); return its id."""
+        agent_id = agent_id or uuid.uuid4().hex
+        now = time.time()
+        values = {
+            "id": agent_id,
+            "name": name,
+            "host": host,
+            "cores": cores,
+            "memory": memory,
+            "capacity": capacity,
+            "labels": json.dumps(labels, sort_keys=True),
+            "status": "up",
+            "registered": now,
+            "heartbeat": now,
+        }
+        with self.engine.begin() as db:
+            known = db.execute(sa.select(agents.c.id).where(agents.c.id == agent_id)).first()
+            if known is None:
+                db.execute(agents.insert().values(**values, assigned=0, applied=0, workers="[]"))
+            else:
+                db.execute(agents.update().where(agents.c.id == agent_id).values(**values))
+            self._event(db, "agent", None, f"agent {name} on {host} registered ({capacity} slots)")
+        return agent_id
+
+    def heartbeat(self, agent_id: str, applied: int, workers: list[dict[str, Any]]) -> int:
+        """Note an agent as alive; return the generation of its assignment."""
+        with self.engine.begin() as db:
+            row = db.execute(
+                sa.select(agents.c.status, agents.c.assigned, agents.c.name).where(
+                    agents.c.id == agent_id
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no agent {agent_id}; it registers again")
+            db.execute(
+                agents.update()
+                .where(agents.c.id == agent_id)
+                .values(
+                    heartbeat=time.time(),
+                    status="up",
+                    applied=applied,
+                    workers=json.dumps(workers),
+                )
+            )
+            if row.status != "up":
+                self._event(db, "agent", None, f"agent {row.name} is back")
+        return int(row.assigned)
+
+    def agents(self) -> list[AgentInfo]:
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(agents).order_by(agents.c.name, agents.c.id)).all()
+        return [
+            AgentInfo(
+                r.id,
+                r.name,
+                r.host,
+                r.cores,
+                r.memory,
+                r.capacity,
+                json.loads(r.labels),
+                r.status,
+                r.registered,
+                r.heartbeat,
+                r.assigned,
+                r.applied,
+                json.loads(r.workers),
+            )
+            for r in rows
+        ]
+
+    def generations(self) -> dict[str, int]:
+        """Every agent's assignment generation (what agents waiting for a change watch)."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(agents.c.id, agents.c.assigned)).all()
+        return {r.id: int(r.assigned) for r in rows}
+
+    def forget_agent(self, agent_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(agents.delete().where(agents.c.id == agent_id))
+            db.execute(
+                placements.update().where(placements.c.agent_id == agent_id).values(agent_id=None)
+            )
+
+    def assignment(self, agent_id: str) -> dict[str, Any]:
+        """What an agent should run: its instances and the flow documents they come from."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(agents.c.assigned).where(agents.c.id == agent_id)).first()
+            if row is None:
+                raise NotFound(f"no agent {agent_id}; it registers again")
+            rows = db.execute(sa.select(placements).where(placements.c.agent_id == agent_id)).all()
+        items, documents = self._items(rows)
+        return {"generation": int(row.assigned), "instances": items, "flows": documents}
+
+    def _items(self, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        controls = self.controls()
+        infos = {f.name: f for f in self.flows()}
+        # what workers of lost agents held goes to other consumers when their stand-ins start
+        lost: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for a in self.agents():
+            if a.status != "up":
+                for w in a.workers:
+                    if w.get("consumer"):
+                        lost[(w["flow"], w["processor"])].append(w["consumer"])
+        items, documents = [], {}
+        for r in rows:
+            info = infos.get(r.flow)
+            if info is None:
+                continue
+            flow = self.parsed(info.name, info.revision, info.document)
+            restarts = controls.get((r.flow, r.processor), (False, 0))[1]
+            items.append(
+                {
+                    "flow": r.flow,
+                    "processor": r.processor,
+                    "instance": r.instance,
+                    "revision": info.revision,
+                    "run_id": info.run_id,
+                    "spec": spec_of(flow, r.processor, restarts),
+                    "release": lost.get((r.flow, r.processor), []),
+                }
+            )
+            documents[f"{info.name}@{info.revision}"] = info.document
+        items.sort(key=lambda i: (i["flow"], i["processor"], i["instance"]))
+        return items, documents
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every placed instance with its agent and the state its agent last reported."""
+        by_agent = {a.id: a for a in self.agents()}
+        with self.engine.connect() as db:
+            rows = db.execute(
+                sa.select(placements).order_by(
+                    placements.c.flow, placements.c.processor, placements.c.instance
+                )
+            ).all()
+        out = []
+        for r in rows:
+            agent = by_agent.get(r.agent_id) if r.agent_id else None
+            seen = next(
+                (
+                    w
+                    for w in (agent.workers if agent else [])
+                    if (w.get("flow"), w.get("processor"), w.get("instance"))
+                    == (r.flow, r.processor, r.instance)
+                    and not w.get("retiring")
+                ),
+                None,
+            )
+            out.append(
+                {
+                    "flow": r.flow,
+                    "processor": r.processor,
+                    "instance": r.instance,
+                    "agent": agent.name if agent else None,
+                    "agent_id": r.agent_id,
+                    "host": agent.host if agent else None,
+                    "state": (seen or {}).get("state", "pending" if agent is None else "starting"),
+                    "pid": (seen or {}).get("pid"),
+                    "restarts": (seen or {}).get("restarts", 0),
+                    "spec": (seen or {}).get("spec"),
+                }
+            )
+        return out
+
+    # -- the leader --------------------------------------------------------------------------
+    def hold_lease(self, db: sa.Connection, holder: str, ttl: float) -> bool:
+        """Take or renew the leader lease inside ``db``'s transaction; True if held."""
+        now = time.time()
+        row = db.execute(sa.select(leases).where(leases.c.name == LEADER).with_for_update()).first()
+        if row is None:
+            db.execute(
+                self._insert(leases)
+                .values(name=LEADER, holder=holder, expires=now + ttl, term=1)
+                .on_conflict_do_nothing()
+            )
+            row = db.execute(sa.select(leases).where(leases.c.name == LEADER)).first()
+            if row is None or row.holder != holder:
+                return False
+            self._event(db, "leader", None, f"server {holder} leads (term 1)")
+            return True
+        if row.holder != holder and row.expires > now:
+            return False
+        term = row.term if row.holder == holder else row.term + 1
+        db.execute(
+            leases.update()
+            .where(leases.c.name == LEADER)
+            .values(holder=holder, expires=now + ttl, term=term)
+        )
+        if row.holder != holder:
+            self._event(db, "leader", None, f"server {holder} leads (term {term})")
+        return True
+
+    def leader(self) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(leases).where(leases.c.name == LEADER)).first()
+        if row is None or row.expires < time.time():
+            return None
+        return {"holder": row.holder, "term": row.term, "expires": row.expires}
+
+    def release_lease(self, holder: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                leases.update()
+                .where(leases.c.name == LEADER, leases.c.holder == holder)
+                .values(expires=0.0)
+            )
+
+    def lead(self, holder: str, ttl: float) -> list[str] | None:
+        """One round of the leader's work; None if ``holder`` does not hold the lease.
+
+        Agents silent for longer than ``agent_timeout`` are marked lost; every running
+        flow's processors are placed on the agents that are up (keeping instances where
+        they are); each agent whose assignment changed gets a new generation."""
+        notes: list[str] = []
+        now = time.time()
+        with self.engine.begin() as db:
+            if not self.hold_lease(db, holder, ttl):
+                return None
+            for row in db.execute(
+                sa.select(agents.c.id, agents.c.name).where(
+                    agents.c.status == "up", agents.c.heartbeat < now - self.agent_timeout
+                )
+            ).all():
+                db.execute(agents.update().where(agents.c.id == row.id).values(status="lost"))
+                text = f"agent {row.name} lost: no heartbeat for {self.agent_timeout:g}s"
+                self._event(db, "agent", None, text)
+                notes.append(text)
+            up = db.execute(sa.select(agents).where(agents.c.status == "up")).all()
+            slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
+            flow_rows = db.execute(sa.select(flows)).all()
+            controls = {
+                (r.flow, r.processor): r for r in db.execute(sa.select(processor_controls)).all()
+            }
+            demands = []
+            for f in flow_rows:
+                doc = db.execute(
+                    sa.select(flow_revisions.c.document).where(
+                        flow_revisions.c.flow == f.name, flow_revisions.c.revision == f.revision
+                    )
+                ).scalar_one()
+                flow = self.parsed(f.name, f.revision, json.loads(doc))
+                for p in flow.processors:
+                    c = controls.get((f.name, p.name))
+                    if not f.running or (c is not None and c.paused):
+                        count = 0
+                    elif p.is_source:
+                        count = 1
+                    elif isinstance(p.instances, int):
+                        count = p.instances
+                    else:  # auto: one on every agent that may run it
+                        count = (
+                            sum(
+                                all(s.labels.get(k) == v for k, v in p.labels.items())
+                                for s in slots
+                            )
+                            or 1
+                        )
+                    demands.append(Demand(f"{f.name}/{p.name}", count, p.labels))
+            current: dict[str, list[str | None]] = defaultdict(list)
+            rows = db.execute(
+                sa.select(placements).order_by(
+                    placements.c.flow, placements.c.processor, placements.c.instance
+                )
+            ).all()
+            for r in rows:
+                key = f"{r.flow}/{r.processor}"
+                while len(current[key]) < r.instance:
+                    current[key].append(None)
+                current[key].append(r.agent_id)
+            plan = place(demands, slots, current)
+            Key = tuple[str, str, int]
+            old: dict[Key, str | None] = {
+                (r.flow, r.processor, r.instance): r.agent_id for r in rows
+            }
+            new: dict[Key, str | None] = {}
+            for key, where in plan.assign.items():
+                fname, pname = key.split("/", 1)
+                for i, agent in enumerate(where):
+                    new[(fname, pname, i)] = agent
+            for k in old.keys() - new.keys():
+                db.execute(
+                    placements.delete().where(
+                        placements.c.flow == k[0],
+                        placements.c.processor == k[1],
+                        placements.c.instance == k[2],
+                    )
+                )
+            for k, agent in new.items():
+                if k not in old:
+                    db.execute(
+                        placements.insert().values(
+                            flow=k[0], processor=k[1], instance=k[2], agent_id=agent, placed=now
+                        )
+                    )
+                elif old[k] != agent:
+                    db.execute(
+                        placements.update()
+                        .where(
+                            placements.c.flow == k[0],
+                            placements.c.processor == k[1],
+                            placements.c.instance == k[2],
+                        )
+                        .values(agent_id=agent, placed=now)
+                    )
+            notes += [f"{key}: {why}" for key, why in plan.pending.items()]
+            # every agent whose instances or their specs changed gets a new generation
+            by_agent: dict[str, list[Key]] = defaultdict(list)
+            for k, agent in new.items():
+                if agent is not None:
+                    by_agent[agent].append(k)
+            revs = {f.name: f.revision for f in flow_rows}
+            for a in db.execute(sa.select(agents.c.id, agents.c.digest)).all():
+                parts = []
+                for fname, pname, i in sorted(by_agent.get(a.id, [])):
+                    flow = self.parsed(fname, revs[fname])
+                    c = controls.get((fname, pname))
+                    parts.append(
+                        f"{fname}/{pname}/{i}/{spec_of(flow, pname, c.restarts if c else 0)}"
+                    )
+                digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+                if digest != a.digest:
+                    db.execute(
+                        agents.update()
+                        .where(agents.c.id == a.id)
+                        .values(digest=digest, assigned=agents.c.assigned + 1)
+                    )
+            pending = set(plan.pending.items())
+            for key, why in sorted(pending - self._pending):
+                self._event(db, "placement", key.split("/", 1)[0], f"{key}: {why}")
+            if plan.moved:
+                text = f"{plan.moved} instance(s) moved to other agents"
+                notes.append(text)
+                self._event(db, "placement", None, text)
+        self._pending = pending
+        return notes
+
+    # -- events ------------------------------------------------------------------------------
+    def _event(self, db: sa.Connection, kind: str, flow: str | None, text: str) -> None:
+        db.execute(events.insert().values(time=time.time(), kind=kind, flow=flow, text=text))
+
+    def events(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(
+                sa.select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+            ).all()
+        return [
+            {"id": r.id, "time": r.time, "kind": r.kind, "flow": r.flow, "text": r.text}
+            for r in rows
+        ]

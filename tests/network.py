@@ -1,0 +1,304 @@
+"""An ElasticCode network on this machine for the tests: a fresh PostgreSQL database, servers
+and agents as real processes (``elasticcode server start`` / ``agent start``), and a sink
+that records every message it sees, so that each test can account for every message."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from elasticcode import control
+from elasticcode.flow import Flow
+
+from .services import service_url, unavailable
+
+ELASTICCODE = str(Path(sys.executable).with_name("elasticcode"))
+PG_ADMIN = os.environ.get(
+    "ELASTICCODE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+STEPS = """
+import os
+
+OUT = {out!r}
+
+def inc(payload):
+    return {{**payload, "hops": payload.get("hops", 0) + 1}}
+
+def sink(payload, ctx):
+    line = f"{{payload['n']}} {{os.getpid()}}\\n"
+    fd = os.open(os.path.join(OUT, "sink.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); skips (fails in CI) without one."""
+    import sqlalchemy as sa
+
+    from elasticcode.schema import engine_url
+
+    name = f"ec_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sa.create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
+        with admin.connect() as db:
+            db.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError as exc:
+        unavailable(f"PostgreSQL does not answer at {PG_ADMIN} ({exc.orig})")
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as db:
+            db.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill9(self, with_children: bool = True) -> list[int]:
+        """kill -9 the process (and, as a lost host would, every worker it started)."""
+        pids = _children(self.process.pid) if with_children else []
+        for pid in [self.process.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        return pids
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@dataclass
+class Network:
+    root: Path
+    db: str
+    broker: str
+    agent_timeout: float = 3.0
+    lease: float = 2.0
+    servers: list[Proc] = field(default_factory=list)
+    agents: dict[str, Proc] = field(default_factory=dict)
+    #: a command prefix for processes of another network namespace (see test_netns)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.flow_name = f"net{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            [ELASTICCODE, "db", "upgrade", "--db", self.db], check=True, capture_output=True
+        )
+
+    # -- processes ---------------------------------------------------------------------------
+    def start_server(self, host: str = "127.0.0.1") -> Proc:
+        port = free_port(host)
+        log = self.root / f"server-{len(self.servers)}.log"
+        cmd = [
+            ELASTICCODE, "server", "start", "--db", self.db, "--broker", self.broker,
+            "--host", host, "--port", str(port),
+            "--agent-timeout", str(self.agent_timeout), "--lease", str(self.lease),
+        ]  # fmt: skip
+        proc = Proc(
+            f"server-{len(self.servers)}", self._spawn(cmd, log), log, f"http://{host}:{port}"
+        )
+        self.servers.append(proc)
+        self.wait(lambda: self._answers(proc.url), 20, f"server {proc.url} to answer ({log})")
+        return proc
+
+    def start_agent(
+        self,
+        name: str,
+        capacity: int = 3,
+        labels: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+        servers: list[str] | None = None,
+    ) -> Proc:
+        log = self.root / f"agent-{name}.log"
+        cmd = [
+            *(prefix or []),
+            ELASTICCODE,
+            "agent",
+            "start",
+            "--name",
+            name,
+            "--host-name",
+            f"host-{name}",
+        ]
+        for url in servers or [s.url for s in self.servers]:
+            cmd += ["--server", url]
+        cmd += ["--max-workers", str(capacity), "--state-dir", str(self.root / f"agent-{name}")]
+        for k, v in (labels or {}).items():
+            cmd += ["--label", f"{k}={v}"]
+        proc = Proc(name, self._spawn(cmd, log), log)
+        self.agents[name] = proc
+        self.wait(
+            lambda: any(
+                a["name"] == name and a["status"] == "up" for a in self.api("GET", "/agents")
+            ),
+            20,
+            f"agent {name} to register ({log})",
+        )
+        return proc
+
+    def _spawn(self, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:  # the process keeps its own copy of the file
+            return subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
+
+    def close(self) -> None:
+        for proc in [*self.agents.values(), *self.servers]:
+            proc.stop()
+
+    # -- the API -----------------------------------------------------------------------------
+    def _answers(self, url: str) -> bool:
+        try:
+            return httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        """Call any live server (the first that answers)."""
+        last: Exception | None = None
+        for s in self.servers:
+            if not s.alive():
+                continue
+            try:
+                resp = httpx.request(method, f"{s.url}/api/v1{path}", timeout=30, **kw)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            resp.raise_for_status()
+            return resp.json()
+        raise AssertionError(f"no server answers: {last}")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        server = next(s.url for s in self.servers if s.alive())
+        done = subprocess.run(
+            [ELASTICCODE, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ELASTICCODE_SERVER": server},
+            cwd=self.root,
+        )
+        if check:
+            assert done.returncode == 0, f"elasticcode {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done
+
+    def wait(self, ok: Callable[[], Any], timeout: float, what: str) -> float:
+        """Wait until ``ok()``; return how long it took."""
+        start = time.monotonic()
+        while True:
+            try:
+                if ok():
+                    return time.monotonic() - start
+            except (httpx.HTTPError, AssertionError, KeyError):
+                pass
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"gave up after {timeout}s waiting for {what}")
+            time.sleep(0.1)
+
+    # -- flows and messages ---------------------------------------------------------------------
+    def flow_file(self, body: str) -> Path:
+        (self.root / "steps.py").write_text(STEPS.format(out=str(self.root)))
+        path = self.root / "flow.yaml"
+        path.write_text(f"name: {self.flow_name}\n" + textwrap.dedent(body))
+        return path
+
+    def workers(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.api("GET", "/workers", params={"flow": self.flow_name})
+        return rows
+
+    def running(self, counts: dict[str, int]) -> bool:
+        """Every processor named runs that many instances, all up, nothing pending."""
+        rows = self.workers()
+        for proc, n in counts.items():
+            mine = [r for r in rows if r["processor"] == proc]
+            if len(mine) != n or not all(r["state"] == "running" and r["pid"] for r in mine):
+                return False
+        return True
+
+    def pids(self) -> dict[tuple[str, int], int]:
+        return {(r["processor"], r["instance"]): r["pid"] for r in self.workers()}
+
+    def send(self, target: str, numbers: range) -> None:
+        flow = Flow.load(self.root / "flow.yaml")
+        payloads = ({"n": n} for n in numbers)
+        control.send(flow, target, payloads, broker=self.broker)
+
+    def delivered(self) -> Counter[int]:
+        path = self.root / "sink.log"
+        if not path.exists():
+            return Counter()
+        return Counter(int(line.split()[0]) for line in path.read_text().splitlines() if line)
+
+    def account(self, sent: range, timeout: float = 60.0, label: str = "") -> Counter[int]:
+        """Wait until every sent number reached the sink; print and check the accounting."""
+        want = set(sent)
+        try:
+            self.wait(
+                lambda: want <= set(self.delivered()), timeout, f"{len(want)} messages at the sink"
+            )
+        finally:
+            seen = self.delivered()
+            lost = len(want - set(seen))
+            dups = sum(c - 1 for n, c in seen.items() if c > 1)
+            print(f"accounting{f' ({label})' if label else ''}: sent {len(want)} / delivered "
+                  f"{len(set(seen) & want)} / duplicates {dups} / lost {lost}")  # fmt: skip
+        assert lost == 0
+        return seen
+
+
+def network_for(tmp_path: Path, broker_name: str, db: str, **kw: Any) -> Network:
+    broker = service_url(broker_name)
+    if broker_name == "redis":
+        broker += f"?prefix=t{uuid.uuid4().hex[:8]}"
+    return Network(tmp_path, db, broker, **kw)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)

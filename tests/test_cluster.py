@@ -1,0 +1,259 @@
+"""Distributed mode end to end: PostgreSQL state, real servers and agents (three or more, as
+separate processes), a real broker, and every message accounted for."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .network import Network, network_for, postgres_database
+
+PIPELINE = """
+processors:
+  - {name: a, code: steps:inc, instances: 3}
+  - {name: b, code: steps:inc, instances: 1}
+  - {name: sink, code: steps:sink, instances: 1}
+connections:
+  - {from: a, to: b}
+  - {from: b, to: sink}
+"""
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    """A database of its own for each test: a network's state is its database."""
+    yield from postgres_database()
+
+
+@pytest.fixture
+def net(tmp_path: Path, pg: str, request: pytest.FixtureRequest) -> Iterator[Network]:
+    broker = getattr(request, "param", "redis")
+    n = network_for(tmp_path, broker, pg)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def three_agents(net: Network, **labels: dict[str, str]) -> None:
+    net.start_server()
+    for name in ("one", "two", "three"):
+        net.start_agent(name, capacity=3, labels=labels.get(name))
+
+
+def test_placement_spreads_over_hosts_and_honours_labels(net: Network) -> None:
+    three_agents(net, three={"gpu": "true"})
+    path = net.flow_file(
+        PIPELINE
+        + """
+  - {from: b, to: train}
+"""
+    )
+    text = path.read_text().replace(
+        "  - {name: sink,",
+        "  - {name: train, code: steps:sink, instances: 2, labels: {gpu: 'true'}}\n  - {name: sink,",
+    )
+    path.write_text(text)
+    out = net.cli("apply", str(path))
+    assert "revision 1 applied" in out.stdout
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1, "train": 2}), 30, "placement")
+    rows = net.workers()
+    hosts = {r["host"] for r in rows if r["processor"] == "a"}
+    assert hosts == {"host-one", "host-two", "host-three"}, rows
+    assert {r["agent"] for r in rows if r["processor"] == "train"} == {"three"}
+    # no agent runs more than its slots
+    per_agent: dict[str, int] = {}
+    for r in rows:
+        per_agent[r["agent"]] = per_agent.get(r["agent"], 0) + 1
+    assert max(per_agent.values()) <= 3
+    # the same file again is no new revision; export gives back what was applied
+    assert "unchanged, still revision 1" in net.cli("apply", str(path)).stdout
+    exported = net.cli("export", net.flow_name).stdout
+    assert "labels:" in exported and "gpu: 'true'" in exported.replace('"', "'")
+    # the CLI shows where each instance runs
+    listing = net.cli("worker", "list", net.flow_name).stdout
+    assert f"{net.flow_name}/train[1]" in listing and "agent three" in listing
+
+
+def test_live_changes_touch_only_what_changed_and_lose_nothing(net: Network) -> None:
+    three_agents(net)
+    path = net.flow_file(PIPELINE)
+    net.cli("apply", str(path))
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 30, "placement")
+    before = net.pids()
+    sent = range(4000)
+    feeder = threading.Thread(
+        target=lambda: [net.send("a", range(i, i + 200)) or time.sleep(0.05) for i in sent[::200]]
+    )
+    feeder.start()
+    # scale b up: a and sink keep their workers
+    net.cli("processor", "scale", net.flow_name, "b", "2")
+    net.wait(lambda: net.running({"a": 3, "b": 2, "sink": 1}), 30, "b scaled to 2")
+    after_scale = net.pids()
+    assert {k: v for k, v in after_scale.items() if k[0] != "b"} == {
+        k: v for k, v in before.items() if k[0] != "b"
+    }
+    assert after_scale[("b", 0)] == before[("b", 0)]  # the first b instance stays too
+    # change b's settings: b's instances are replaced, new ones first; the rest stay
+    net.cli("processor", "update", net.flow_name, "b", "--set", "prefetch=20")
+    net.wait(
+        lambda: (
+            net.running({"b": 2})
+            and all(net.pids()[("b", i)] != after_scale[("b", i)] for i in (0, 1))
+        ),
+        30,
+        "b replaced",
+    )
+    # pause and resume the sink: its messages wait in its queue meanwhile
+    net.cli("processor", "pause", net.flow_name, "sink")
+    net.wait(lambda: not [r for r in net.workers() if r["processor"] == "sink"], 20, "sink paused")
+    net.cli("processor", "resume", net.flow_name, "sink")
+    net.wait(lambda: net.running({"sink": 1}), 20, "sink resumed")
+    feeder.join()
+    net.account(sent, label="live changes")
+    now = net.pids()
+    assert {k: v for k, v in now.items() if k[0] == "a"} == {
+        k: v for k, v in before.items() if k[0] == "a"
+    }, "a processor that was not changed had its workers replaced"
+    revisions = net.api("GET", f"/flows/{net.flow_name}/revisions")
+    assert [r["revision"] for r in revisions] == [1, 2, 3]
+    # rollback to revision 1: b goes back to one instance with the old settings
+    net.cli("flow", "rollback", net.flow_name, "1")
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 30, "rollback")
+    assert net.api("GET", f"/flows/{net.flow_name}/export")["processors"][1].get("prefetch") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["redis", "rabbitmq"], indirect=True)
+def test_agent_loss_moves_its_instances_and_loses_nothing(net: Network) -> None:
+    three_agents(net)
+    path = net.flow_file(
+        PIPELINE.replace(
+            "name: b, code: steps:inc, instances: 1", "name: b, code: steps:inc, instances: 2"
+        )
+    )
+    net.cli("apply", str(path))
+    net.wait(lambda: net.running({"a": 3, "b": 2, "sink": 1}), 30, "placement")
+    victim = next(r["agent"] for r in net.workers() if r["processor"] == "b")
+    sent = range(6000)
+    net.send("a", sent[:3000])
+    net.wait(lambda: len(net.delivered()) > 300, 30, "messages flowing")
+    killed = net.agents[victim].kill9()
+    assert killed, "the agent had no workers to kill"
+    lost_at = time.monotonic()
+    net.send("a", sent[3000:])
+    took = net.wait(
+        lambda: (
+            net.running({"a": 3, "b": 2, "sink": 1})
+            and victim not in {r["agent"] for r in net.workers()}
+        ),
+        30,
+        "reassignment",
+    )
+    print(
+        f"agent {victim} killed with {len(killed)} workers: instances running elsewhere after {took:.1f}s"
+    )
+    assert time.monotonic() - lost_at < net.agent_timeout + 10
+    agents = {a["name"]: a["status"] for a in net.api("GET", "/agents")}
+    assert agents[victim] == "lost"
+    net.account(sent, label=f"agent kill -9, {net.broker.split(':')[0]}")
+
+
+def test_data_plane_flows_with_every_server_down(net: Network) -> None:
+    three_agents(net)
+    net.cli("apply", str(net.flow_file(PIPELINE)))
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 30, "placement")
+    before = net.pids()
+    net.servers[0].kill9(with_children=False)
+    sent = range(3000)
+    net.send("a", sent)
+    net.account(sent, label="no server")
+    # a server that comes back finds the agents and their workers as they were
+    net.start_server()
+    net.wait(lambda: all(a["status"] == "up" for a in net.api("GET", "/agents")), 20, "agents back")
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 20, "state converged")
+    assert net.pids() == before
+    logs = net.agents["one"].log.read_text()
+    assert "waiting for a server" in logs and "worker(s) running" in logs
+
+
+def test_leader_fails_over_and_the_new_leader_reassigns(net: Network) -> None:
+    first = net.start_server()
+    second = net.start_server()
+    for name in ("one", "two", "three"):
+        net.start_agent(name, capacity=3)
+    net.cli("apply", str(net.flow_file(PIPELINE)))
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 30, "placement")
+
+    def leader() -> str:
+        return str(net.api("GET", "/status")["leader"]["holder"])
+
+    holders = {httpx.get(f"{s.url}/api/v1/health").json()["server"]: s for s in (first, second)}
+    old = holders[leader()]
+    other = second if old is first else first
+    old.kill9(with_children=False)
+    took = net.wait(
+        lambda: httpx.get(f"{other.url}/api/v1/health").json()["leader"], 20, "a new leader"
+    )
+    print(f"leader killed: the other server leads after {took:.1f}s")
+    # the new leader does the leader's work: an agent lost now is replaced
+    victim = next(r["agent"] for r in net.workers() if r["processor"] == "sink")
+    net.agents[victim].kill9()
+    net.wait(
+        lambda: (
+            net.running({"a": 3, "b": 1, "sink": 1})
+            and victim not in {r["agent"] for r in net.workers()}
+        ),
+        30,
+        "reassignment by the new leader",
+    )
+    sent = range(2000)
+    net.send("a", sent)
+    net.account(sent, label="leader failover")
+    events = [e["text"] for e in net.api("GET", "/events")]
+    assert sum("leads (term" in e for e in events) >= 2, events
+
+
+def test_api_openapi_errors_and_event_stream(net: Network) -> None:
+    import websockets.sync.client
+
+    server = net.start_server()
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    for path in (
+        "/api/v1/flows",
+        "/api/v1/agents",
+        "/api/v1/workers",
+        "/api/v1/flows/{name}/rollback",
+    ):
+        assert path in spec["paths"], path
+    ws_url = server.url.replace("http", "ws") + "/api/v1/stream"
+    with websockets.sync.client.connect(ws_url, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        net.start_agent("one", capacity=2)
+        net.cli("apply", str(net.flow_file(PIPELINE.replace("instances: 3", "instances: 1"))))
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any("revision 1 applied" in t for t in seen):
+            seen.append(json.loads(ws.recv(timeout=15)).get("text", ""))
+        assert any("revision 1 applied" in t for t in seen), seen
+    # a bad flow document says what to fix, and changes nothing
+    bad = httpx.post(
+        f"{server.url}/api/v1/flows",
+        json={"document": {"name": net.flow_name, "processors": [{"name": "x"}]}},
+    )
+    assert bad.status_code == 422
+    assert "give exactly one of code" in bad.text
+    assert [r["revision"] for r in net.api("GET", f"/flows/{net.flow_name}/revisions")] == [1]
+    missing = httpx.get(f"{server.url}/api/v1/flows/nosuchflow")
+    assert missing.status_code == 404 and "elasticcode apply" in missing.json()["detail"]
+    # two processors placed on an agent with two slots; the third waits, and says why
+    net.cli("processor", "scale", net.flow_name, "a", "3")
+    net.wait(
+        lambda: any("wait" in e["text"] for e in net.api("GET", "/events")), 15, "a pending note"
+    )
