@@ -130,13 +130,14 @@ class Network:
         )
 
     # -- processes ---------------------------------------------------------------------------
-    def start_server(self, host: str = "127.0.0.1") -> Proc:
+    def start_server(self, host: str = "127.0.0.1", extra: list[str] | None = None) -> Proc:
         port = free_port(host)
         log = self.root / f"server-{len(self.servers)}.log"
         cmd = [
             ELASTICCODE, "server", "start", "--db", self.db, "--broker", self.broker,
             "--host", host, "--port", str(port),
             "--agent-timeout", str(self.agent_timeout), "--lease", str(self.lease),
+            *(extra or []),
         ]  # fmt: skip
         proc = Proc(
             f"server-{len(self.servers)}", self._spawn(cmd, log), log, f"http://{host}:{port}"

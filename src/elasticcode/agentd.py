@@ -37,6 +37,8 @@ log = logging.getLogger("elasticcode.agentd")
 
 SUPERVISE_EVERY = 0.5
 RETRY_MAX = 15.0
+#: Seconds between tries to start instances that could not start (e.g. the broker is away).
+RETRY_START = 5.0
 
 
 class ServerGone(ElasticCodeError):
@@ -79,6 +81,7 @@ class NetworkAgent:
         self.stop = asyncio.Event()
         self._outage: float | None = None
         self._last: dict[str, Any] | None = None
+        self._applying = asyncio.Lock()
 
     # -- the state folder ------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any] | None:
@@ -209,8 +212,13 @@ class NetworkAgent:
                 backoff = min(backoff * 2, RETRY_MAX)
 
     async def _supervise(self) -> None:
+        retry_at = 0.0
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
+            if self.errors and self._last is not None and time.monotonic() >= retry_at:
+                retry_at = time.monotonic() + RETRY_START  # instances that could not start
+                with contextlib.suppress(ElasticCodeError):
+                    await self._apply(self._last)
             if self.supervisor is None:
                 continue
             try:
@@ -271,6 +279,10 @@ class NetworkAgent:
 
     async def _apply(self, assignment: dict[str, Any]) -> None:
         """Make the running workers match ``assignment``: only the difference changes."""
+        async with self._applying:  # one at a time: the heartbeat and the retry may overlap
+            await self._reconcile(assignment)
+
+    async def _reconcile(self, assignment: dict[str, Any]) -> None:
         if not self.db:
             raise ServerGone("no state store URL yet")
         if self.supervisor is None:

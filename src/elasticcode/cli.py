@@ -213,9 +213,32 @@ def validate(flow: str) -> None:
     default=None,
     help="Output format [default: from the file name, else yaml].",
 )
-def export(flow: str, output: str | None, fmt: str | None) -> None:
-    """Write FLOW (for example one built in Python) as a YAML or JSON flow file."""
-    text = load_flow(flow).dump(output, fmt)
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="Export the flow named FLOW as deployed in the network [default server: "
+    "$ELASTICCODE_SERVER, else http://127.0.0.1:8750].",
+)
+@click.option("--revision", type=click.IntRange(1), default=None, help="A deployed revision.")
+def export(
+    flow: str, output: str | None, fmt: str | None, server: str | None, revision: int | None
+) -> None:
+    """Write FLOW (for example one built in Python, or one deployed in the network) as a
+    YAML or JSON flow file.
+
+    A FLOW that names no file or module is the name of a deployed flow."""
+    local = (
+        Path(flow).exists() or ":" in flow or Path(flow).suffix in (".yaml", ".yml", ".json", ".py")
+    )
+    if server or revision or not local:
+        from .netcli import Api
+
+        params = {"revision": revision} if revision else None
+        model = Flow.from_dict(Api(server)("GET", f"/flows/{flow}/export", params=params))
+    else:
+        model = load_flow(flow)
+    text = model.dump(output, fmt)
     if output is None:
         click.echo(text, nl=False)
 

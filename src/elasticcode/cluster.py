@@ -13,11 +13,13 @@ changes it has them replaced, new ones first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ from .state import (
 )
 
 LEADER = "leader"
+#: A placed instance: (flow, processor, instance).
+Key = tuple[str, str, int]
 
 
 class NotFound(ElasticCodeError):
@@ -97,7 +101,10 @@ class Cluster(StateStore):
         super().__init__(url)
         self.agent_timeout = agent_timeout
         self._parsed: dict[tuple[str, int], Flow] = {}
+        self._specs: dict[tuple[str, int, str, int], str] = {}
         self._pending: set[tuple[str, str]] = set()
+        #: what the last round placed from (see ``lead``)
+        self._inputs: tuple[Any, ...] | None = None
 
     # -- flows ----------------------------------------------------------------------------
     def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
@@ -209,6 +216,12 @@ class Cluster(StateStore):
             doc = document if document is not None else self.flow(name, revision).document
             self._parsed[key] = Flow.from_dict(doc)
         return self._parsed[key]
+
+    def _spec(self, flow: Flow, revision: int, processor: str, restarts: int) -> str:
+        key = (flow.name, revision, processor, restarts)
+        if key not in self._specs:
+            self._specs[key] = spec_of(flow, processor, restarts)
+        return self._specs[key]
 
     # -- processors -------------------------------------------------------------------------
     def control(self, flow: str, processor: str, action: str) -> None:
@@ -358,22 +371,32 @@ class Cluster(StateStore):
         return {"generation": int(row.assigned), "instances": items, "flows": documents}
 
     def _items(self, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        controls = self.controls()
-        infos = {f.name: f for f in self.flows()}
+        names = sorted({r.flow for r in rows})
+        infos = {}
+        for name in names:
+            with contextlib.suppress(NotFound):  # removed since
+                infos[name] = self.flow(name)
+        with self.engine.connect() as db:
+            controls = {
+                (c.flow, c.processor): c.restarts
+                for c in db.execute(
+                    sa.select(processor_controls).where(processor_controls.c.flow.in_(names))
+                ).all()
+            }
+            gone = db.execute(sa.select(agents.c.workers).where(agents.c.status != "up")).all()
         # what workers of lost agents held goes to other consumers when their stand-ins start
         lost: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for a in self.agents():
-            if a.status != "up":
-                for w in a.workers:
-                    if w.get("consumer"):
-                        lost[(w["flow"], w["processor"])].append(w["consumer"])
+        for (workers_json,) in gone:
+            for w in json.loads(workers_json):
+                if w.get("consumer"):
+                    lost[(w["flow"], w["processor"])].append(w["consumer"])
         items, documents = [], {}
         for r in rows:
             info = infos.get(r.flow)
             if info is None:
                 continue
             flow = self.parsed(info.name, info.revision, info.document)
-            restarts = controls.get((r.flow, r.processor), (False, 0))[1]
+            restarts = controls.get((r.flow, r.processor), 0)
             items.append(
                 {
                     "flow": r.flow,
@@ -381,7 +404,7 @@ class Cluster(StateStore):
                     "instance": r.instance,
                     "revision": info.revision,
                     "run_id": info.run_id,
-                    "spec": spec_of(flow, r.processor, restarts),
+                    "spec": self._spec(flow, info.revision, r.processor, restarts),
                     "release": lost.get((r.flow, r.processor), []),
                 }
             )
@@ -475,11 +498,13 @@ class Cluster(StateStore):
 
         Agents silent for longer than ``agent_timeout`` are marked lost; every running
         flow's processors are placed on the agents that are up (keeping instances where
-        they are); each agent whose assignment changed gets a new generation."""
+        they are); each agent whose assignment changed gets a new generation. A round whose
+        inputs (flow revisions, controls, agents) are those of the last one places nothing."""
         notes: list[str] = []
         now = time.time()
         with self.engine.begin() as db:
             if not self.hold_lease(db, holder, ttl):
+                self._inputs = None
                 return None
             for row in db.execute(
                 sa.select(agents.c.id, agents.c.name).where(
@@ -490,105 +515,52 @@ class Cluster(StateStore):
                 text = f"agent {row.name} lost: no heartbeat for {self.agent_timeout:g}s"
                 self._event(db, "agent", None, text)
                 notes.append(text)
-            up = db.execute(sa.select(agents).where(agents.c.status == "up")).all()
-            slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
-            flow_rows = db.execute(sa.select(flows)).all()
-            controls = {
-                (r.flow, r.processor): r for r in db.execute(sa.select(processor_controls)).all()
-            }
-            demands = []
-            for f in flow_rows:
-                doc = db.execute(
-                    sa.select(flow_revisions.c.document).where(
-                        flow_revisions.c.flow == f.name, flow_revisions.c.revision == f.revision
-                    )
-                ).scalar_one()
-                flow = self.parsed(f.name, f.revision, json.loads(doc))
-                for p in flow.processors:
-                    c = controls.get((f.name, p.name))
-                    if not f.running or (c is not None and c.paused):
-                        count = 0
-                    elif p.is_source:
-                        count = 1
-                    elif isinstance(p.instances, int):
-                        count = p.instances
-                    else:  # auto: one on every agent that may run it
-                        count = (
-                            sum(
-                                all(s.labels.get(k) == v for k, v in p.labels.items())
-                                for s in slots
-                            )
-                            or 1
-                        )
-                    demands.append(Demand(f"{f.name}/{p.name}", count, p.labels))
-            current: dict[str, list[str | None]] = defaultdict(list)
-            rows = db.execute(
-                sa.select(placements).order_by(
-                    placements.c.flow, placements.c.processor, placements.c.instance
+            up = db.execute(
+                sa.select(agents.c.id, agents.c.host, agents.c.capacity, agents.c.labels)
+                .where(agents.c.status == "up")
+                .order_by(agents.c.id)
+            ).all()
+            flow_rows = db.execute(sa.select(flows).order_by(flows.c.name)).all()
+            control_rows = db.execute(
+                sa.select(processor_controls).order_by(
+                    processor_controls.c.flow, processor_controls.c.processor
                 )
             ).all()
-            for r in rows:
-                key = f"{r.flow}/{r.processor}"
-                while len(current[key]) < r.instance:
-                    current[key].append(None)
-                current[key].append(r.agent_id)
-            plan = place(demands, slots, current)
-            Key = tuple[str, str, int]
+            inputs = (
+                tuple(tuple(a) for a in up),
+                tuple((f.name, f.revision, f.running) for f in flow_rows),
+                tuple(tuple(c) for c in control_rows),
+            )
+            if inputs == self._inputs:
+                return notes
+            controls = {(c.flow, c.processor): c for c in control_rows}
+            slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
+            demands, specs = self._demands(db, flow_rows, controls, slots)
+            rows = db.execute(
+                sa.select(
+                    placements.c.flow,
+                    placements.c.processor,
+                    placements.c.instance,
+                    placements.c.agent_id,
+                )
+            ).all()
             old: dict[Key, str | None] = {
                 (r.flow, r.processor, r.instance): r.agent_id for r in rows
             }
+            current: dict[str, list[str | None]] = defaultdict(list)
+            for (fname, pname, i), agent in sorted(old.items()):
+                where = current[f"{fname}/{pname}"]
+                where += [None] * (i - len(where))
+                where.append(agent)
+            plan = place(demands, slots, current)
             new: dict[Key, str | None] = {}
             for key, where in plan.assign.items():
                 fname, pname = key.split("/", 1)
                 for i, agent in enumerate(where):
                     new[(fname, pname, i)] = agent
-            for k in old.keys() - new.keys():
-                db.execute(
-                    placements.delete().where(
-                        placements.c.flow == k[0],
-                        placements.c.processor == k[1],
-                        placements.c.instance == k[2],
-                    )
-                )
-            for k, agent in new.items():
-                if k not in old:
-                    db.execute(
-                        placements.insert().values(
-                            flow=k[0], processor=k[1], instance=k[2], agent_id=agent, placed=now
-                        )
-                    )
-                elif old[k] != agent:
-                    db.execute(
-                        placements.update()
-                        .where(
-                            placements.c.flow == k[0],
-                            placements.c.processor == k[1],
-                            placements.c.instance == k[2],
-                        )
-                        .values(agent_id=agent, placed=now)
-                    )
+            self._write_placements(db, old, new, now)
+            self._bump_generations(db, new, specs)
             notes += [f"{key}: {why}" for key, why in plan.pending.items()]
-            # every agent whose instances or their specs changed gets a new generation
-            by_agent: dict[str, list[Key]] = defaultdict(list)
-            for k, agent in new.items():
-                if agent is not None:
-                    by_agent[agent].append(k)
-            revs = {f.name: f.revision for f in flow_rows}
-            for a in db.execute(sa.select(agents.c.id, agents.c.digest)).all():
-                parts = []
-                for fname, pname, i in sorted(by_agent.get(a.id, [])):
-                    flow = self.parsed(fname, revs[fname])
-                    c = controls.get((fname, pname))
-                    parts.append(
-                        f"{fname}/{pname}/{i}/{spec_of(flow, pname, c.restarts if c else 0)}"
-                    )
-                digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-                if digest != a.digest:
-                    db.execute(
-                        agents.update()
-                        .where(agents.c.id == a.id)
-                        .values(digest=digest, assigned=agents.c.assigned + 1)
-                    )
             pending = set(plan.pending.items())
             for key, why in sorted(pending - self._pending):
                 self._event(db, "placement", key.split("/", 1)[0], f"{key}: {why}")
@@ -597,7 +569,98 @@ class Cluster(StateStore):
                 notes.append(text)
                 self._event(db, "placement", None, text)
         self._pending = pending
+        self._inputs = inputs
         return notes
+
+    def _demands(
+        self,
+        db: sa.Connection,
+        flow_rows: Sequence[Any],
+        controls: dict[tuple[str, str], Any],
+        slots: list[AgentSlot],
+    ) -> tuple[list[Demand], dict[tuple[str, str], str]]:
+        """What every processor of every flow wants, and the spec of each processor."""
+        demands, specs = [], {}
+        for f in flow_rows:
+            if (f.name, f.revision) not in self._parsed:
+                doc = db.execute(
+                    sa.select(flow_revisions.c.document).where(
+                        flow_revisions.c.flow == f.name, flow_revisions.c.revision == f.revision
+                    )
+                ).scalar_one()
+                self.parsed(f.name, f.revision, json.loads(doc))
+            flow = self._parsed[(f.name, f.revision)]
+            for p in flow.processors:
+                c = controls.get((f.name, p.name))
+                specs[(f.name, p.name)] = self._spec(
+                    flow, f.revision, p.name, c.restarts if c else 0
+                )
+                if not f.running or (c is not None and c.paused):
+                    count = 0
+                elif p.is_source:
+                    count = 1
+                elif isinstance(p.instances, int):
+                    count = p.instances
+                else:  # auto: one on every agent that may run it
+                    count = sum(
+                        all(s.labels.get(k) == v for k, v in p.labels.items()) for s in slots
+                    )
+                    count = count or 1
+                demands.append(Demand(f"{f.name}/{p.name}", count, p.labels))
+        return demands, specs
+
+    def _write_placements(
+        self, db: sa.Connection, old: dict[Key, str | None], new: dict[Key, str | None], now: float
+    ) -> None:
+        where = sa.and_(
+            placements.c.flow == sa.bindparam("f"),
+            placements.c.processor == sa.bindparam("p"),
+            placements.c.instance == sa.bindparam("i"),
+        )
+        gone = [{"f": k[0], "p": k[1], "i": k[2]} for k in old.keys() - new.keys()]
+        if gone:
+            db.execute(placements.delete().where(where), gone)
+        added = [
+            {"flow": k[0], "processor": k[1], "instance": k[2], "agent_id": a, "placed": now}
+            for k, a in new.items()
+            if k not in old
+        ]
+        if added:
+            db.execute(placements.insert(), added)
+        moved = [
+            {"f": k[0], "p": k[1], "i": k[2], "a": a, "t": now}
+            for k, a in new.items()
+            if k in old and old[k] != a
+        ]
+        if moved:
+            db.execute(
+                placements.update()
+                .where(where)
+                .values(agent_id=sa.bindparam("a"), placed=sa.bindparam("t")),
+                moved,
+            )
+
+    def _bump_generations(
+        self, db: sa.Connection, new: dict[Key, str | None], specs: dict[tuple[str, str], str]
+    ) -> None:
+        """A new generation for every agent whose instances, or their specs, changed."""
+        by_agent: dict[str, list[Key]] = defaultdict(list)
+        for k, agent in new.items():
+            if agent is not None:
+                by_agent[agent].append(k)
+        changed = []
+        for a in db.execute(sa.select(agents.c.id, agents.c.digest)).all():
+            parts = [f"{f}/{p}/{i}/{specs[(f, p)]}" for f, p, i in sorted(by_agent.get(a.id, []))]
+            digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+            if digest != a.digest:
+                changed.append({"x": a.id, "d": digest})
+        if changed:
+            db.execute(
+                agents.update()
+                .where(agents.c.id == sa.bindparam("x"))
+                .values(digest=sa.bindparam("d"), assigned=agents.c.assigned + 1),
+                changed,
+            )
 
     # -- events ------------------------------------------------------------------------------
     def _event(self, db: sa.Connection, kind: str, flow: str | None, text: str) -> None:

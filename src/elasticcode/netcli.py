@@ -1,5 +1,5 @@
 """The ``elasticcode`` commands of distributed mode: the server, agents, and the API client
-commands that deploy and change flows in a network (``apply``, ``export``, ``flow``,
+commands that deploy and change flows in a network (``apply``, ``flow``,
 ``processor``, ``connection``, ``agent``, ``worker``)."""
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ def register(main: click.Group) -> None:
     main.add_command(server)
     main.add_command(agent)
     main.add_command(apply)
-    main.add_command(export)
     main.add_command(flow)
     main.add_command(processor)
     main.add_command(connection)
@@ -375,25 +374,6 @@ def apply(flow_ref: str, server: str | None, note: str, no_check: bool) -> None:
         click.echo(f"flow {reply['name']}: revision {reply['revision']} applied")
     else:
         click.echo(f"flow {reply['name']}: unchanged, still revision {reply['revision']}")
-
-
-@click.command()
-@click.argument("name")
-@server_option
-@click.option("--revision", type=int, default=None, help="An earlier revision.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here.")
-def export(name: str, server: str | None, revision: int | None, output: str | None) -> None:
-    """Write the deployed flow NAME as a flow file (YAML, or JSON for a .json output)."""
-    from .flow import Flow
-
-    doc = Api(server)(
-        "GET", f"/flows/{name}/export", params={"revision": revision} if revision else None
-    )
-    text = Flow.from_dict(doc).dump(output)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        click.echo(f"wrote {output}", err=True)
 
 
 @click.group()

@@ -110,7 +110,7 @@ class _Changes:
 
     async def wait(self, agent_id: str, have: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self.generations.get(agent_id, have) == have:
+        while self.generations.get(agent_id) == have:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -411,7 +411,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         (or after ``wait`` seconds with just the generation)."""
         if wait and have >= 0:
             await changes.wait(agent_id, have, wait)
-            if changes.generations.get(agent_id, have) == have:
+            if changes.generations.get(agent_id) == have:
                 return {"generation": have}
         return await run_in_threadpool(cl.assignment, agent_id)
 
