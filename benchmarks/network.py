@@ -3,8 +3,9 @@ database, and ``--agents`` agents simulated in this process, each registering, h
 and waiting for its assignment through the API as a real agent does (long-polling
 ``/agents/ID/assignment``). No workers run. Figures:
 
-- placement: from ``apply`` of flows with ``--instances`` instances in all until every
-  agent holds its assignment;
+- placement: from ``apply`` of a flow with ``--instances`` instances (``--processors`` of
+  ``--per-processor`` each; more flows if that is not enough) until every agent holds its
+  assignment;
 - scale: one processor scaled up by 5, until every agent it affects holds its new assignment;
 - update: one processor's settings changed (its instances are replaced on their agents);
 - agent gone: one agent forgotten, until its instances reached the agents they moved to.
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import time
@@ -46,6 +48,8 @@ class Fleet:
         #: agent id -> (generation, number of instances, when received)
         self.got: dict[str, tuple[int, int, float]] = {}
         self.changed = asyncio.Event()
+        #: flow documents each simulated agent has
+        self.known: dict[str, set[str]] = {}
 
     async def run(self, client: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         for i in range(self.count):
@@ -64,7 +68,7 @@ class Fleet:
         await asyncio.gather(*(self._agent(client, a, stop) for a in self.ids))
 
     async def _agent(self, client: aiohttp.ClientSession, agent: str, stop: asyncio.Event) -> None:
-        last_beat = 0.0
+        last_beat = time.monotonic() - random.uniform(0, 20)  # heartbeats spread out
         base = f"{self.url}/api/v1/agents/{agent}"
         while not stop.is_set():
             have = self.got[agent][0]
@@ -74,7 +78,11 @@ class Fleet:
                     await resp.read()
                 last_beat = time.monotonic()
             try:
-                params = {"have": str(have), "wait": "10"}
+                params = {
+                    "have": str(have),
+                    "wait": "10",
+                    "known": ",".join(self.known.setdefault(agent, set())),
+                }
                 async with client.get(f"{base}/assignment", params=params) as resp:
                     if resp.status == 404:  # forgotten: it runs nothing
                         self.got[agent] = (have, 0, time.monotonic())
@@ -83,6 +91,7 @@ class Fleet:
             except aiohttp.ClientError:
                 continue
             if "instances" in reply and reply["generation"] != have:
+                self.known.setdefault(agent, set()).update(reply["flows"])
                 self.got[agent] = (reply["generation"], len(reply["instances"]), time.monotonic())
                 self.changed.set()
 
@@ -108,7 +117,7 @@ def flows_for(instances: int, per: int, processors: int) -> list[dict[str, Any]]
             if left <= 0:
                 break
             n = min(per, left)
-            procs.append({"name": f"p{p:02d}", "code": "steps:inc", "instances": n})
+            procs.append({"name": f"p{p:03d}", "code": "steps:inc", "instances": n})
             left -= n
         conns = [
             {"from": procs[i]["name"], "to": procs[i + 1]["name"]} for i in range(len(procs) - 1)
@@ -129,7 +138,7 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         while len(fleet.ids) < args.agents:
             await asyncio.sleep(0.1)
         print(f"{args.agents} agents registered in {time.monotonic() - t:.1f}s")
-        await asyncio.sleep(1.0)  # every agent is waiting for its assignment
+        await asyncio.sleep(3.0)  # every agent is waiting for its assignment
         rows = []
 
         docs = flows_for(args.instances, args.per_processor, args.processors)
@@ -171,12 +180,12 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         total = args.instances + 5
         grown = {"instances": args.per_processor + 5}
         await change(
-            "scale +5", lambda: call("POST", f"/flows/{flow0}/processors/p00/scale", grown), total
+            "scale +5", lambda: call("POST", f"/flows/{flow0}/processors/p000/scale", grown), total
         )
         settings = {"prefetch": 50}
         await change(
             "update (rolling)",
-            lambda: call("PATCH", f"/flows/{flow0}/processors/p01", settings),
+            lambda: call("PATCH", f"/flows/{flow0}/processors/p001", settings),
             total,
         )
         busiest = max(fleet.got, key=lambda a: fleet.got[a][1])
@@ -199,7 +208,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=10_000)
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument("--per-processor", type=int, default=20)
-    parser.add_argument("--processors", type=int, default=25)
+    parser.add_argument(
+        "--processors", type=int, default=500, help="processors per flow (the rest: more flows)"
+    )
     parser.add_argument("--admin-db", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--port", type=int, default=8799)
     args = parser.parse_args()

@@ -82,6 +82,8 @@ class NetworkAgent:
         self._outage: float | None = None
         self._last: dict[str, Any] | None = None
         self._applying = asyncio.Lock()
+        #: flow documents by NAME@REVISION, of the instances assigned
+        self.documents: dict[str, Any] = {}
 
     # -- the state folder ------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any] | None:
@@ -181,7 +183,11 @@ class NetworkAgent:
                     client,
                     "POST",
                     f"/api/v1/agents/{self.id}/heartbeat",
-                    json={"applied": self.generation, "workers": self._workers()},
+                    json={
+                        "applied": self.generation,
+                        "workers": self._workers(),
+                        "known": self._known(),
+                    },
                 )
                 if "instances" in reply:
                     await self._apply(reply)
@@ -189,7 +195,11 @@ class NetworkAgent:
                     client,
                     "GET",
                     f"/api/v1/agents/{self.id}/assignment",
-                    params={"have": self.generation, "wait": self.heartbeat_every},
+                    params={
+                        "have": self.generation,
+                        "wait": self.heartbeat_every,
+                        "known": ",".join(self._known()),
+                    },
                 )
                 if "instances" in reply:
                     await self._apply(reply)
@@ -210,6 +220,10 @@ class NetworkAgent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), backoff)
                 backoff = min(backoff * 2, RETRY_MAX)
+
+    def _known(self) -> list[str]:
+        """The flow documents this agent has (the server leaves them out of answers)."""
+        return sorted(self.documents)
 
     async def _supervise(self) -> None:
         retry_at = 0.0
@@ -290,6 +304,11 @@ class NetworkAgent:
             self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
         sup = self.supervisor
         wanted = {(i["flow"], i["processor"], i["instance"]): i for i in assignment["instances"]}
+        # the server leaves out documents this agent has: keep those its instances need
+        documents = {**self.documents, **assignment["flows"]}
+        needed = {f"{i['flow']}@{i['revision']}" for i in assignment["instances"]}
+        self.documents = {k: v for k, v in documents.items() if k in needed}
+        assignment = {**assignment, "flows": self.documents}
         active = {
             (i.flow_name, i.processor, i.index): i
             for i in sup.instances

@@ -13,7 +13,6 @@ changes it has them replaced, new ones first.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -76,17 +75,29 @@ class FlowInfo:
     document: dict[str, Any]
 
 
-def spec_of(flow: Flow, processor: str, restarts: int = 0) -> str:
+def connections_by_processor(flow: Flow) -> dict[str, list[dict[str, Any]]]:
+    """Each processor's connections (in and out), as data."""
+    touching: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in flow.connections:
+        src, _, dst, _ = c.ends()
+        data = c.model_dump(mode="json", by_alias=True)
+        touching[src].append(data)
+        if dst != src:
+            touching[dst].append(data)
+    return touching
+
+
+def spec_of(
+    flow: Flow,
+    processor: str,
+    restarts: int = 0,
+    touching: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
     """The digest of what an instance of ``processor`` runs (see the module docstring)."""
     p = flow.get(processor)
-    touching = [
-        c.model_dump(mode="json", by_alias=True)
-        for c in flow.connections
-        if processor in (c.ends()[0], c.ends()[2])
-    ]
     what = {
         "processor": p.model_dump(mode="json", by_alias=True, exclude={"labels", "instances"}),
-        "connections": touching,
+        "connections": (touching or connections_by_processor(flow)).get(processor, []),
         "settings": flow.settings.model_dump(mode="json"),
         "path": flow.path,
         "restarts": restarts,
@@ -98,10 +109,12 @@ class Cluster(StateStore):
     """The state store, with the control plane's operations."""
 
     def __init__(self, url: str, agent_timeout: float = 10.0) -> None:
-        super().__init__(url)
+        super().__init__(url, connections=20)
         self.agent_timeout = agent_timeout
         self._parsed: dict[tuple[str, int], Flow] = {}
         self._specs: dict[tuple[str, int, str, int], str] = {}
+        self._documents: dict[tuple[str, int], dict[str, Any]] = {}
+        self._touching: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
         self._pending: set[tuple[str, str]] = set()
         #: what the last round placed from (see ``lead``)
         self._inputs: tuple[Any, ...] | None = None
@@ -110,8 +123,7 @@ class Cluster(StateStore):
     def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
         """Deploy a flow document as its next revision; return (revision, changed). A document
         equal to the current revision makes none."""
-        # validated before anything is written; errors name the field at fault
-        flow = Flow.loads(json.dumps(document, indent=2), "flow document.json")
+        flow = Flow.from_document(document)  # validated before anything is written
         text = json.dumps(flow.to_dict(), sort_keys=True)
         now = time.time()
         with self.engine.begin() as db:
@@ -214,13 +226,16 @@ class Cluster(StateStore):
         key = (name, revision)
         if key not in self._parsed:
             doc = document if document is not None else self.flow(name, revision).document
-            self._parsed[key] = Flow.from_dict(doc)
+            self._parsed[key] = Flow.from_document(doc)
         return self._parsed[key]
 
     def _spec(self, flow: Flow, revision: int, processor: str, restarts: int) -> str:
         key = (flow.name, revision, processor, restarts)
         if key not in self._specs:
-            self._specs[key] = spec_of(flow, processor, restarts)
+            if (flow.name, revision) not in self._touching:
+                self._touching[(flow.name, revision)] = connections_by_processor(flow)
+            touching = self._touching[(flow.name, revision)]
+            self._specs[key] = spec_of(flow, processor, restarts, touching)
         return self._specs[key]
 
     # -- processors -------------------------------------------------------------------------
@@ -372,11 +387,11 @@ class Cluster(StateStore):
 
     def _items(self, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         names = sorted({r.flow for r in rows})
-        infos = {}
-        for name in names:
-            with contextlib.suppress(NotFound):  # removed since
-                infos[name] = self.flow(name)
         with self.engine.connect() as db:
+            current = {
+                f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))
+            }
+            docs = {n: self._document(db, n, f.revision) for n, f in current.items()}
             controls = {
                 (c.flow, c.processor): c.restarts
                 for c in db.execute(
@@ -392,25 +407,37 @@ class Cluster(StateStore):
                     lost[(w["flow"], w["processor"])].append(w["consumer"])
         items, documents = [], {}
         for r in rows:
-            info = infos.get(r.flow)
-            if info is None:
+            f = current.get(r.flow)
+            if f is None:  # removed since
                 continue
-            flow = self.parsed(info.name, info.revision, info.document)
+            flow = self.parsed(f.name, f.revision, docs[f.name])
             restarts = controls.get((r.flow, r.processor), 0)
             items.append(
                 {
                     "flow": r.flow,
                     "processor": r.processor,
                     "instance": r.instance,
-                    "revision": info.revision,
-                    "run_id": info.run_id,
-                    "spec": self._spec(flow, info.revision, r.processor, restarts),
+                    "revision": f.revision,
+                    "run_id": f.run_id,
+                    "spec": self._spec(flow, f.revision, r.processor, restarts),
                     "release": lost.get((r.flow, r.processor), []),
                 }
             )
-            documents[f"{info.name}@{info.revision}"] = info.document
+            documents[f"{f.name}@{f.revision}"] = docs[f.name]
         items.sort(key=lambda i: (i["flow"], i["processor"], i["instance"]))
         return items, documents
+
+    def _document(self, db: sa.Connection, name: str, revision: int) -> dict[str, Any]:
+        """A revision's document (revisions never change, so each is read once)."""
+        key = (name, revision)
+        if key not in self._documents:
+            text = db.execute(
+                sa.select(flow_revisions.c.document).where(
+                    flow_revisions.c.flow == name, flow_revisions.c.revision == revision
+                )
+            ).scalar_one()
+            self._documents[key] = json.loads(text)
+        return self._documents[key]
 
     def instances(self) -> list[dict[str, Any]]:
         """Every placed instance with its agent and the state its agent last reported."""

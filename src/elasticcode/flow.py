@@ -445,6 +445,18 @@ class Flow(_Model):
         return cls.model_validate(_with_base(data, base_dir))
 
     @classmethod
+    def from_document(cls, data: Any, source: str = "flow document") -> Flow:
+        """A flow from parsed data (e.g. JSON sent to the API); errors name the field."""
+        if not isinstance(data, dict):
+            raise FlowFileError(
+                "a flow must be a mapping with name, processors and connections", source
+            )
+        try:
+            return cls.from_dict(data)
+        except ValidationError as exc:
+            raise _located(exc, {}, source) from None
+
+    @classmethod
     def loads(cls, text: str, source: str = "<flow>", base_dir: Path | None = None) -> Flow:
         """Parse YAML or JSON text; errors point at the line and column at fault."""
         if source.endswith(".json"):

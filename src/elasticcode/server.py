@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -71,6 +71,7 @@ class RegisterBody(BaseModel):
 class HeartbeatBody(BaseModel):
     applied: int = Field(0, description="the assignment generation the agent runs")
     workers: list[dict[str, Any]] = []
+    known: list[str] = Field([], description="flow documents it has, as NAME@REVISION")
 
 
 class ScaleBody(BaseModel):
@@ -395,25 +396,34 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         return {"forgotten": agent_id}
 
     @app.post(f"{API}/agents/{{agent_id}}/heartbeat", tags=["agents"], dependencies=auth)
-    async def heartbeat(agent_id: str, body: HeartbeatBody) -> dict[str, Any]:
+    async def heartbeat(agent_id: str, body: HeartbeatBody) -> Response:
+        """An agent is alive; the answer holds its assignment when that changed."""
         generation = await run_in_threadpool(cl.heartbeat, agent_id, body.applied, body.workers)
         if generation == body.applied:
-            return {"generation": generation}
-        return await run_in_threadpool(cl.assignment, agent_id)
+            return JSONResponse({"generation": generation})
+        return await _assignment(agent_id, body.known)
+
+    async def _assignment(agent_id: str, known: list[str]) -> Response:
+        found = await run_in_threadpool(cl.assignment, agent_id)
+        for name in known:  # documents the agent has already
+            found["flows"].pop(name, None)
+        return JSONResponse(found)  # large: straight to JSON, no response model
 
     @app.get(f"{API}/agents/{{agent_id}}/assignment", tags=["agents"], dependencies=auth)
     async def assignment(
         agent_id: str,
         have: int = Query(-1, description="the generation the agent runs"),
         wait: float = Query(0.0, ge=0, le=60, description="seconds to wait for a change"),
-    ) -> dict[str, Any]:
-        """What the agent should run; with ``have`` and ``wait``, answers once that changes
-        (or after ``wait`` seconds with just the generation)."""
+        known: str = Query("", description="flow documents it has, as NAME@REVISION,..."),
+    ) -> Response:
+        """What the agent should run (its instances and the flow documents they come from);
+        with ``have`` and ``wait``, answers once that changes (or after ``wait`` seconds with
+        just the generation)."""
         if wait and have >= 0:
             await changes.wait(agent_id, have, wait)
             if changes.generations.get(agent_id) == have:
-                return {"generation": have}
-        return await run_in_threadpool(cl.assignment, agent_id)
+                return JSONResponse({"generation": have})
+        return await _assignment(agent_id, [k for k in known.split(",") if k])
 
     @app.get(f"{API}/workers", tags=["workers"], dependencies=auth)
     async def workers(flow: str | None = None) -> list[dict[str, Any]]:

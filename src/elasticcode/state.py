@@ -212,7 +212,9 @@ class WorkerReport:
 class StateStore:
     """One state database, opened by URL (``sqlite:///…`` or ``postgresql://…``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = 5) -> None:
+        """``connections``: how many database connections to keep (a server answering many
+        agents at once wants more)."""
         self.url = url
         try:
             if url.startswith("sqlite:"):
@@ -222,7 +224,12 @@ class StateStore:
                 self.engine = sa.create_engine(url, connect_args={"timeout": 60})
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = sa.create_engine(schema.engine_url(url), pool_pre_ping=True)
+                self.engine = sa.create_engine(
+                    schema.engine_url(url),
+                    pool_pre_ping=True,
+                    pool_size=connections,
+                    max_overflow=2 * connections,
+                )
             schema.ensure(self.engine, _safe(url))
         except sa.exc.SQLAlchemyError as exc:
             raise StateError(
