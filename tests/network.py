@@ -41,7 +41,7 @@ def inc(payload):
     return {{**payload, "hops": payload.get("hops", 0) + 1}}
 
 def sink(payload, ctx):
-    line = f"{{payload['n']}} {{os.getpid()}}\\n"
+    line = f"{{payload['n']}} {{os.getpid()}} {{payload.get('version', '-')}}\\n"
     fd = os.open(os.path.join(OUT, "sink.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line.encode())
@@ -64,7 +64,9 @@ def postgres_database() -> Iterator[str]:
 
     name = f"ec_test_{uuid.uuid4().hex[:10]}"
     try:
-        admin = sa.create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(
+            engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT", pool_pre_ping=True
+        )
         with admin.connect() as db:
             db.execute(sa.text(f"CREATE DATABASE {name}"))
     except sa.exc.OperationalError as exc:
@@ -223,7 +225,7 @@ class Network:
             [ELASTICCODE, *args],
             capture_output=True,
             text=True,
-            env={**os.environ, "ELASTICCODE_SERVER": server},
+            env={**os.environ, **self.env, "ELASTICCODE_SERVER": server},
             cwd=self.root,
         )
         if check:
@@ -276,6 +278,16 @@ class Network:
         if not path.exists():
             return Counter()
         return Counter(int(line.split()[0]) for line in path.read_text().splitlines() if line)
+
+    def versions(self, numbers: range) -> set[str]:
+        """The code versions (the ``version`` field) the sink saw on these numbers."""
+        path = self.root / "sink.log"
+        want = set(numbers)
+        return {
+            line.split()[2]
+            for line in path.read_text().splitlines()
+            if line and int(line.split()[0]) in want
+        }
 
     def account(self, sent: range, timeout: float = 60.0, label: str = "") -> Counter[int]:
         """Wait until every sent number reached the sink; print and check the accounting."""

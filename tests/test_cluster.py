@@ -4,6 +4,8 @@ separate processes), a real broker, and every message accounted for."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from .network import Network, network_for, postgres_database
+from .services import unavailable
 
 PIPELINE = """
 processors:
@@ -257,3 +260,127 @@ def test_api_openapi_errors_and_event_stream(net: Network) -> None:
     net.wait(
         lambda: any("wait" in e["text"] for e in net.api("GET", "/events")), 15, "a pending note"
     )
+
+
+def test_git_code_pinned_at_deploy_switched_by_ref_and_rolled_back(
+    net: Network, tmp_path: Path
+) -> None:
+    from .test_gitcode import Repo
+
+    repo = Repo(tmp_path / "repo")
+    v1 = repo.commit(1, tag="v1")
+    v2 = repo.commit(2, tag="v2")
+    net.env["ELASTICCODE_CACHE"] = str(tmp_path / "cache")
+    three_agents(net)
+    flow = """
+processors:
+  - {name: a, code: steps:inc, instances: 2}
+  - name: work
+    code: "stage:step"
+    git: {repo: "file://REPO", ref: v1, path: lib}
+    instances: 2
+  - {name: sink, code: steps:sink, instances: 1}
+connections:
+  - {from: a, to: work}
+  - {from: work, to: sink}
+""".replace("REPO", str(repo.path))
+    out = net.cli("apply", str(net.flow_file(flow)))
+    assert f"resolved to commit {v1[:12]}" in out.stderr
+    net.wait(lambda: net.running({"a": 2, "work": 2, "sink": 1}), 30, "placement")
+    listing = net.cli("processor", "list", net.flow_name).stdout
+    assert f"at {v1[:12]} (v1)" in listing, listing
+    net.send("a", range(1000))
+    net.account(range(1000), label="git v1")
+    assert net.versions(range(1000)) == {"1"}
+    before = net.pids()
+    # a branch or tag is not followed silently: the user moves it, and only `work` is replaced
+    out = net.cli("processor", "update", net.flow_name, "work", "--ref", "v2")
+    assert f"resolved to commit {v2[:12]}" in out.stderr
+    net.wait(
+        lambda: net.running({"work": 2}) and net.pids()[("work", 0)] != before[("work", 0)],
+        30,
+        "work on v2",
+    )
+    now = net.pids()
+    assert all(now[k] == before[k] for k in before if k[0] != "work")
+    net.send("a", range(1000, 2000))
+    net.account(range(2000), label="git v2")
+    assert net.versions(range(1000, 2000)) == {"2"}
+    exported = net.api("GET", f"/flows/{net.flow_name}/export")
+    assert exported["processors"][1]["git"]["commit"] == v2
+    # the earlier revision, and with it the earlier commit, comes back by a rollback
+    net.cli("flow", "rollback", net.flow_name, "1")
+    net.wait(
+        lambda: net.running({"work": 2}) and net.pids()[("work", 0)] != now[("work", 0)],
+        30,
+        "rollback",
+    )
+    net.send("a", range(2000, 2500))
+    net.account(range(2500), label="git rollback")
+    assert net.versions(range(2000, 2500)) == {"1"}
+
+
+def test_code_that_does_not_load_marks_only_its_instances_in_error(net: Network) -> None:
+    three_agents(net)
+    flow = PIPELINE.replace("name: sink, code: steps:sink", "name: sink, code: nosuchmodule:sink")
+    net.cli("apply", "--no-check", str(net.flow_file(flow)))
+
+    def sink_in_error() -> bool:
+        rows = net.workers()
+        others = all(r["state"] == "running" for r in rows if r["processor"] != "sink")
+        return others and any(
+            r["processor"] == "sink"
+            and r["state"] == "error"
+            and "nosuchmodule" in (r["error"] or "")
+            for r in rows
+        )
+
+    net.wait(sink_in_error, 40, "the sink in error, the rest running")
+    listing = net.cli("worker", "list", net.flow_name).stdout
+    assert "error:" in listing and "nosuchmodule" in listing, listing
+    net.send("a", range(500))
+    # the rest of the flow goes on; the messages wait in the sink's queue
+    net.wait(
+        lambda: sum(r["received"] for r in net.workers() if r["processor"] == "b") >= 500,
+        30,
+        "b done",
+    )
+    assert not net.delivered()
+    net.cli("processor", "update", net.flow_name, "sink", "--set", "code=steps:sink")
+    net.account(range(500), label="code fixed")
+
+
+def restart_postgres(down: float) -> None:
+    """Stop the machine's PostgreSQL, wait, start it again."""
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    if shutil.which("pg_ctlcluster") is None or not versions:
+        unavailable("restarting PostgreSQL needs pg_ctlcluster (Debian's postgresql-common)")
+    cluster = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main"]
+    subprocess.run([*cluster, "stop", "-m", "fast"], check=True, capture_output=True)
+    time.sleep(down)
+    subprocess.run([*cluster, "start"], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_database_restart_mid_stream(net: Network) -> None:
+    """The state store goes away for a while: the data plane goes on, no agent is called
+    lost for heartbeats the database could not record, and the control plane resumes."""
+    three_agents(net)
+    net.cli("apply", str(net.flow_file(PIPELINE)))
+    net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 30, "placement")
+    before = net.pids()
+    sent = range(4000)
+    net.send("a", sent[:2000])
+    started = time.monotonic()
+    restart_postgres(down=net.agent_timeout * 2)
+    net.send("a", sent[2000:])
+    net.account(sent, label="database restart")
+    back = net.wait(lambda: net.running({"a": 3, "b": 1, "sink": 1}), 60, "the API to answer")
+    print(
+        f"database down {net.agent_timeout * 2:.0f}s; control plane answering {time.monotonic() - started:.1f}s after the stop"
+    )
+    assert back >= 0
+    assert net.pids() == before, "workers were moved or restarted because of the database"
+    assert all(a["status"] == "up" for a in net.api("GET", "/agents"))
+    net.cli("processor", "scale", net.flow_name, "b", "2")
+    net.wait(lambda: net.running({"a": 3, "b": 2, "sink": 1}), 30, "a change after the restart")

@@ -37,6 +37,7 @@ from .state import (
     placements,
     processor_controls,
     runs,
+    workers,
 )
 
 LEADER = "leader"
@@ -118,6 +119,8 @@ class Cluster(StateStore):
         self._pending: set[tuple[str, str]] = set()
         #: what the last round placed from (see ``lead``)
         self._inputs: tuple[Any, ...] | None = None
+        self._last_round = 0.0
+        self._grace_until = 0.0
 
     # -- flows ----------------------------------------------------------------------------
     def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
@@ -439,28 +442,40 @@ class Cluster(StateStore):
             self._documents[key] = json.loads(text)
         return self._documents[key]
 
-    def instances(self) -> list[dict[str, Any]]:
-        """Every placed instance with its agent and the state its agent last reported."""
+    def instances(self, flow: str | None = None) -> list[dict[str, Any]]:
+        """Every placed instance (of ``flow``, or of all): its agent, the state its agent
+        last reported, and its worker's own report (counts, last error)."""
         by_agent = {a.id: a for a in self.agents()}
+        reported: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for a in by_agent.values():
+            for w in a.workers:
+                if not w.get("retiring"):
+                    reported[(w["flow"], w["processor"], w["instance"])] = w
+        query = sa.select(placements).order_by(
+            placements.c.flow, placements.c.processor, placements.c.instance
+        )
+        if flow is not None:
+            query = query.where(placements.c.flow == flow)
         with self.engine.connect() as db:
-            rows = db.execute(
-                sa.select(placements).order_by(
-                    placements.c.flow, placements.c.processor, placements.c.instance
-                )
-            ).all()
+            rows = db.execute(query).all()
+            consumers = [
+                seen["consumer"]
+                for r in rows
+                if (seen := reported.get((r.flow, r.processor, r.instance), {})).get("consumer")
+            ]
+            own = {
+                row.id: row
+                for row in db.execute(sa.select(workers).where(workers.c.id.in_(consumers)))
+            }
         out = []
         for r in rows:
             agent = by_agent.get(r.agent_id) if r.agent_id else None
-            seen = next(
-                (
-                    w
-                    for w in (agent.workers if agent else [])
-                    if (w.get("flow"), w.get("processor"), w.get("instance"))
-                    == (r.flow, r.processor, r.instance)
-                    and not w.get("retiring")
-                ),
-                None,
+            seen = reported.get((r.flow, r.processor, r.instance), {}) if agent else {}
+            report = own.get(seen.get("consumer", ""))
+            error = seen.get("error") or (
+                report.last_error if report is not None and report.status == "error" else None
             )
+            state = seen.get("state", "pending" if agent is None else "starting")
             out.append(
                 {
                     "flow": r.flow,
@@ -469,10 +484,14 @@ class Cluster(StateStore):
                     "agent": agent.name if agent else None,
                     "agent_id": r.agent_id,
                     "host": agent.host if agent else None,
-                    "state": (seen or {}).get("state", "pending" if agent is None else "starting"),
-                    "pid": (seen or {}).get("pid"),
-                    "restarts": (seen or {}).get("restarts", 0),
-                    "spec": (seen or {}).get("spec"),
+                    "state": "error" if error and state != "running" else state,
+                    "pid": seen.get("pid"),
+                    "restarts": seen.get("restarts", 0),
+                    "spec": seen.get("spec"),
+                    "received": report.received if report is not None else 0,
+                    "emitted": report.emitted if report is not None else 0,
+                    "errors": report.errors if report is not None else 0,
+                    "error": error,
                 }
             )
         return out
@@ -529,15 +548,22 @@ class Cluster(StateStore):
         inputs (flow revisions, controls, agents) are those of the last one places nothing."""
         notes: list[str] = []
         now = time.time()
+        if now - self._last_round > self.agent_timeout / 2:
+            # leading anew, or the database was away: heartbeats may not have been recorded
+            # meanwhile, so no agent is called lost before it had a whole timeout to send one
+            self._grace_until = now + self.agent_timeout
         with self.engine.begin() as db:
             if not self.hold_lease(db, holder, ttl):
                 self._inputs = None
+                self._last_round = 0.0
                 return None
-            for row in db.execute(
+            self._last_round = now
+            silent = db.execute(
                 sa.select(agents.c.id, agents.c.name).where(
                     agents.c.status == "up", agents.c.heartbeat < now - self.agent_timeout
                 )
-            ).all():
+            ).all()
+            for row in silent if now >= self._grace_until else []:
                 db.execute(agents.update().where(agents.c.id == row.id).values(status="lost"))
                 text = f"agent {row.name} lost: no heartbeat for {self.agent_timeout:g}s"
                 self._event(db, "agent", None, text)

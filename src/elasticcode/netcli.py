@@ -301,7 +301,8 @@ def worker_list(flow: str | None, server: str | None, as_json: bool) -> None:
     lines = [
         f"{r['flow']}/{r['processor']}[{r['instance']}]  {r['state']:<10} "
         f"agent {r['agent'] or '-'} on {r['host'] or '-'}  pid {r['pid'] or '-'}  "
-        f"restarts {r['restarts']}"
+        f"restarts {r['restarts']}  in {r['received']} out {r['emitted']}"
+        + (f"\n    error: {r['error']}" if r.get("error") else "")
         for r in rows
     ]
     _echo(rows, as_json, lines or ["no instances placed"])

@@ -428,8 +428,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     @app.get(f"{API}/workers", tags=["workers"], dependencies=auth)
     async def workers(flow: str | None = None) -> list[dict[str, Any]]:
         """Every instance: where it runs and its state."""
-        rows = await run_in_threadpool(cl.instances)
-        return [r for r in rows if flow is None or r["flow"] == flow]
+        return await run_in_threadpool(cl.instances, flow)
 
     @app.get(f"{API}/events", tags=["server"], dependencies=auth)
     async def list_events(
@@ -472,7 +471,7 @@ def _processors(cl: Cluster, name: str) -> list[dict[str, Any]]:
     info = cl.flow(name)
     flow = cl.parsed(info.name, info.revision, info.document)
     controls = cl.controls()
-    placed = [w for w in cl.instances() if w["flow"] == name]
+    placed = cl.instances(name)
     out = []
     for p in flow.processors:
         paused, restarts = controls.get((name, p.name), (False, 0))
