@@ -209,8 +209,8 @@ class Processor(_Model):
     @field_validator("instances")
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("instances must be at least 1, or 'auto' (one per CPU core)")
+        if isinstance(value, int) and not 1 <= value <= 100_000:
+            raise ValueError("instances must be 1 to 100000, or 'auto' (one per CPU core)")
         return value
 
     @model_validator(mode="after")

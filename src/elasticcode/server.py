@@ -22,8 +22,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -52,6 +53,11 @@ class ServerSettings:
     server_id: str = ""
 
 
+#: A name or id: text without NUL characters (which no database stores).
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+Revision = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
+
+
 # -- request bodies ------------------------------------------------------------------------
 class ApplyBody(BaseModel):
     document: dict[str, Any] = Field(description="the flow, as in a flow file")
@@ -59,27 +65,27 @@ class ApplyBody(BaseModel):
 
 
 class RegisterBody(BaseModel):
-    id: str | None = Field(None, description="the id the agent had, to register again")
-    name: str
-    host: str
-    cores: int = Field(ge=1)
-    memory: int = Field(ge=0)
-    capacity: int = Field(ge=0, description="how many workers it may run")
+    id: Text | None = Field(None, description="the id the agent had, to register again")
+    name: Text
+    host: Text
+    cores: int = Field(ge=1, le=1_000_000)
+    memory: int = Field(ge=0, le=2**62)
+    capacity: int = Field(ge=0, le=1_000_000, description="how many workers it may run")
     labels: dict[str, str] = {}
 
 
 class HeartbeatBody(BaseModel):
-    applied: int = Field(0, description="the assignment generation the agent runs")
+    applied: int = Field(0, ge=-1, le=2**62, description="the assignment generation it runs")
     workers: list[dict[str, Any]] = []
     known: list[str] = Field([], description="flow documents it has, as NAME@REVISION")
 
 
 class ScaleBody(BaseModel):
-    instances: int | Literal["auto"]
+    instances: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"]
 
 
 class RollbackBody(BaseModel):
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=2**31 - 1)
 
 
 class ConnectionBody(BaseModel):
@@ -194,6 +200,20 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(sa.exc.DataError)
+    async def bad_value(_: Request, exc: sa.exc.DataError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"a value the state store cannot hold: {str(exc.orig).splitlines()[0]}"},
+            status_code=422,
+        )
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def no_database(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the state store does not answer; the server retries, try again soon"},
+            status_code=503,
+        )
+
     @app.exception_handler(ElasticCodeError)
     async def bad(_: Request, exc: ElasticCodeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -235,7 +255,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         return {"name": document.get("name"), "revision": revision, "changed": changed}
 
     @app.get(f"{API}/flows/{{name}}", tags=["flows"], dependencies=auth)
-    async def get_flow(name: str, revision: int | None = None) -> dict[str, Any]:
+    async def get_flow(name: str, revision: Revision = None) -> dict[str, Any]:
         f = await run_in_threadpool(cl.flow, name, revision)
         return {
             "name": f.name,
@@ -246,7 +266,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         }
 
     @app.get(f"{API}/flows/{{name}}/export", tags=["flows"], dependencies=auth)
-    async def export_flow(name: str, revision: int | None = None) -> dict[str, Any]:
+    async def export_flow(name: str, revision: Revision = None) -> dict[str, Any]:
         """The flow document of a revision (the current one by default)."""
         f = await run_in_threadpool(cl.flow, name, revision)
         return _masked(f.document)
@@ -412,7 +432,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     @app.get(f"{API}/agents/{{agent_id}}/assignment", tags=["agents"], dependencies=auth)
     async def assignment(
         agent_id: str,
-        have: int = Query(-1, description="the generation the agent runs"),
+        have: int = Query(-1, ge=-1, le=2**62, description="the generation the agent runs"),
         wait: float = Query(0.0, ge=0, le=60, description="seconds to wait for a change"),
         known: str = Query("", description="flow documents it has, as NAME@REVISION,..."),
     ) -> Response:
@@ -432,7 +452,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
 
     @app.get(f"{API}/events", tags=["server"], dependencies=auth)
     async def list_events(
-        after: int = 0, limit: int = Query(500, ge=1, le=5000)
+        after: int = Query(0, ge=0, le=2**31 - 1), limit: int = Query(500, ge=1, le=5000)
     ) -> list[dict[str, Any]]:
         return await run_in_threadpool(cl.events, after, limit)
 
