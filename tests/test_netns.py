@@ -14,11 +14,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from .network import Network, free_port, postgres_database
-from .services import unavailable
+from .services import service_url, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -125,18 +126,28 @@ def hosts() -> Iterator[Hosts]:
         h.remove()
 
 
-def test_a_host_cut_off_the_network_then_healed(hosts: Hosts, tmp_path: Path) -> None:
-    port = free_port(hosts.address)
-    redis = subprocess.Popen(
-        ["redis-server", "--bind", hosts.address, "--port", str(port), "--save", "", "--appendonly", "no",
-         "--requirepass", "netns-secret"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_host_cut_off_the_network_then_healed(hosts: Hosts, tmp_path: Path, broker: str) -> None:
+    redis = rabbit = None
+    if broker == "redis":  # a Redis of the test's own, on its bridge
+        port = free_port(hosts.address)
+        redis = subprocess.Popen(
+            ["redis-server", "--bind", hosts.address, "--port", str(port), "--save", "",
+             "--appendonly", "no", "--requirepass", "netns-secret"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        broker_url = f"redis://:netns-secret@{hosts.address}:{port}/0"
+    else:  # the machine's RabbitMQ, reached through the bridge; a lost host shows by heartbeat
+        amqp = urlsplit(service_url("rabbitmq"))
+        rabbit = Forward(hosts.address, (amqp.hostname or "127.0.0.1", amqp.port or 5672))
+        broker_url = (
+            f"amqp://{amqp.username}:{amqp.password}@{hosts.address}:{rabbit.port}/?heartbeat=5"
+        )
     pg_gen = postgres_database()
     db = next(pg_gen)
     forward = Forward(hosts.address, ("127.0.0.1", 5432))
     worker_db = db.replace("127.0.0.1:5432", f"{hosts.address}:{forward.port}")
-    net = Network(tmp_path, db, f"redis://:netns-secret@{hosts.address}:{port}/0")
+    net = Network(tmp_path, db, broker_url)
     try:
         net.start_server(host=hosts.address, extra=["--worker-db", worker_db])
         for i, ns in enumerate(hosts.names):
@@ -161,7 +172,7 @@ def test_a_host_cut_off_the_network_then_healed(hosts: Hosts, tmp_path: Path) ->
             "the cut host's instances to run elsewhere",
         )
         print(f"host {victim} cut off: its instances run elsewhere after {took:.1f}s")
-        net.account(sent, timeout=90, label="host cut off the network")
+        net.account(sent, timeout=90, label=f"host cut off the network, {broker}")
         hosts.heal(victim_ns)
         back = net.wait(
             lambda: {a["name"]: a for a in net.api("GET", "/agents")}[victim]["status"] == "up",
@@ -187,8 +198,11 @@ def test_a_host_cut_off_the_network_then_healed(hosts: Hosts, tmp_path: Path) ->
     finally:
         net.close()
         forward.close()
-        redis.terminate()
-        redis.wait(10)
+        if rabbit is not None:
+            rabbit.close()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
         with contextlib.suppress(StopIteration):
             next(pg_gen)
 
