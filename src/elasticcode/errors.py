@@ -73,6 +73,10 @@ class StateError(ElasticCodeError):
     """The state store cannot be opened or used."""
 
 
+class StateUnreachable(StateError):
+    """The state store does not answer (for now: it may come back)."""
+
+
 class RunLocked(StateError):
     """Another run already owns this state directory."""
 

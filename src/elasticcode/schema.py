@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from .errors import StateError
+from .errors import StateError, StateUnreachable
 
 #: The newest migration; a database at this revision needs nothing done.
 HEAD = "0002"
@@ -55,8 +55,10 @@ def ensure(engine: sa.Engine, shown_url: str) -> None:
     """Make sure the schema is the newest: upgrade SQLite, refuse an old shared database."""
     try:
         now = current(engine)
-    except sa.exc.SQLAlchemyError:
-        now = None
+    except sa.exc.OperationalError as exc:
+        raise StateUnreachable(
+            f"the state store {shown_url} does not answer: {str(exc.orig).strip()}"
+        ) from None
     if now == HEAD:
         return
     if engine.dialect.name == "sqlite":

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from .brokers import Broker, Delivery, Settlement, open_broker
-from .errors import ElasticCodeError, MessageError, ProcessorError, Reject
+from .errors import ElasticCodeError, MessageError, ProcessorError, Reject, StateUnreachable
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
 from .processor import Context, Loaded, Output, collect, collect_sync, load
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = open_broker(
         args.broker, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
     )
-    state = StateStore(args.state)
+    state = _open_state(args.state)
     worker = Worker(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
 
     async def go() -> int:
@@ -601,6 +601,19 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(go())
     finally:
         state.close()
+
+
+def _open_state(url: str) -> StateStore:
+    """The state store; while it does not answer, wait for it (the agent stops this worker
+    if it should give up)."""
+    delay = 0.5
+    while True:
+        try:
+            return StateStore(url)
+        except StateUnreachable as exc:
+            log.warning("waiting for the state store: %s; retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 if __name__ == "__main__":
