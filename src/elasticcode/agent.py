@@ -24,7 +24,7 @@ from . import envs
 from .brokers import Broker
 from .errors import BrokerError
 from .flow import Flow
-from .worker import BROKER_ENV, EXIT_CONFIG, EXIT_MEMORY, STATE_ENV
+from .worker import BROKER_ENV, EXIT_CONFIG, EXIT_DISK_FULL, EXIT_MEMORY, STATE_ENV
 
 log = logging.getLogger("elasticcode.agent")
 
@@ -108,6 +108,8 @@ class Agent:
         self.broker_url = broker_url
         self.state_url = state_url
         self.log_dir = log_dir
+        #: A worker found the embedded queues' disk full.
+        self.disk_full = False
         self.instances = (
             [
                 Instance(p.name, i)
@@ -212,6 +214,15 @@ class Agent:
             delay = 0.0 if inst.failures <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (inst.failures - 1))
             if code == EXIT_CONFIG:
                 delay = max(delay, 5.0)
+            if code == EXIT_DISK_FULL:  # a run on the embedded queues stops (see runner)
+                self.disk_full = True
+                delay = max(delay, 5.0)
+                events.append(
+                    f"worker {inst.processor}[{inst.index}] stopped: the disk of the embedded "
+                    "queues is full"
+                )
+                inst.next_start = now + delay
+                continue
             inst.next_start = now + delay
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             events.append(

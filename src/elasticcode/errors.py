@@ -65,6 +65,10 @@ class BrokerError(ElasticCodeError):
     """A broker operation failed."""
 
 
+class DiskFull(BrokerError):
+    """The disk holding the embedded queues (or state) is full; nothing was changed."""
+
+
 class UnknownBackend(BrokerError):
     """A broker URL names a scheme that no backend serves."""
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import sqlalchemy as sa
+
 from . import envs, gitcode
 from .agent import Agent
 from .brokers import Broker, open_broker
-from .errors import ElasticCodeError, FlowError, RunLocked
+from .errors import DiskFull, ElasticCodeError, FlowError, RunLocked, StateError
 from .flow import Flow
 from .processor import import_paths, load
 from .progress import Progress
@@ -259,6 +261,16 @@ async def _run(
             progress.update(_totals(flow, agent, reports), depths)
             if stop.is_set():
                 break
+            if agent.disk_full:
+                status = "disk-full"
+                event = (
+                    f"the disk holding {root} is full: the run stops, with every message "
+                    "accepted so far kept. Free some space there, then run the flow again; "
+                    "it resumes where it stopped"
+                )
+                events.append(event)
+                progress.event(event)
+                break
             live = [r for r in reports if r.id in agent.live_consumers()]
             if not forever and drained.check(depths, live, state.sources_done(run_id, sources)):
                 status = "finished"
@@ -269,8 +281,11 @@ async def _run(
         loop.remove_signal_handler(signal.SIGINT)
         progress.stopping()
         await loop.run_in_executor(None, agent.stop)
-        await _release_all(broker)
-        state.end_run(run_id, status)
+        with contextlib.suppress(DiskFull):  # the next run releases them
+            await _release_all(broker)
+        # on a full disk this cannot be written: the next run then resumes this one
+        with contextlib.suppress(StateError, sa.exc.OperationalError):
+            state.end_run(run_id, status)
         totals = _totals(flow, agent, state.worker_reports(run_id))
         depths = await broker.depth(queues)
         dead = await broker.dead_letter_count(queues)

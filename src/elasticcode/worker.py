@@ -26,7 +26,14 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from .brokers import Broker, Delivery, Settlement, open_broker
-from .errors import ElasticCodeError, MessageError, ProcessorError, Reject, StateUnreachable
+from .errors import (
+    DiskFull,
+    ElasticCodeError,
+    MessageError,
+    ProcessorError,
+    Reject,
+    StateUnreachable,
+)
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
 from .processor import Context, Loaded, Output, collect, collect_sync, load
@@ -40,6 +47,7 @@ SOURCE_FLUSH = 0.001  # a source publishes what it has after this long (s)
 ROOM_FRESH = 0.1  # how long a queue depth reading stands for back pressure (s)
 EXIT_CONFIG = 3
 EXIT_MEMORY = 4  # over max_memory: to be restarted at once
+EXIT_DISK_FULL = 5  # the embedded queues' disk is full
 BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
 STATE_ENV = "ELASTICCODE_WORKER_STATE"
 
@@ -599,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return asyncio.run(go())
+    except DiskFull as exc:  # nothing more can be written: say so and let the agent decide
+        log.error("%s", exc)
+        return EXIT_DISK_FULL
     finally:
         state.close()
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import BrokerError
+from ..errors import BrokerError, DiskFull
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, rotate
 
 SCHEMA = """
@@ -397,6 +397,7 @@ class _Transaction:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             fcntl.flock(self.broker._lock, fcntl.LOCK_UN)
+            _raise_if_full(exc, self.broker.path)
             raise BrokerError(f"queue database is not writable ({exc})") from exc
         return self.db
 
@@ -411,6 +412,7 @@ class _Transaction:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                _raise_if_full(exc, self.broker.path)
                 raise BrokerError(
                     f"queue database write failed ({exc}); nothing was changed"
                 ) from exc
@@ -422,3 +424,11 @@ class _Transaction:
                 # Copy the WAL into the database without holding up writers (PASSIVE).
                 with contextlib.suppress(sqlite3.Error):
                     self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _raise_if_full(exc: sqlite3.Error, path: object) -> None:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        raise DiskFull(
+            f"the disk holding the queue database {path} is full; nothing was changed. Free "
+            "some space there, then run the flow again: it resumes where it stopped"
+        ) from exc
