@@ -149,6 +149,12 @@ def test_bad_repositories_and_refs_say_what_to_fix(fd: FlowDir, repo: Repo, cach
     flow.get("work").git.path = "elsewhere"  # type: ignore[union-attr]
     with pytest.raises(ProcessorError, match="has no folder 'elsewhere'"):
         check_code(pin_code(flow, state)[0])
+    # in a run, an unreachable repository leaves that processor in error; the rest runs
+    gone = make_flow(fd, "file:///no/such/repo", "main")
+    result = fd.run(gone)
+    assert result.status == "incomplete"
+    assert "cannot fetch file:///no/such/repo" in (result.processors["work"].last_error or "")
+    assert result.processors["gen"].emitted == 20 and sum(result.queues.values()) == 20
 
 
 class GitHTTP(BaseHTTPRequestHandler):

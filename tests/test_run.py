@@ -340,3 +340,34 @@ def test_message_that_crashes_the_interpreter_is_isolated(
     (letter,) = elasticcode.dead_letters(flow, state_dir=fd.state)
     assert "started 3 times without completing" in letter.error
     assert sum("died (exit code 1)" in e for e in result.events) == 3
+
+
+def test_code_that_does_not_load_stays_in_error_and_the_rest_runs(
+    fd: FlowDir, sink_module: Callable[[], Path]
+) -> None:
+    """A processor whose code does not load does not stop the flow: the rest runs, what is
+    meant for it waits in its queue, and a run with its code fixed resumes and delivers it."""
+    sink_module()
+    flow = fd.flow(
+        """
+        name: partial
+        processors:
+          - {name: gen, code: steps:numbers, source: true, config: {count: 300}}
+          - {name: work, code: steps:inc, instances: 1}
+          - {name: sink, code: steps:nosuch, instances: 1}
+        connections:
+          - {from: gen, to: work}
+          - {from: work, to: sink}
+        """
+    )
+    first = fd.run(flow)
+    assert first.status == "incomplete"
+    assert first.processors["work"].received == 300
+    assert first.processors["sink"].status == "error"
+    assert "module 'steps' has no 'nosuch'" in (first.processors["sink"].last_error or "")
+    assert any("fix it and run again" in e for e in first.events)
+    assert sum(first.queues.values()) == 300 and not fd.lines("sink.log")
+    flow.get("sink").code = "steps:sink"
+    again = fd.run(flow)
+    assert again.status == "finished" and again.resumed
+    assert len(fd.lines("sink.log")) == 300  # the source did not run again

@@ -14,7 +14,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from . import envs, gitcode
 from .agent import Agent
 from .brokers import Broker, open_broker
-from .errors import DiskFull, ElasticCodeError, FlowError, RunLocked, StateError
-from .flow import Flow
+from .errors import DiskFull, ElasticCodeError, FlowError, ProcessorError, RunLocked, StateError
+from .flow import Flow, Processor
 from .processor import import_paths, load
 from .progress import Progress
 from .state import StateStore, WorkerReport
@@ -69,10 +69,18 @@ def state_paths(
     return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
 
 
-def pin_code(flow: Flow, state_url: str, update: list[str] | None = None) -> tuple[Flow, list[str]]:
+def pin_code(
+    flow: Flow,
+    state_url: str,
+    update: list[str] | None = None,
+    broken: dict[str, str] | None = None,
+) -> tuple[Flow, list[str]]:
     """The flow with each git processor's ref pinned to a commit (checked out in the cache),
     and a line per processor saying which. A ref is resolved the first time and recorded;
-    later calls use the record, except for the processors in ``update`` ([] for all)."""
+    later calls use the record, except for the processors in ``update`` ([] for all).
+
+    With ``broken``, a processor whose code cannot be fetched is noted there (with what to
+    fix) instead of raising."""
     pinned, notes = [], []
     store: StateStore | None = None
     try:
@@ -85,8 +93,19 @@ def pin_code(flow: Flow, state_url: str, update: list[str] | None = None) -> tup
             moving = update is not None and (not update or p.name in update)
             recorded = store.code_pin(flow.name, p.name, git.repo, git.ref)
             where = f"processor {p.name}: {git.ref} of {gitcode.shown(git.repo)}"
+            try:
+                if moving or recorded is None:
+                    commit = gitcode.resolve(git.repo, git.ref, git.credential)
+                else:
+                    commit = recorded
+                gitcode.checkout(git.repo, commit, git.credential)
+            except gitcode.GitError as exc:
+                if broken is None:
+                    raise
+                broken[p.name] = f"processor {p.name!r}: {exc}"
+                pinned.append(p)
+                continue
             if moving or recorded is None:
-                commit = gitcode.resolve(git.repo, git.ref, git.credential)
                 if commit != recorded:
                     store.record_pin(flow.name, p.name, git.repo, git.ref, commit)
                 was = f" (was {recorded[:12]})" if recorded and recorded != commit else ""
@@ -94,7 +113,6 @@ def pin_code(flow: Flow, state_url: str, update: list[str] | None = None) -> tup
             else:
                 commit = recorded
                 notes.append(f"{where} at commit {commit[:12]} (elasticcode code update to move)")
-            gitcode.checkout(git.repo, commit, git.credential)
             pinned.append(p.model_copy(update={"git": git.model_copy(update={"commit": commit})}))
     finally:
         if store is not None:
@@ -107,10 +125,29 @@ def check_code(flow: Flow) -> None:
     if not flow.processors:
         raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
     for spec in flow.processors:
-        if spec.requirements:  # importable only in its own environment (built here if new)
-            envs.check_in_env(spec, flow)
-        else:
-            load(spec, flow)
+        _check(spec, flow)
+
+
+def code_problems(flow: Flow, skip: Collection[str] = ()) -> dict[str, str]:
+    """Load every processor once; return what is wrong with each one that does not load."""
+    if not flow.processors:
+        raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
+    problems = {}
+    for spec in flow.processors:
+        if spec.name in skip:
+            continue
+        try:
+            _check(spec, flow)
+        except ProcessorError as exc:
+            problems[spec.name] = str(exc)
+    return problems
+
+
+def _check(spec: Processor, flow: Flow) -> None:
+    if spec.requirements:  # importable only in its own environment (built here if new)
+        envs.check_in_env(spec, flow)
+    else:
+        load(spec, flow)
 
 
 def frozen(flow: Flow, base_dir: Path | None = None) -> Flow:
@@ -176,8 +213,11 @@ def run(
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
     lock = _Lock(root)
     try:
-        flow, pinned = pin_code(flow, state_url)
-        check_code(flow)
+        broken: dict[str, str] = {}
+        flow, pinned = pin_code(flow, state_url, broken=broken)
+        broken |= code_problems(flow, skip=broken)
+        if len(broken) == len(flow.processors):  # nothing could run
+            raise FlowError("\n".join(broken.values()))
         return asyncio.run(
             _run(
                 flow,
@@ -190,6 +230,7 @@ def run(
                 progress or Progress(None),
                 on_start,
                 pinned,
+                broken,
             )
         )
     finally:
@@ -207,6 +248,7 @@ async def _run(
     progress: Progress,
     on_start: Callable[[Agent], None] | None,
     pinned: list[str],
+    broken: dict[str, str],
 ) -> RunResult:
     state = StateStore(state_url)
     broker = open_broker(
@@ -226,7 +268,15 @@ async def _run(
         events.append(f"released {released} message(s) held by workers of an earlier run")
     flow_file = snapshot(flow, root)
     agent = Agent(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
-    sources = [p.name for p in flow.processors if p.is_source]
+    # a processor whose code does not load stays in error; the rest runs, and what is meant
+    # for it waits in its queues for a run with its code fixed
+    agent.instances = [i for i in agent.instances if i.processor not in broken]
+    for problem in broken.values():
+        events.append(
+            f"{problem}. It does not run; its input waits in its queue: fix it and run again"
+        )
+    waiting = {q for n in broken for q in flow.inputs_of(n)}
+    sources = [p.name for p in flow.processors if p.is_source and p.name not in broken]
     # where the broker's counts are exact and include held messages, they alone say when the
     # flow is drained; elsewhere the workers' reports must agree
     drained = _Drained(broker.counts_in_flight and not broker.eventually_consistent)
@@ -249,6 +299,8 @@ async def _run(
     if on_start is not None:
         on_start(agent)
     progress.begin(flow, run_id, resumed, root)
+    for event in events:  # code pins, processors in error, messages released
+        progress.event(event)
     status = "interrupted"
     switch = _Switch(flow, root, agent)
     try:
@@ -258,7 +310,7 @@ async def _run(
                 progress.event(event)
             reports = state.worker_reports(run_id)
             depths = await broker.depth(queues)
-            progress.update(_totals(flow, agent, reports), depths)
+            progress.update(_totals(flow, agent, reports, broken), depths)
             if stop.is_set():
                 break
             if agent.disk_full:
@@ -272,8 +324,9 @@ async def _run(
                 progress.event(event)
                 break
             live = [r for r in reports if r.id in agent.live_consumers()]
-            if not forever and drained.check(depths, live, state.sources_done(run_id, sources)):
-                status = "finished"
+            moving = {q: d for q, d in depths.items() if q not in waiting}
+            if not forever and drained.check(moving, live, state.sources_done(run_id, sources)):
+                status = "incomplete" if broken else "finished"
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
@@ -286,7 +339,7 @@ async def _run(
         # on a full disk this cannot be written: the next run then resumes this one
         with contextlib.suppress(StateError, sa.exc.OperationalError):
             state.end_run(run_id, status)
-        totals = _totals(flow, agent, state.worker_reports(run_id))
+        totals = _totals(flow, agent, state.worker_reports(run_id), broken)
         depths = await broker.depth(queues)
         dead = await broker.dead_letter_count(queues)
         await broker.close()
@@ -399,8 +452,12 @@ async def _release_all(broker: Broker) -> int:
     return int(await release_all()) if release_all is not None else 0
 
 
-def _totals(flow: Flow, agent: Agent, reports: list[WorkerReport]) -> dict[str, ProcessorTotals]:
+def _totals(
+    flow: Flow, agent: Agent, reports: list[WorkerReport], broken: dict[str, str]
+) -> dict[str, ProcessorTotals]:
     totals = {p.name: ProcessorTotals(p.name) for p in flow.processors}
+    for name, problem in broken.items():
+        totals[name].status, totals[name].last_error = "error", problem
     for inst in agent.instances:
         totals[inst.processor].instances += not inst.retiring
     statuses: dict[str, set[str]] = {}

@@ -20,6 +20,9 @@ from .errors import StateError
 
 metadata = sa.MetaData()
 
+#: The states of a run that the next ``elasticcode run`` of its flow resumes.
+RESUMABLE = ("running", "interrupted", "incomplete", "disk-full")
+
 runs = sa.Table(
     "runs",
     metadata,
@@ -255,12 +258,12 @@ class StateStore:
         """Resume the flow's unfinished run, or begin a new one; return (run id, resumed)."""
         last = self.last_run(flow)
         with self.engine.begin() as db:
-            if last and last[1] in ("running", "interrupted") and not fresh:
+            if last and last[1] in RESUMABLE and not fresh:
                 db.execute(
                     runs.update().where(runs.c.id == last[0]).values(status="running", ended=None)
                 )
                 return last[0], True
-            if last and last[1] in ("running", "interrupted"):
+            if last and last[1] in RESUMABLE:
                 db.execute(
                     runs.update()
                     .where(runs.c.id == last[0])
