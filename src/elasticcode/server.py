@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .cluster import Cluster, NotFound
-from .errors import ElasticCodeError
+from .errors import ElasticCodeError, StateUnreachable
 
 log = logging.getLogger("elasticcode.server")
 
@@ -560,6 +560,15 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8750) -
         level=os.environ.get("ELASTICCODE_LOG", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    app = create_app(settings)
+    delay = 0.5
+    while True:  # a database that is not up yet is waited for, not a crash
+        try:
+            cluster = Cluster(settings.db, settings.agent_timeout)
+            break
+        except StateUnreachable as exc:
+            log.warning("waiting for the state store: %s; retrying in %.0fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    app = create_app(settings, cluster)
     log.info("server %s on http://%s:%d (API docs at /docs)", settings.server_id, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", ws="websockets-sansio")
