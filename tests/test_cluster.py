@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .network import Network, network_for, postgres_database
+from .network import ELASTICCODE, Network, network_for, postgres_database
 from .services import unavailable
 
 PIPELINE = """
@@ -396,3 +396,34 @@ def test_database_restart_mid_stream(net: Network) -> None:
     assert all(a["status"] == "up" for a in net.api("GET", "/agents"))
     net.cli("processor", "scale", net.flow_name, "b", "2")
     net.wait(lambda: net.running({"a": 3, "b": 2, "sink": 1}), 30, "a change after the restart")
+
+
+def test_an_api_token_guards_the_server_and_agents_send_it(net: Network) -> None:
+    net.env["ELASTICCODE_TOKEN"] = "t0ken-for-the-test"
+    server = net.start_server()
+    base = f"{server.url}/api/v1"
+    refused = httpx.get(f"{base}/flows")
+    assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
+    assert httpx.get(f"{base}/flows", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{base}/health").status_code == 200  # liveness needs no token
+    auth = {"authorization": "Bearer t0ken-for-the-test"}
+    proc = net._spawn(
+        [
+            *(ELASTICCODE, "agent", "start", "--name", "one", "--server", server.url),
+            *("--state-dir", str(net.root / "agent-one")),
+        ],
+        net.root / "agent-one.log",
+    )
+    try:
+        net.wait(
+            lambda: (
+                [a["name"] for a in httpx.get(f"{base}/agents", headers=auth).json()] == ["one"]
+            ),
+            20,
+            "the agent to register with the token",
+        )
+        done = net.cli("flow", "list")  # the CLI sends $ELASTICCODE_TOKEN
+        assert "no flows" in done.stdout
+    finally:
+        proc.terminate()
+        proc.wait(20)
