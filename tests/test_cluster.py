@@ -304,14 +304,15 @@ connections:
     net.account(range(1000), label="git v1")
     assert net.versions(range(1000)) == {"1"}
     before = net.pids()
+
+    def replaced(old: dict[tuple[str, int], int]) -> bool:
+        pids = net.pids()
+        return all(pids[("work", i)] != old[("work", i)] for i in (0, 1))
+
     # a branch or tag is not followed silently: the user moves it, and only `work` is replaced
     out = net.cli("processor", "update", net.flow_name, "work", "--ref", "v2")
     assert f"resolved to commit {v2[:12]}" in out.stderr
-    net.wait(
-        lambda: net.running({"work": 2}) and net.pids()[("work", 0)] != before[("work", 0)],
-        30,
-        "work on v2",
-    )
+    net.wait(lambda: net.running({"work": 2}) and replaced(before), 30, "work on v2")
     now = net.pids()
     assert all(now[k] == before[k] for k in before if k[0] != "work")
     net.send("a", range(1000, 2000))
@@ -321,11 +322,7 @@ connections:
     assert exported["processors"][1]["git"]["commit"] == v2
     # the earlier revision, and with it the earlier commit, comes back by a rollback
     net.cli("flow", "rollback", net.flow_name, "1")
-    net.wait(
-        lambda: net.running({"work": 2}) and net.pids()[("work", 0)] != now[("work", 0)],
-        30,
-        "rollback",
-    )
+    net.wait(lambda: net.running({"work": 2}) and replaced(now), 30, "rollback")
     net.send("a", range(2000, 2500))
     net.account(range(2500), label="git rollback")
     assert net.versions(range(2000, 2500)) == {"1"}

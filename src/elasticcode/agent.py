@@ -170,11 +170,16 @@ class Agent:
         log.debug("started %s[%d] pid %d", inst.processor, inst.index, inst.process.pid)
 
     async def supervise(
-        self, broker: Broker | Callable[[Instance], Awaitable[Broker]]
+        self,
+        broker: Broker | Callable[[Instance], Awaitable[Broker]],
+        progressed: Callable[[str], bool] | None = None,
     ) -> list[str]:
         """Restart dead workers (after releasing their messages); return what happened.
 
-        ``broker``: the broker of every instance, or a function giving an instance's."""
+        ``broker``: the broker of every instance, or a function giving an instance's.
+        ``progressed(consumer)``: whether that worker took on messages before it died; one
+        that did (killed by a message, say) restarts at once, one that did not backs off,
+        doubling the delay each time."""
         events = []
         now = time.monotonic()
         for inst in self.instances:
@@ -210,7 +215,8 @@ class Agent:
                 events.append(f"worker {inst.processor}[{inst.index}] restarted: over max_memory")
                 continue
             ran = now - inst.started
-            inst.failures = 0 if ran >= STABLE_AFTER else inst.failures + 1
+            worked = ran >= STABLE_AFTER or (progressed is not None and progressed(inst.consumer))
+            inst.failures = 0 if worked else inst.failures + 1
             delay = 0.0 if inst.failures <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (inst.failures - 1))
             if code == EXIT_CONFIG:
                 delay = max(delay, 5.0)

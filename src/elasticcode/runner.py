@@ -303,12 +303,21 @@ async def _run(
         progress.event(event)
     status = "interrupted"
     switch = _Switch(flow, root, agent)
+    received: dict[str, int] = {}  # per worker, from its reports: messages taken on
+
+    def progressed(consumer: str) -> bool:
+        """The worker got as far as taking messages: past its start, so a death is not a
+        crash loop (a message that kills workers is dead-lettered after its third try)."""
+        return received.get(consumer, 0) > 0
+
     try:
         while True:
-            for event in await agent.supervise(broker) + await switch.check(state):
+            supervised = await agent.supervise(broker, progressed)
+            for event in supervised + await switch.check(state):
                 events.append(event)
                 progress.event(event)
             reports = state.worker_reports(run_id)
+            received = {r.id: r.received + r.holding for r in reports}
             depths = await broker.depth(queues)
             progress.update(_totals(flow, agent, reports, broken), depths)
             if stop.is_set():
