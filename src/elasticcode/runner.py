@@ -316,6 +316,9 @@ async def _run(
             for event in supervised + await switch.check(state):
                 events.append(event)
                 progress.event(event)
+            # read before the depths: a source records that it is done only after it has
+            # published everything, so all it published is in the depths read after this
+            sources_finished = state.sources_done(run_id, sources)
             reports = state.worker_reports(run_id)
             received = {r.id: r.received + r.holding for r in reports}
             depths = await broker.depth(queues)
@@ -334,7 +337,7 @@ async def _run(
                 break
             live = [r for r in reports if r.id in agent.live_consumers()]
             moving = {q: d for q, d in depths.items() if q not in waiting}
-            if not forever and drained.check(moving, live, state.sources_done(run_id, sources)):
+            if not forever and drained.check(moving, live, sources_finished):
                 status = "incomplete" if broken else "finished"
                 break
             with contextlib.suppress(TimeoutError):
