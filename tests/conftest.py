@@ -115,3 +115,15 @@ def sink(payload, ctx):
 def json_steps(fd: FlowDir) -> None:
     """A ``steps`` module: ``numbers(count)`` and a ``sink`` appending payloads to sink.log."""
     fd.module("steps", JSON_STEPS.format(out=str(fd.root)))
+
+
+async def delete_queues(url: str, queues: list[str]) -> None:
+    """Remove a test's queues from a broker server, so that runs leave nothing behind."""
+    from elasticcode.brokers import open_broker
+
+    b = open_broker(url)
+    await b.connect()
+    try:
+        await b.delete(queues)
+    finally:
+        await b.close()

@@ -19,7 +19,7 @@ import pytest
 from elasticcode.agent import Agent
 from elasticcode.brokers import open_broker
 
-from .conftest import FlowDir
+from .conftest import FlowDir, delete_queues
 from .services import service_url
 from .test_soak import peak_rss
 
@@ -91,7 +91,7 @@ def test_a_slow_consumer_holds_memory_and_the_queue_bounded(
     finally:
         done.set()
         if url:
-            asyncio.run(_delete(url, flow.queues()))
+            asyncio.run(delete_queues(url, flow.queues()))
     seen = Counter(int(n) for n in out.read_bytes().split())
     lost = COUNT - len(set(seen))
     print(
@@ -106,12 +106,3 @@ def test_a_slow_consumer_holds_memory_and_the_queue_bounded(
     # the producer stops at the limit, give or take what is in flight (a batch, a prefetch)
     assert 0 < depth <= LIMIT + 600
     assert max(peaks.values()) < 150 * 2**20
-
-
-async def _delete(url: str, queues: list[str]) -> None:
-    b = open_broker(url)
-    await b.connect()
-    try:
-        await b.delete(queues)
-    finally:
-        await b.close()

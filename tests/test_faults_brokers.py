@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 import elasticcode
-from elasticcode.brokers import open_broker
 
-from .conftest import FlowDir
+from .conftest import FlowDir, delete_queues
 from .services import service_url
 
 pytestmark = pytest.mark.slow
@@ -101,13 +100,4 @@ def test_poison_hang_crash_and_leak_on_a_broker(
         assert "poison" in why and "without completing" in why, why
         assert any("over max_memory" in e for e in result.events)
     finally:
-        asyncio.run(_delete(url, clean.queues() + flow.queues()))
-
-
-async def _delete(url: str, queues: list[str]) -> None:
-    b = open_broker(url)
-    await b.connect()
-    try:
-        await b.delete(queues)
-    finally:
-        await b.close()
+        asyncio.run(delete_queues(url, clean.queues() + flow.queues()))

@@ -108,6 +108,10 @@ class Worker:
     def stop(self) -> None:
         self.stopping = True
 
+    def _asked_to_stop(self) -> bool:
+        """Whether ``stop`` was called (by a signal, while the worker awaited something)."""
+        return self.stopping
+
     async def run(self) -> int:
         """Run until stopped (or, for a source, until it is exhausted); return an exit code."""
         try:
@@ -203,6 +207,10 @@ class Worker:
             if not batch:
                 self.report.holding = 0
                 continue
+            if self._asked_to_stop():  # while it waited: this batch is for the other workers
+                await self.broker.release(self.consumer)
+                self.report.holding = 0
+                break
             # Tell the runner at once when an idle worker starts holding messages: with brokers
             # that do not count held messages, that is how it knows the flow is not drained.
             # (Between busy batches ``holding`` stays above 0, so this is one write per burst.)
