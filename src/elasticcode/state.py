@@ -233,7 +233,11 @@ class StateStore:
                     pool_size=connections,
                     max_overflow=2 * connections,
                 )
-            schema.ensure(self.engine, _safe(url))
+            try:
+                schema.ensure(self.engine, _safe(url))
+            except Exception:
+                self.engine.dispose()  # no connection left open behind the error
+                raise
         except sa.exc.SQLAlchemyError as exc:
             raise StateError(
                 f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "
