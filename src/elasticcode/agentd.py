@@ -238,7 +238,11 @@ class NetworkAgent:
             try:
                 for event in await self.supervisor.supervise(self._broker_of):
                     log.info("%s", event)
-                self.supervisor.instances = [i for i in self.supervisor.instances if not i.finished]
+                # a source that is done stays (as done, not to be started again); a replaced
+                # or removed instance that has exited goes
+                self.supervisor.instances = [
+                    i for i in self.supervisor.instances if not (i.finished and i.retiring)
+                ]
             except Exception as exc:  # supervision must go on
                 log.warning("supervising workers: %s", exc)
 
@@ -256,10 +260,12 @@ class NetworkAgent:
     def _workers(self) -> list[dict[str, Any]]:
         out = []
         for inst in self.supervisor.instances if self.supervisor else []:
-            if inst.finished:
+            if inst.finished and inst.retiring:
                 continue
             state = "running" if inst.alive else "restarting"
-            if inst.retiring:
+            if inst.finished:
+                state = "done"
+            elif inst.retiring:
                 state = "retiring"
             elif inst.last_exit is not None and not inst.alive and inst.failures > 1:
                 state = "error"
@@ -309,11 +315,7 @@ class NetworkAgent:
         needed = {f"{i['flow']}@{i['revision']}" for i in assignment["instances"]}
         self.documents = {k: v for k, v in documents.items() if k in needed}
         assignment = {**assignment, "flows": self.documents}
-        active = {
-            (i.flow_name, i.processor, i.index): i
-            for i in sup.instances
-            if not i.retiring and not i.finished
-        }
+        active = {(i.flow_name, i.processor, i.index): i for i in sup.instances if not i.retiring}
         errors: dict[tuple[str, str, int], str] = {}
         started = stopped = replaced = 0
         for key, item in sorted(wanted.items()):
