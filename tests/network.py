@@ -49,6 +49,17 @@ def sink(payload, ctx):
         os.close(fd)
 """
 
+#: A three-stage flow of the tests' steps (a → b → sink).
+PIPELINE = """
+processors:
+  - {name: a, code: steps:inc, instances: 3}
+  - {name: b, code: steps:inc, instances: 1}
+  - {name: sink, code: steps:sink, instances: 1}
+connections:
+  - {from: a, to: b}
+  - {from: b, to: sink}
+"""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:

@@ -14,18 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .network import ELASTICCODE, Network, network_for, postgres_database
+from .network import ELASTICCODE, PIPELINE, Network, network_for, postgres_database
 from .services import unavailable
-
-PIPELINE = """
-processors:
-  - {name: a, code: steps:inc, instances: 3}
-  - {name: b, code: steps:inc, instances: 1}
-  - {name: sink, code: steps:sink, instances: 1}
-connections:
-  - {from: a, to: b}
-  - {from: b, to: sink}
-"""
 
 
 @pytest.fixture

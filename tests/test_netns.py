@@ -18,10 +18,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .network import PIPELINE as ONE_B
 from .network import Network, free_port, postgres_database
 from .services import service_url, unavailable
 
 pytestmark = pytest.mark.slow
+
+PIPELINE = ONE_B.replace(
+    "name: b, code: steps:inc, instances: 1", "name: b, code: steps:inc, instances: 2"
+)
 
 
 def ip(*args: str, ns: str | None = None) -> None:
@@ -205,14 +210,3 @@ def test_a_host_cut_off_the_network_then_healed(hosts: Hosts, tmp_path: Path, br
             redis.wait(10)
         with contextlib.suppress(StopIteration):
             next(pg_gen)
-
-
-PIPELINE = """
-processors:
-  - {name: a, code: steps:inc, instances: 3}
-  - {name: b, code: steps:inc, instances: 2}
-  - {name: sink, code: steps:sink, instances: 1}
-connections:
-  - {from: a, to: b}
-  - {from: b, to: sink}
-"""

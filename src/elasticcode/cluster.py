@@ -635,14 +635,7 @@ class Cluster(StateStore):
         """What every processor of every flow wants, and the spec of each processor."""
         demands, specs = [], {}
         for f in flow_rows:
-            if (f.name, f.revision) not in self._parsed:
-                doc = db.execute(
-                    sa.select(flow_revisions.c.document).where(
-                        flow_revisions.c.flow == f.name, flow_revisions.c.revision == f.revision
-                    )
-                ).scalar_one()
-                self.parsed(f.name, f.revision, json.loads(doc))
-            flow = self._parsed[(f.name, f.revision)]
+            flow = self.parsed(f.name, f.revision, self._document(db, f.name, f.revision))
             for p in flow.processors:
                 c = controls.get((f.name, p.name))
                 specs[(f.name, p.name)] = self._spec(
