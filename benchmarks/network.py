@@ -34,7 +34,7 @@ import aiohttp
 import httpx
 import sqlalchemy as sa
 
-from elasticcode.schema import engine_url
+from elasticcode.store.schema import engine_url
 
 ELASTICCODE = str(Path(sys.executable).with_name("elasticcode"))
 

@@ -46,8 +46,8 @@ import celery_relay
 import raw_relay
 
 import elasticcode
-from elasticcode.agent import Agent
 from elasticcode.brokers import open_broker
+from elasticcode.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,7 +160,7 @@ def run_once(
     flow = build_flow(name, messages, out, prefetch, rate, cpu_ms)
     started = time.time()
 
-    def watch(agent: Agent) -> None:
+    def watch(agent: Supervisor) -> None:
         for inst in agent.instances:
             sampler.watch(inst.processor, [inst.pid or 0])
 

@@ -1,4 +1,4 @@
-"""Time of the control plane's placement (``elasticcode.scheduler.place``) on a simulated fleet.
+"""Time of the control plane's placement (``elasticcode.network.scheduler.place``) on a simulated fleet.
 
 The fleet: ``--agents`` agents of ``--capacity`` slots; half of them alone on their host, the
 other half four to a host; every host in one of three zones (label ``zone``), every tenth
@@ -26,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from elasticcode.scheduler import AgentSlot, Demand, Placement, place
+from elasticcode.network.scheduler import AgentSlot, Demand, Placement, place
 
 
 def fleet(agents: int, capacity: int) -> list[AgentSlot]:

@@ -33,7 +33,7 @@ import pipeline
 import raw_relay
 
 import elasticcode
-from elasticcode.agent import Agent
+from elasticcode.supervisor import Supervisor
 
 TARGETS = {
     "celery": 5.0,  # ElasticCode / Celery throughput, same broker and workers
@@ -52,7 +52,7 @@ def idle_worker_rss(settle: float = 3.0) -> float:
     flow.processor("wait", "bench_steps:stage1", instances=2)
     found: list[float] = []
 
-    def measure(agent: Agent) -> None:
+    def measure(agent: Supervisor) -> None:
         def go() -> None:
             time.sleep(settle)
             for inst in agent.instances:

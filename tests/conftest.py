@@ -15,7 +15,7 @@ import pytest
 
 import elasticcode
 from elasticcode import Flow, RunResult
-from elasticcode.agent import Agent
+from elasticcode.supervisor import Supervisor
 
 
 class FlowDir:
@@ -44,10 +44,10 @@ class FlowDir:
         return path.read_text().splitlines() if path.exists() else []
 
 
-def kill_worker(processor: str, after: float, killed: list[int]) -> Callable[[Agent], None]:
+def kill_worker(processor: str, after: float, killed: list[int]) -> Callable[[Supervisor], None]:
     """An ``on_start`` hook that kill -9s one worker of ``processor`` after ``after`` seconds."""
 
-    def hook(agent: Agent) -> None:
+    def hook(agent: Supervisor) -> None:
         def go() -> None:
             time.sleep(after)
             for inst in agent.instances:

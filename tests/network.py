@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from elasticcode import control
 from elasticcode.flow import Flow
+from elasticcode.local import queues as control
 
 from .services import service_url, unavailable
 
@@ -71,7 +71,7 @@ def postgres_database() -> Iterator[str]:
     """A new, empty PostgreSQL database (dropped afterwards); skips (fails in CI) without one."""
     import sqlalchemy as sa
 
-    from elasticcode.schema import engine_url
+    from elasticcode.store.schema import engine_url
 
     name = f"ec_test_{uuid.uuid4().hex[:10]}"
     try:

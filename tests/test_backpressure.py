@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from elasticcode.agent import Agent
 from elasticcode.brokers import open_broker
+from elasticcode.supervisor import Supervisor
 
 from .conftest import FlowDir, delete_queues
 from .services import service_url
@@ -65,7 +65,7 @@ def test_a_slow_consumer_holds_memory_and_the_queue_bounded(
     depth = 0
     done = threading.Event()
 
-    def watch(agent: Agent) -> None:
+    def watch(agent: Supervisor) -> None:
         async def sample() -> None:
             nonlocal depth
             b = open_broker(url or f"sqlite:///{fd.state / 'queues.db'}")

@@ -12,8 +12,8 @@ import pytest
 
 import elasticcode
 from elasticcode import Flow
+from elasticcode.code import load
 from elasticcode.errors import FlowError, ProcessorError
-from elasticcode.processor import load
 
 from .conftest import FlowDir, kill_worker
 from .services import unavailable

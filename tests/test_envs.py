@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from elasticcode import Flow
+from elasticcode.code import check_code
 from elasticcode.errors import ProcessorError
-from elasticcode.runner import check_code
 
 from .conftest import FlowDir, json_steps
 

@@ -9,7 +9,7 @@ import pytest
 
 from elasticcode import Flow
 from elasticcode.errors import FlowError, FlowFileError
-from elasticcode.flow import parse_duration, parse_size
+from elasticcode.units import parse_duration, parse_size
 
 YAML = """\
 name: demo

@@ -18,9 +18,11 @@ from click.testing import CliRunner
 
 from elasticcode import Flow
 from elasticcode.cli import main
+from elasticcode.code import check_code
+from elasticcode.code.git import GitError, resolve
 from elasticcode.errors import ProcessorError
-from elasticcode.gitcode import GitError, resolve
-from elasticcode.runner import check_code, pin_code, state_paths
+from elasticcode.local.paths import state_paths
+from elasticcode.local.runner import pin_code
 
 from .conftest import FlowDir, json_steps
 from .services import unavailable

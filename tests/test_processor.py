@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from elasticcode import Flow, Output
+from elasticcode.code import load
 from elasticcode.errors import ProcessorError
-from elasticcode.processor import Context, collect, load
+from elasticcode.processor import Context, collect
 
 from .conftest import FlowDir
 

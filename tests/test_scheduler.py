@@ -1,4 +1,4 @@
-"""The placement of processor instances on agents (``elasticcode.scheduler``)."""
+"""The placement of processor instances on agents (``elasticcode.network.scheduler``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elasticcode.scheduler import AgentSlot, Demand, Placement, place
+from elasticcode.network.scheduler import AgentSlot, Demand, Placement, place
 
 Current = Mapping[str, Sequence[str | None]]
 

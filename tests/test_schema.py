@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from elasticcode import schema
 from elasticcode.errors import StateError
-from elasticcode.state import StateStore, metadata
+from elasticcode.store import StateStore, schema
+from elasticcode.store.tables import metadata
 
 from .network import ELASTICCODE, postgres_database
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from elasticcode.agent import Agent
+from elasticcode.supervisor import Supervisor
 
 from .conftest import FlowDir
 
@@ -72,7 +72,7 @@ def test_soak_a_million_messages_with_random_kills(fd: FlowDir) -> None:
     done = threading.Event()
     rng = random.Random(int(os.environ.get("ELASTICCODE_SOAK_SEED", "7")))
 
-    def chaos(agent: Agent) -> None:
+    def chaos(agent: Supervisor) -> None:
         def go() -> None:
             next_kill = time.monotonic() + rng.uniform(2, 5)
             while not done.is_set():

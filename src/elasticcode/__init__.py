@@ -6,17 +6,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .control import dead_letters, replay, send
     from .errors import ElasticCodeError, Reject
     from .flow import Connection, Flow, Processor, Retry, Schedule
+    from .local.queues import dead_letters, replay, send
+    from .local.result import RunResult
+    from .local.runner import run
     from .message import Message
     from .processor import Context, Output
-    from .runner import RunResult, run
 
 __version__ = "0.1.0"
 
 #: Public name -> module. Imported on first use, so that a worker process loads only what it
-#: needs (and ``python -m elasticcode.worker`` does not import itself twice).
+#: needs.
 _EXPORTS = {
     "Connection": "flow",
     "Context": "processor",
@@ -27,12 +28,12 @@ _EXPORTS = {
     "Processor": "flow",
     "Reject": "errors",
     "Retry": "flow",
-    "RunResult": "runner",
+    "RunResult": "local.result",
     "Schedule": "flow",
-    "dead_letters": "control",
-    "replay": "control",
-    "run": "runner",
-    "send": "control",
+    "dead_letters": "local.queues",
+    "replay": "local.queues",
+    "run": "local.runner",
+    "send": "local.queues",
 }
 
 __all__ = [

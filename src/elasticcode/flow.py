@@ -7,13 +7,11 @@ writes a file that loads back equal. Errors in a flow file name the file, line a
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,58 +24,13 @@ from pydantic import (
 )
 
 from .errors import FlowError, FlowFileError
+from .flowfile import GraphProblems, located, parse, render
 from .message import DEFAULT_MAX_MESSAGE_BYTES
+from .units import Duration, Size
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 DEFAULT_INPUT = "input"
 DEFAULT_OUTPUTS = ("success", "failure")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZES = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as ``500ms``, ``5s``, ``2m``, ``1h``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 5s, 500ms or 2m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*", str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration; write e.g. 5s, 500ms, 2m or 1h")
-        seconds = float(match[1]) * _UNITS[match[2] or "s"]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a number or a string such as ``64MB`` or ``1GiB``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 64MB")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", str(value), re.I)
-        if not match:
-            raise ValueError(f"{value!r} is not a size; write e.g. 65536, 64KB, 64MB or 1GiB")
-        size = int(float(match[1]) * _SIZES[(match[2] or "").lower()])
-    if size < 0:
-        raise ValueError("a size cannot be negative")
-    return size
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, Field(pattern=NAME)]
 
 
@@ -134,7 +87,7 @@ class GitSource(_Model):
     path: str = ""
     #: Name of the environment variable holding the token or SSH key path for the repository.
     credential: str | None = None
-    #: The commit the ref resolved to; set by the engine (see ``elasticcode.gitcode``).
+    #: The commit the ref resolved to; set by the engine (see ``elasticcode.code.pinning``).
     commit: str | None = None
 
     @field_validator("path")
@@ -159,14 +112,14 @@ class Processor(_Model):
     name: Name
     code: str | None = None
     inline: str | None = None
-    #: An executable speaking JSON lines on stdin/stdout (see ``elasticcode.command``).
+    #: An executable speaking JSON lines on stdin/stdout (see ``elasticcode.code.command``).
     command: str | list[str] | None = None
     #: Working folder of a command, relative to the flow's folder (default: that folder).
     cwd: str | None = None
     #: The code (module or command) comes from this git repository.
     git: GitSource | None = None
     #: Packages the processor needs, or a requirements file in its code folder: its workers
-    #: then run in an environment of their own (see ``elasticcode.envs``).
+    #: then run in an environment of their own (see ``elasticcode.code.envs``).
     requirements: list[str] | str | None = None
     entry: str = "process"
     config: dict[str, Any] = Field(default_factory=dict)
@@ -320,7 +273,7 @@ class Flow(_Model):
             setattr(self, field, [*before, item])
         except ValidationError as exc:
             self.__dict__[field] = before
-            raise FlowError(str(_located(exc, {}, ""))) from None
+            raise FlowError(str(located(exc, {}, ""))) from None
 
     # -- queries ----------------------------------------------------------------------------
     def get(self, name: str) -> Processor:
@@ -377,6 +330,28 @@ class Flow(_Model):
             names += [self.inbox(proc.name, port) for port in proc.input_ports]
         return names
 
+    def module_paths(self) -> list[str]:
+        """The folders processor modules are imported from, absolute."""
+        return [str((self.base_dir / p).resolve()) for p in self.path]
+
+    def frozen(self, base_dir: Path | None = None) -> Flow:
+        """The flow with module paths and command folders made absolute, so that it runs the
+        same from any folder (``base_dir``)."""
+        folder = self.base_dir.resolve()
+        processors = [
+            p.model_copy(update={"cwd": str(folder / (p.cwd or "."))})
+            if p.command and p.git is None
+            else p
+            for p in self.processors
+        ]
+        return self.model_copy(
+            update={
+                "path": self.module_paths(),
+                "base_dir": base_dir or folder,
+                "processors": processors,
+            }
+        )
+
     def problems(self) -> Iterator[tuple[tuple[Any, ...], str]]:
         """(location, message) for every inconsistency in the graph."""
         seen: dict[str, Processor] = {}
@@ -430,12 +405,7 @@ class Flow(_Model):
     def dump(self, path: str | Path | None = None, fmt: str | None = None) -> str:
         """The flow as YAML (or JSON); written to ``path`` when given."""
         fmt = fmt or ("json" if path and str(path).endswith(".json") else "yaml")
-        data = self.to_dict()
-        text = (
-            json.dumps(data, indent=2) + "\n"
-            if fmt == "json"
-            else yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-        )
+        text = render(self.to_dict(), fmt)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -454,50 +424,16 @@ class Flow(_Model):
         try:
             return cls.from_dict(data)
         except ValidationError as exc:
-            raise _located(exc, {}, source) from None
+            raise located(exc, {}, source) from None
 
     @classmethod
     def loads(cls, text: str, source: str = "<flow>", base_dir: Path | None = None) -> Flow:
         """Parse YAML or JSON text; errors point at the line and column at fault."""
-        if source.endswith(".json"):
-            try:
-                json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise FlowFileError(
-                    f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno
-                ) from None
-        try:
-            loader = _Loader(text)
-            try:
-                node = loader.get_single_node()
-                data = loader.construct_document(node) if node is not None else None
-            finally:
-                loader.dispose()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise FlowFileError(
-                f"invalid YAML: {exc.problem or exc.context}",
-                source,
-                mark.line + 1 if mark else None,
-                mark.column + 1 if mark else None,
-            ) from None
-        except yaml.YAMLError as exc:
-            raise FlowFileError(f"invalid YAML: {exc}", source) from None
-        if not isinstance(data, dict):
-            raise FlowFileError(
-                "a flow file must be a mapping with name, processors and connections", source, 1, 1
-            )
-        marks = _marks(node)
-        duplicate = _duplicate_key(node)
-        if duplicate:
-            key, mark = duplicate
-            raise FlowFileError(
-                f"key {key!r} appears twice", source, mark.line + 1, mark.column + 1
-            )
+        data, marks = parse(text, source)
         try:
             return cls.from_dict(data, base_dir)
         except ValidationError as exc:
-            raise _located(exc, marks, source) from None
+            raise located(exc, marks, source) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Flow:
@@ -510,39 +446,6 @@ class Flow(_Model):
         return cls.loads(text, str(path), path.resolve().parent)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so `on`, `no`, `NO` stay strings."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Writes multi-line strings (inline code) as literal blocks."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-class GraphProblems(ValueError):
-    def __init__(self, problems: list[tuple[tuple[Any, ...], str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(msg for _, msg in problems))
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -550,7 +453,7 @@ def _build(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise FlowError(str(_located(exc, {}, ""))) from None
+        raise FlowError(str(located(exc, {}, ""))) from None
 
 
 def _ref(end: str | Processor) -> str:
@@ -571,89 +474,3 @@ def _with_base(data: Any, base_dir: Path | None) -> Any:
     if isinstance(data, dict) and base_dir is not None:
         return {**data, "base_dir": base_dir}
     return data
-
-
-def _marks(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], yaml.Mark]:
-    out: dict[tuple[Any, ...], yaml.Mark] = {}
-    if node is None:
-        return out
-    out[path] = node.start_mark
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = (*path, key.value)
-            out.update(_marks(value, sub))
-            out[sub] = key.start_mark
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            out.update(_marks(value, (*path, i)))
-    return out
-
-
-def _duplicate_key(node: yaml.Node | None) -> tuple[str, yaml.Mark] | None:
-    if isinstance(node, yaml.MappingNode):
-        keys: set[Any] = set()
-        for key, value in node.value:
-            if key.value in keys:
-                return key.value, key.start_mark
-            keys.add(key.value)
-            found = _duplicate_key(value)
-            if found:
-                return found
-    elif isinstance(node, yaml.SequenceNode):
-        for value in node.value:
-            found = _duplicate_key(value)
-            if found:
-                return found
-    return None
-
-
-def _located(
-    exc: ValidationError, marks: dict[tuple[Any, ...], yaml.Mark], source: str
-) -> FlowFileError:
-    """The first validation error as a FlowFileError at its place in the file; all in the text."""
-    lines: list[tuple[tuple[Any, ...], str]] = []
-    for err in exc.errors():
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, GraphProblems):
-            lines.extend(cause.problems)
-            continue
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        field = err["loc"][-1] if err["loc"] else ""  # a key of the file's own, kept as it is
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field {field!r}; check its spelling"
-        elif err["type"] == "missing":
-            msg = f"field {field!r} is required"
-        lines.append((loc, msg))
-    located = []
-    first: yaml.Mark | None = None
-    for loc, msg in lines:
-        mark = _nearest(marks, loc)
-        where = f"line {mark.line + 1}: " if mark else ""
-        first = first or mark
-        located.append(f"{where}{_dotted(loc)}: {msg}" if loc else f"{where}{msg}")
-    text = (
-        located[0] if len(located) == 1 else f"{len(located)} problems:\n  " + "\n  ".join(located)
-    )
-    mark = _nearest(marks, lines[0][0]) if lines else None
-    return FlowFileError(
-        text.split(": ", 1)[1] if len(located) == 1 and mark else text,
-        source,
-        mark.line + 1 if mark else None,
-        mark.column + 1 if mark else None,
-    )
-
-
-def _nearest(marks: dict[tuple[Any, ...], yaml.Mark], loc: tuple[Any, ...]) -> yaml.Mark | None:
-    for n in range(len(loc), -1, -1):
-        mark = marks.get(loc[:n])
-        if mark is not None:
-            return mark
-    return None
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -1,18 +1,20 @@
 """A worker: one OS process running one processor instance.
 
-A consuming worker fetches a batch from its input queues (prefetch), calls the processor for
-each message, and settles the batch: outputs published, inputs acknowledged, failures retried
-with backoff or routed to ``failure`` / the dead-letter store. An input is never acknowledged
-before its outputs are durable. A source worker calls its source (once, on an interval or by
-cron), publishes what it produces in batches, and records its progress so that a restarted
-run resumes where it stopped.
+A message's path through the engine reads top to bottom here: a ``Consumer`` fetches a batch
+from its input queues (prefetch), calls the processor for each message (``_handle``), encodes
+what it emitted (``_encode``) and settles the batch (``_process``): outputs published,
+inputs acknowledged, failures retried with backoff or routed to ``failure`` / the dead-letter
+store. An input is never acknowledged before its outputs are durable. A source worker is in
+``elasticcode.source``; the process entry point in ``elasticcode.launch``; a supervisor
+starts and restarts these processes (``elasticcode.supervisor``).
 
-Run as ``python -m elasticcode.worker``; the agent starts and supervises these processes.
+Exit codes: 0 stopped or exhausted; ``EXIT_CONFIG`` the code does not load (restarted after
+a pause); ``EXIT_MEMORY`` over ``max_memory`` (restarted at once); ``EXIT_DISK_FULL`` the
+embedded queues' disk is full.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import inspect
@@ -22,34 +24,29 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .brokers import Broker, Delivery, Settlement, open_broker
+from .brokers import Broker, Delivery, Settlement
+from .code import load
 from .errors import (
-    DiskFull,
     ElasticCodeError,
     MessageError,
     ProcessorError,
     Reject,
-    StateUnreachable,
 )
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
-from .processor import Context, Loaded, Output, collect, collect_sync, load
-from .state import StateStore, WorkerReport
+from .processor import Context, Loaded, Output, collect, collect_sync
+from .store import StateStore, WorkerReport
 
 log = logging.getLogger("elasticcode.worker")
 
 REPORT_EVERY = 0.5
-SOURCE_BATCH = 500
-SOURCE_FLUSH = 0.001  # a source publishes what it has after this long (s)
 ROOM_FRESH = 0.1  # how long a queue depth reading stands for back pressure (s)
 EXIT_CONFIG = 3
 EXIT_MEMORY = 4  # over max_memory: to be restarted at once
 EXIT_DISK_FULL = 5  # the embedded queues' disk is full
-BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
-STATE_ENV = "ELASTICCODE_WORKER_STATE"
 
 
 class OutputError(ElasticCodeError):
@@ -57,6 +54,10 @@ class OutputError(ElasticCodeError):
 
 
 class Worker:
+    """What every worker does: load and set up the processor, connect to the broker, report,
+    hold back while an outgoing connection is full, encode outputs, tear down. ``Consumer``
+    (below) and ``Source`` (``elasticcode.source``) do the work in between."""
+
     def __init__(
         self,
         flow: Flow,
@@ -94,7 +95,6 @@ class Worker:
         self._room, self._room_at = 0, 0.0
         self._parent = os.getppid()
         self.loaded: Loaded | None = None
-        self._calls = 0
         self.ctx = Context(
             flow.name,
             processor,
@@ -127,12 +127,9 @@ class Worker:
             await self.broker.declare(list(self.inputs) + list(self.limits))
             self.report.status = "running"
             self._publish_report(force=True)
-            if self.spec.is_source:
-                await self._source()
-            else:
-                await self._consume()
-                if self.recycle:
-                    return EXIT_MEMORY
+            await self._work()
+            if self.recycle:
+                return EXIT_MEMORY
         finally:
             if self.loaded.teardown is not None:
                 try:
@@ -145,6 +142,10 @@ class Worker:
             await self.broker.close()
         return 0
 
+    async def _work(self) -> None:
+        """What the worker does between setup and teardown: consume, or produce."""
+        raise NotImplementedError
+
     def _fatal(self, message: str) -> int:
         log.error("%s", message)
         self.report.status = "error"
@@ -156,8 +157,8 @@ class Worker:
         now = time.monotonic()
         if force or now - self._reported >= REPORT_EVERY:
             self._reported = now
-            if os.getppid() != self._parent:  # the agent is gone: do not run unsupervised
-                log.warning("agent process is gone; stopping")
+            if os.getppid() != self._parent:  # the supervisor is gone: do not run unsupervised
+                log.warning("supervisor process is gone; stopping")
                 self.stopping = True
             try:
                 self.state.report(self.report)
@@ -190,8 +191,54 @@ class Worker:
             await asyncio.sleep(0.05)
         return 0 if self.stopping else sys.maxsize
 
-    # -- consuming --------------------------------------------------------------------------
-    async def _consume(self) -> None:
+    def _encode(
+        self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()
+    ) -> list[tuple[str, bytes]]:
+        items: list[tuple[str, bytes]] = []
+        counts: dict[str, int] = {}
+        given = iter(ids)
+        now = time.time()
+        for out in outputs:
+            queues = self.outputs.get(out.port)
+            if queues is None:
+                raise OutputError(
+                    f"emitted to port {out.port!r}, which it does not "
+                    f"declare; declare it under outputs (now: {', '.join(self.outputs)})"
+                )
+            n = counts[out.port] = counts.get(out.port, -1) + 1
+            if not queues:
+                continue  # port not connected: the message ends here
+            if out.key is not None:
+                mid = derive_id(self.flow.name, self.name, out.port, out.key)
+            elif parent is not None:
+                mid = derive_id(parent.id, self.name, out.port, n)
+            else:
+                mid = next(given)
+            attributes = parent.attributes if parent is not None else {}
+            if out.attributes:
+                attributes = {**attributes, **out.attributes}
+            child = Message(
+                out.payload,
+                mid,
+                self.flow.name,
+                self.name,
+                now,
+                (parent.id,) if parent is not None else (),
+                attributes,
+            )
+            try:
+                body = encode(child, self.max_bytes)
+            except MessageError as exc:
+                raise OutputError(f"output on port {out.port!r}: {exc}") from None
+            items.extend((q, body) for q in queues)
+        return items
+
+
+class Consumer(Worker):
+    """A worker of a processor with inputs: fetch a batch, call the processor for each
+    message, settle the batch (outputs published before inputs are acknowledged)."""
+
+    async def _work(self) -> None:
         assert self.loaded is not None
         queues = list(self.inputs)
         prefetch = self.spec.prefetch
@@ -310,48 +357,6 @@ class Worker:
             self.report.emitted += len(outputs)
             deferred.extend(ctx.deferred)
 
-    def _encode(
-        self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()
-    ) -> list[tuple[str, bytes]]:
-        items: list[tuple[str, bytes]] = []
-        counts: dict[str, int] = {}
-        given = iter(ids)
-        now = time.time()
-        for out in outputs:
-            queues = self.outputs.get(out.port)
-            if queues is None:
-                raise OutputError(
-                    f"emitted to port {out.port!r}, which it does not "
-                    f"declare; declare it under outputs (now: {', '.join(self.outputs)})"
-                )
-            n = counts[out.port] = counts.get(out.port, -1) + 1
-            if not queues:
-                continue  # port not connected: the message ends here
-            if out.key is not None:
-                mid = derive_id(self.flow.name, self.name, out.port, out.key)
-            elif parent is not None:
-                mid = derive_id(parent.id, self.name, out.port, n)
-            else:
-                mid = next(given)
-            attributes = parent.attributes if parent is not None else {}
-            if out.attributes:
-                attributes = {**attributes, **out.attributes}
-            child = Message(
-                out.payload,
-                mid,
-                self.flow.name,
-                self.name,
-                now,
-                (parent.id,) if parent is not None else (),
-                attributes,
-            )
-            try:
-                body = encode(child, self.max_bytes)
-            except MessageError as exc:
-                raise OutputError(f"output on port {out.port!r}: {exc}") from None
-            items.extend((q, body) for q in queues)
-        return items
-
     def _failed(
         self,
         d: Delivery,
@@ -402,121 +407,6 @@ class Worker:
         report.dead += 1
         settlement.dead.append((d, f"processor {self.name!r}: {error}" + (f"\n{tb}" if tb else "")))
 
-    # -- sources ----------------------------------------------------------------------------
-    async def _source(self) -> None:
-        spec = self.spec
-        schedule = spec.source
-        assert schedule is not None and self.loaded is not None
-        offset, calls, done = self.state.source_progress(self.run_id, self.name)
-        self._calls = calls
-        failures = 0
-        last_call = 0.0
-        while not done and not self.stopping:
-            if schedule.scheduled:
-                if schedule.count is not None and calls >= schedule.count:
-                    break
-                if not await self._sleep_until(self._next_tick(last_call)):
-                    break
-                last_call = time.time()
-            try:
-                skip = 0 if schedule.scheduled else offset
-                offset = await self._produce(offset, skip, calls + 1)
-            except _Stopped:
-                return
-            except Exception as exc:
-                failures += 1
-                self.report.errors += 1
-                self.report.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("source %s failed: %s", self.name, traceback.format_exc())
-                if schedule.scheduled:
-                    calls = self._calls = calls + 1
-                    self.state.save_source(self.run_id, self.name, offset, calls, False)
-                    continue
-                if failures > spec.retries.max:
-                    self.report.status = "failed"
-                    self.state.save_source(self.run_id, self.name, offset, calls, True)
-                    return
-                await asyncio.sleep(spec.retries.delay(failures))
-                continue
-            calls = self._calls = calls + 1
-            done = not schedule.scheduled
-            self.state.save_source(self.run_id, self.name, offset, calls, done)
-        if not self.stopping:
-            self.state.save_source(self.run_id, self.name, offset, calls, True)
-            self.report.status = "done"
-
-    def _next_tick(self, last_call: float) -> float:
-        schedule = self.spec.source
-        assert schedule is not None
-        if schedule.cron is not None:
-            from croniter import croniter
-
-            return float(croniter(schedule.cron, time.time()).get_next(float))
-        assert schedule.interval is not None
-        return last_call + schedule.interval if last_call else time.time()
-
-    async def _sleep_until(self, when: float) -> bool:
-        while not self.stopping:
-            left = when - time.time()
-            if left <= 0:
-                return True
-            self._publish_report()
-            await asyncio.sleep(min(left, 0.2))
-        return False
-
-    async def _produce(self, offset: int, skip: int, call_no: int) -> int:
-        """Call the source once and publish what it produces; return the new offset."""
-        assert self.loaded is not None
-        ctx = self.ctx.child(None, None)
-        result = self.loaded.call(ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        pending: list[Output] = []
-        flushed = time.monotonic()
-        position = 0
-        async for item in _items(result, ctx):
-            position += 1
-            if position <= skip:
-                continue  # emitted before a restart
-            pending.append(item)
-            if len(pending) >= SOURCE_BATCH or time.monotonic() - flushed > SOURCE_FLUSH:
-                offset = await self._flush(pending, offset)
-                pending = []
-                flushed = time.monotonic()
-                await asyncio.sleep(0)  # a chance for SIGTERM's callback (see _consume)
-                if self.stopping:
-                    raise _Stopped
-        if pending:
-            offset = await self._flush(pending, offset)
-        return offset
-
-    async def _flush(self, outputs: list[Output], offset: int) -> int:
-        """Publish outputs in chunks that fit the outgoing connections; return the new offset.
-
-        Told to stop while waiting for room, it drops what is unpublished: the offset does
-        not cover it, so a resumed run produces it again.
-        """
-        while outputs:
-            room = await self._wait_for_room()
-            if not room:
-                raise _Stopped
-            chunk, outputs = outputs[:room], outputs[room:]
-            ids = [
-                derive_id(self.flow.name, self.run_id, self.name, offset + i)
-                for i in range(len(chunk))
-            ]
-            await self.broker.publish(self._encode(None, chunk, ids))
-            self._room -= len(chunk)
-            offset += len(chunk)
-            self.report.emitted += len(chunk)
-            self.state.save_source(self.run_id, self.name, offset, self._calls, False)
-            self._publish_report()
-        return offset
-
-
-class _Stopped(Exception):
-    pass
-
 
 def _resident() -> int:
     """This process's resident memory now, in bytes."""
@@ -550,24 +440,6 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-async def _items(result: Any, ctx: Context) -> AsyncIterator[Output]:
-    """What a source call produced, one output at a time."""
-    for out in ctx.outputs:
-        yield out
-    if result is None:
-        return
-    if isinstance(result, Output):
-        yield result
-    elif inspect.isasyncgen(result):
-        async for item in result:
-            yield item if isinstance(item, Output) else Output(item)
-    elif isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
-        yield Output(result)
-    else:
-        for item in result:
-            yield item if isinstance(item, Output) else Output(item)
-
-
 def _call_hook(hook: Any, ctx: Context) -> Any:
     params = inspect.signature(hook).parameters
     return hook(ctx) if params else hook()
@@ -575,65 +447,3 @@ def _call_hook(hook: Any, ctx: Context) -> Any:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m elasticcode.worker",
-        description="Run one processor instance (started by an agent).",
-    )
-    parser.add_argument("--flow", required=True, help="flow file")
-    parser.add_argument("--processor", required=True)
-    parser.add_argument("--instance", type=int, default=0)
-    parser.add_argument("--run", type=int, required=True, dest="run_id")
-    parser.add_argument(
-        "--broker", default=os.environ.get(BROKER_ENV), help=f"[default: ${BROKER_ENV}]"
-    )
-    parser.add_argument(
-        "--state", default=os.environ.get(STATE_ENV), help=f"[default: ${STATE_ENV}]"
-    )
-    parser.add_argument("--consumer", required=True)
-    args = parser.parse_args(argv)
-    if not args.broker or not args.state:
-        parser.error(f"give --broker and --state, or set {BROKER_ENV} and {STATE_ENV}")
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s {args.processor}[{args.instance}] %(levelname)s %(message)s",
-    )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
-    flow = Flow.load(args.flow)
-    broker = open_broker(
-        args.broker, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
-    )
-    state = _open_state(args.state)
-    worker = Worker(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
-
-    async def go() -> int:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
-        return await worker.run()
-
-    try:
-        return asyncio.run(go())
-    except DiskFull as exc:  # nothing more can be written: say so and let the agent decide
-        log.error("%s", exc)
-        return EXIT_DISK_FULL
-    finally:
-        state.close()
-
-
-def _open_state(url: str) -> StateStore:
-    """The state store; while it does not answer, wait for it (the agent stops this worker
-    if it should give up)."""
-    delay = 0.5
-    while True:
-        try:
-            return StateStore(url)
-        except StateUnreachable as exc:
-            log.warning("waiting for the state store: %s; retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

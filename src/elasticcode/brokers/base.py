@@ -92,8 +92,8 @@ class Broker(abc.ABC):
     * ``fetch`` hands a message to one consumer at a time; ``Delivery.delivery`` counts how
       often it has been handed out (1 the first time, +1 on every redelivery or retry).
     * A message is held until ``ack``, ``retry`` or ``dead_letter``; if its consumer dies,
-      the message is handed out again (at once after ``release``, else after a lease/ack
-      timeout).
+      the message is handed out again (at once after ``release`` or ``release_all``, else
+      after a lease/ack timeout).
     * ``retry`` makes a message visible again after a delay; ``dead_letter`` keeps the body
       with the error until ``replay`` puts it back (delivery count reset).
     * ``depth`` counts messages not yet acknowledged. Where ``counts_in_flight`` is False it
@@ -161,6 +161,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def release(self, consumer: str) -> int:
         """Make every message held by a consumer that is gone visible again."""
+
+    async def release_all(self) -> int:
+        """Make every message that this host's consumers held in the declared queues visible
+        again: for a host's only supervisor, starting after its workers died with it. Where
+        ``releases_held`` is False the broker did that itself; the default does nothing."""
+        return 0
 
     @abc.abstractmethod
     async def delete(self, queues: Sequence[str]) -> None:

@@ -118,11 +118,7 @@ class RoutedBroker(Broker):
         return sum([await b.release(consumer) for b in self._brokers])
 
     async def release_all(self) -> int:
-        total = 0
-        for b in self._brokers:
-            release_all = getattr(b, "release_all", None)
-            total += int(await release_all()) if release_all is not None else 0
-        return total
+        return sum([await b.release_all() for b in self._brokers])
 
     async def delete(self, queues: Sequence[str]) -> None:
         for i, qs in self._split(queues).items():

@@ -1,10 +1,9 @@
-"""The ``elasticcode`` command: a thin layer over the library API."""
+"""The ``elasticcode`` commands of one host: ``run``, ``send``, ``validate``, ``export``,
+``queues``, ``dead-letters`` and ``code``, each a thin layer over a library call."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import runpy
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,58 +11,21 @@ from typing import Any
 import click
 from rich.console import Console
 
-from . import control
-from .errors import ElasticCodeError, FlowError
-from .flow import Flow
-from .progress import Progress
-from .runner import check_code, run, summarize
-
-FLOW_HELP = "FLOW is a flow file (.yaml, .yml, .json), a Python file defining `flow` (file.py or file.py:NAME), or module:NAME."
-
-
-def load_flow(ref: str) -> Flow:
-    """A flow from a file, a Python file, or ``module:attribute``."""
-    path_part, _, attr = (
-        ref.partition(":") if ref.count(":") == 1 and not Path(ref).exists() else (ref, "", "")
-    )
-    path = Path(path_part)
-    if path.suffix in (".yaml", ".yml", ".json"):
-        return Flow.load(path)
-    if path.suffix == ".py":
-        if not path.exists():
-            raise FlowError(f"no such file: {path}")
-        sys.path.insert(0, str(path.resolve().parent))
-        namespace = runpy.run_path(str(path), run_name="__elasticcode__")
-        flow = namespace.get(attr or "flow")
-        if not isinstance(flow, Flow):
-            raise FlowError(f"{path} defines no Flow named {attr or 'flow'!r}")
-        if "base_dir" not in flow.model_fields_set:
-            flow.base_dir = path.resolve().parent
-        return flow
-    if attr:
-        try:
-            obj = getattr(importlib.import_module(path_part), attr)
-        except (ImportError, AttributeError) as exc:
-            raise FlowError(f"cannot load flow {ref!r}: {exc}") from None
-        if not isinstance(obj, Flow):
-            raise FlowError(f"{ref} is not a Flow")
-        return obj
-    raise FlowError(f"cannot tell what {ref!r} is; {FLOW_HELP}")
+from ..code import check_code
+from ..errors import FlowError
+from ..flow import Flow
+from ..local import queues as local_queues
+from ..local.paths import state_paths
+from ..local.progress import Progress
+from ..local.result import summarize
+from ..local.runner import pin_code, run
+from .flowref import FLOW_HELP, load_flow
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ElasticCodeError as exc:
-            Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, markup=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="elasticcode")
-def main() -> None:
-    """ElasticCode: run flows of Python processors on durable queues."""
+def register(main: click.Group) -> None:
+    """Add the one-host commands to the ``elasticcode`` command."""
+    for command in (run_cmd, send, validate, export, queues, dead_letters, code_group):
+        main.add_command(command)
 
 
 state_dir_option = click.option(
@@ -81,7 +43,7 @@ broker_option = click.option(
 )
 
 
-@main.command("run", epilog=FLOW_HELP)
+@click.command("run", epilog=FLOW_HELP)
 @click.argument("flow")
 @state_dir_option
 @broker_option
@@ -133,7 +95,7 @@ def run_cmd(
     sys.exit(0 if result.status == "finished" or forever else 1)
 
 
-@main.command(epilog=FLOW_HELP)
+@click.command(epilog=FLOW_HELP)
 @click.argument("flow")
 @click.argument("target")
 @click.argument("data", required=False)
@@ -166,7 +128,7 @@ def send(
     )
     payloads = [line if text else _json(line) for line in lines]
     attributes = dict(_pair(a) for a in attrs)
-    ids = control.send(
+    ids = local_queues.send(
         load_flow(flow), target, payloads, attributes=attributes, state_dir=state_dir, broker=broker
     )
     click.echo(f"queued {len(ids)} message(s) for {target}", err=True)
@@ -190,7 +152,7 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-@main.command(epilog=FLOW_HELP)
+@click.command(epilog=FLOW_HELP)
 @click.argument("flow")
 def validate(flow: str) -> None:
     """Check FLOW and load every processor's code, without running anything."""
@@ -201,7 +163,7 @@ def validate(flow: str) -> None:
     )
 
 
-@main.command(epilog=FLOW_HELP)
+@click.command(epilog=FLOW_HELP)
 @click.argument("flow")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write to this file [default: stdout]."
@@ -232,7 +194,7 @@ def export(
         Path(flow).exists() or ":" in flow or Path(flow).suffix in (".yaml", ".yml", ".json", ".py")
     )
     if server or revision or not local:
-        from .netcli import Api
+        from ..network.client import Api
 
         params = {"revision": revision} if revision else None
         model = Flow.from_dict(Api(server)("GET", f"/flows/{flow}/export", params=params))
@@ -243,17 +205,17 @@ def export(
         click.echo(text, nl=False)
 
 
-@main.command(epilog=FLOW_HELP)
+@click.command(epilog=FLOW_HELP)
 @click.argument("flow")
 @state_dir_option
 @broker_option
 def queues(flow: str, state_dir: str | None, broker: str | None) -> None:
     """Show the depth of every queue of FLOW."""
-    for q, (n, size) in control.queue_depths(load_flow(flow), state_dir, broker).items():
+    for q, (n, size) in local_queues.queue_depths(load_flow(flow), state_dir, broker).items():
         click.echo(f"{n:>10,} msgs {size:>14,} bytes  {q}")
 
 
-@main.group("dead-letters")
+@click.group("dead-letters")
 def dead_letters() -> None:
     """Inspect and replay messages that failed for good."""
 
@@ -266,10 +228,10 @@ def dead_letters() -> None:
 @broker_option
 def dead_list(flow: str, limit: int, full: bool, state_dir: str | None, broker: str | None) -> None:
     """List FLOW's dead letters with the error that ended each."""
-    from .errors import MessageError
-    from .message import decode
+    from ..errors import MessageError
+    from ..message import decode
 
-    letters = control.dead_letters(load_flow(flow), state_dir, broker, limit)
+    letters = local_queues.dead_letters(load_flow(flow), state_dir, broker, limit)
     for d in letters:
         try:
             payload = json.dumps(decode(d.body).payload, default=repr)[:120]
@@ -294,24 +256,22 @@ def dead_replay(
     """Put dead letters back on their queues; the next run processes them again."""
     if not ids and not everything:
         raise click.UsageError("name dead letters with --id N, or pass --all")
-    n = control.replay(load_flow(flow), list(ids) if ids else None, state_dir, broker)
+    n = local_queues.replay(load_flow(flow), list(ids) if ids else None, state_dir, broker)
     click.echo(f"replayed {n} message(s)")
 
 
-@main.group("code")
-def code() -> None:
+@click.group("code")
+def code_group() -> None:
     """Processor code from git: the commits each processor's ref was pinned to."""
 
 
-@code.command("update", epilog=FLOW_HELP)
+@code_group.command("update", epilog=FLOW_HELP)
 @click.argument("flow")
 @click.argument("processors", nargs=-1)
 @state_dir_option
 def code_update(flow: str, processors: tuple[str, ...], state_dir: str | None) -> None:
     """Resolve the git refs of FLOW's processors (or only those named) again and pin them to
     the commits they name now; the next run uses those."""
-    from .runner import pin_code, state_paths
-
     model = load_flow(flow)
     for name in processors:
         if model.get(name).git is None:
@@ -324,16 +284,15 @@ def code_update(flow: str, processors: tuple[str, ...], state_dir: str | None) -
         click.echo(f"flow {model.name!r} has no processor with code from git", err=True)
 
 
-@code.command("history", epilog=FLOW_HELP)
+@code_group.command("history", epilog=FLOW_HELP)
 @click.argument("flow")
 @state_dir_option
 def code_history(flow: str, state_dir: str | None) -> None:
     """List every commit FLOW's processors were pinned to, oldest first."""
     import time
 
-    from .gitcode import shown
-    from .runner import state_paths
-    from .state import StateStore
+    from ..redact import redact_url
+    from ..store import StateStore
 
     model = load_flow(flow)
     _, _, state_url = state_paths(model, state_dir)
@@ -344,14 +303,7 @@ def code_history(flow: str, state_dir: str | None) -> None:
         store.close()
     for pin in pins:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pin.resolved))
-        click.echo(f"{when}  {pin.processor:<20} {pin.commit[:12]}  {pin.ref} of {shown(pin.repo)}")
+        click.echo(
+            f"{when}  {pin.processor:<20} {pin.commit[:12]}  {pin.ref} of {redact_url(pin.repo)}"
+        )
     click.echo(f"{len(pins)} pin(s)", err=True)
-
-
-def _network_commands() -> None:
-    from .netcli import register
-
-    register(main)
-
-
-_network_commands()

@@ -1,72 +1,34 @@
 """``elasticcode run``: one flow on one host, embedded by default.
 
-The runner prepares the state directory (queues, state, logs, a snapshot of the flow), starts a
-local agent with its workers, shows live progress, and stops when every source is exhausted
-and every queue is drained (or, with ``forever``, when interrupted). An interrupted run resumes
-on the next start: its queues are durable and its sources remember how far they got.
+The runner pins the flow's git code, checks that every processor loads, prepares the state
+directory (queues, state, logs, the flow file the workers read), starts a supervisor with the
+workers, shows live progress, and stops when every source is exhausted and every queue is
+drained (or, with ``forever``, when interrupted). An interrupted run resumes on the next
+start: its queues are durable and its sources remember how far they got.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import signal
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
 
 import sqlalchemy as sa
 
-from . import envs, gitcode
-from .agent import Agent
-from .brokers import Broker, open_broker
-from .errors import DiskFull, ElasticCodeError, FlowError, ProcessorError, RunLocked, StateError
-from .flow import Flow, Processor
-from .processor import import_paths, load
+from ..brokers import open_broker
+from ..code import code_problems, envs
+from ..code.pinning import pin
+from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
+from ..flow import Flow, Processor
+from ..launch import write_flow
+from ..store import StateStore, WorkerReport
+from ..supervisor import Supervisor
+from .paths import RunLock, state_paths
 from .progress import Progress
-from .state import StateStore, WorkerReport
-
-
-@dataclass
-class ProcessorTotals:
-    name: str
-    instances: int = 0
-    received: int = 0
-    emitted: int = 0
-    errors: int = 0
-    retried: int = 0
-    dead: int = 0
-    status: str = ""
-    last_error: str | None = None
-
-
-@dataclass
-class RunResult:
-    flow: str
-    run_id: int
-    status: str
-    seconds: float
-    resumed: bool
-    processors: dict[str, ProcessorTotals] = field(default_factory=dict)
-    queues: dict[str, int] = field(default_factory=dict)
-    #: Dead letters stored for the flow (from this run and earlier ones, until replayed).
-    dead_letters: int = 0
-    events: list[str] = field(default_factory=list)
-    state_dir: Path = Path()
-
-
-def state_paths(
-    flow: Flow, state_dir: str | Path | None = None, broker: str | None = None
-) -> tuple[Path, str, str]:
-    """(state dir, broker URL, state URL) for a flow, embedded defaults filled in."""
-    root = Path(state_dir) if state_dir else Path.cwd() / ".elasticcode" / flow.name
-    root = root.resolve()
-    broker = broker or os.environ.get("ELASTICCODE_BROKER") or flow.settings.broker
-    return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
+from .result import RunResult, totals
 
 
 def pin_code(
@@ -75,125 +37,26 @@ def pin_code(
     update: list[str] | None = None,
     broken: dict[str, str] | None = None,
 ) -> tuple[Flow, list[str]]:
-    """The flow with each git processor's ref pinned to a commit (checked out in the cache),
-    and a line per processor saying which. A ref is resolved the first time and recorded;
-    later calls use the record, except for the processors in ``update`` ([] for all).
-
-    With ``broken``, a processor whose code cannot be fetched is noted there (with what to
-    fix) instead of raising."""
-    pinned, notes = [], []
-    store: StateStore | None = None
+    """The flow with each git processor's ref pinned to a commit (see ``code.pinning``), the
+    commits recorded in the run's state store, and a line per processor saying which. A ref
+    is resolved the first time; later calls keep the record, except for the processors in
+    ``update`` ([] for all)."""
+    if not any(p.git is not None and not p.git.commit for p in flow.processors):
+        return flow, []
+    store = StateStore(state_url)
     try:
-        for p in flow.processors:
-            git = p.git
-            if git is None or git.commit:
-                pinned.append(p)
-                continue
-            store = store or StateStore(state_url)
-            moving = update is not None and (not update or p.name in update)
-            recorded = store.code_pin(flow.name, p.name, git.repo, git.ref)
-            where = f"processor {p.name}: {git.ref} of {gitcode.shown(git.repo)}"
-            try:
-                if moving or recorded is None:
-                    commit = gitcode.resolve(git.repo, git.ref, git.credential)
-                else:
-                    commit = recorded
-                gitcode.checkout(git.repo, commit, git.credential)
-            except gitcode.GitError as exc:
-                if broken is None:
-                    raise
-                broken[p.name] = f"processor {p.name!r}: {exc}"
-                pinned.append(p)
-                continue
-            if moving or recorded is None:
-                if commit != recorded:
-                    store.record_pin(flow.name, p.name, git.repo, git.ref, commit)
-                was = f" (was {recorded[:12]})" if recorded and recorded != commit else ""
-                notes.append(f"{where} resolved to commit {commit[:12]}{was}")
-            else:
-                commit = recorded
-                notes.append(f"{where} at commit {commit[:12]} (elasticcode code update to move)")
-            pinned.append(p.model_copy(update={"git": git.model_copy(update={"commit": commit})}))
+
+        def recorded(p: Processor) -> str | None:
+            assert p.git is not None
+            return store.code_pin(flow.name, p.name, p.git.repo, p.git.ref)
+
+        flow, pins = pin(flow, recorded, update, broken)
+        for x in pins:
+            if x.resolved and x.commit != x.was:
+                store.record_pin(flow.name, x.processor, x.repo, x.ref, x.commit)
     finally:
-        if store is not None:
-            store.close()
-    return flow.model_copy(update={"processors": pinned}), notes
-
-
-def check_code(flow: Flow) -> None:
-    """Load every processor once, so that code errors show before anything starts."""
-    if not flow.processors:
-        raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
-    for spec in flow.processors:
-        _check(spec, flow)
-
-
-def code_problems(flow: Flow, skip: Collection[str] = ()) -> dict[str, str]:
-    """Load every processor once; return what is wrong with each one that does not load."""
-    if not flow.processors:
-        raise FlowError(f"flow {flow.name!r} has no processors; add some under processors")
-    problems = {}
-    for spec in flow.processors:
-        if spec.name in skip:
-            continue
-        try:
-            _check(spec, flow)
-        except ProcessorError as exc:
-            problems[spec.name] = str(exc)
-    return problems
-
-
-def _check(spec: Processor, flow: Flow) -> None:
-    if spec.requirements:  # importable only in its own environment (built here if new)
-        envs.check_in_env(spec, flow)
-    else:
-        load(spec, flow)
-
-
-def frozen(flow: Flow, base_dir: Path | None = None) -> Flow:
-    """The flow with module paths and command folders made absolute, so that it runs the same
-    from any folder (``base_dir``)."""
-    folder = flow.base_dir.resolve()
-    processors = [
-        p.model_copy(update={"cwd": str(folder / (p.cwd or "."))})
-        if p.command and p.git is None
-        else p
-        for p in flow.processors
-    ]
-    return flow.model_copy(
-        update={
-            "path": import_paths(flow),
-            "base_dir": base_dir or folder,
-            "processors": processors,
-        }
-    )
-
-
-def snapshot(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
-    """Write the flow as run (see ``frozen``) for the workers to load."""
-    frozen_flow = frozen(flow, root)
-    path = root / name
-    tmp = path.with_suffix(".tmp")
-    frozen_flow.dump(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-class _Lock:
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.file: IO[str] = open(root / "run.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise RunLocked(
-                f"another `elasticcode run` is using {root}; stop it first, or give this run "
-                "its own --state-dir"
-            ) from None
-
-    def release(self) -> None:
-        self.file.close()
+        store.close()
+    return flow, [x.note("`elasticcode code update` moves it") for x in pins]
 
 
 def run(
@@ -205,13 +68,13 @@ def run(
     forever: bool = False,
     fresh: bool = False,
     progress: Progress | None = None,
-    on_start: Callable[[Agent], None] | None = None,
+    on_start: Callable[[Supervisor], None] | None = None,
 ) -> RunResult:
     """Run a flow until it is done (or interrupted); return what happened."""
     if not isinstance(flow, Flow):
         flow = Flow.load(flow)
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
-    lock = _Lock(root)
+    lock = RunLock(root)
     try:
         broken: dict[str, str] = {}
         flow, pinned = pin_code(flow, state_url, broken=broken)
@@ -246,7 +109,7 @@ async def _run(
     forever: bool,
     fresh: bool,
     progress: Progress,
-    on_start: Callable[[Agent], None] | None,
+    on_start: Callable[[Supervisor], None] | None,
     pinned: list[str],
     broken: dict[str, str],
 ) -> RunResult:
@@ -263,14 +126,14 @@ async def _run(
         dropped = sum([await broker.purge(q) for q in queues])
         if dropped:
             events.append(f"--fresh: dropped {dropped} message(s) left by an earlier run")
-    released = await _release_all(broker)
+    released = await broker.release_all()
     if released:
         events.append(f"released {released} message(s) held by workers of an earlier run")
-    flow_file = snapshot(flow, root)
-    agent = Agent(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
+    flow_file = write_flow(flow, root)
+    supervisor = Supervisor(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
     # a processor whose code does not load stays in error; the rest runs, and what is meant
     # for it waits in its queues for a run with its code fixed
-    agent.instances = [i for i in agent.instances if i.processor not in broken]
+    supervisor.instances = [i for i in supervisor.instances if i.processor not in broken]
     for problem in broken.values():
         events.append(
             f"{problem}. It does not run; its input waits in its queue: fix it and run again"
@@ -288,21 +151,21 @@ async def _run(
         nonlocal interrupts
         interrupts += 1
         if interrupts > 1:
-            agent.kill()
+            supervisor.kill()
         stop.set()
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted)
     loop.add_signal_handler(signal.SIGTERM, interrupted)
     started = time.monotonic()
-    agent.start()
+    supervisor.start()
     if on_start is not None:
-        on_start(agent)
+        on_start(supervisor)
     progress.begin(flow, run_id, resumed, root)
     for event in events:  # code pins, processors in error, messages released
         progress.event(event)
     status = "interrupted"
-    switch = _Switch(flow, root, agent)
+    switch = _Switch(flow, root, supervisor)
     received: dict[str, int] = {}  # per worker, from its reports: messages taken on
 
     def progressed(consumer: str) -> bool:
@@ -312,7 +175,7 @@ async def _run(
 
     try:
         while True:
-            supervised = await agent.supervise(broker, progressed)
+            supervised = await supervisor.supervise(broker, progressed)
             for event in supervised + await switch.check(state):
                 events.append(event)
                 progress.event(event)
@@ -322,10 +185,10 @@ async def _run(
             reports = state.worker_reports(run_id)
             received = {r.id: r.received + r.holding for r in reports}
             depths = await broker.depth(queues)
-            progress.update(_totals(flow, agent, reports, broken), depths)
+            progress.update(totals(flow, supervisor.instances, reports, broken), depths)
             if stop.is_set():
                 break
-            if agent.disk_full:
+            if supervisor.disk_full:
                 status = "disk-full"
                 event = (
                     f"the disk holding {root} is full: the run stops, with every message "
@@ -335,7 +198,7 @@ async def _run(
                 events.append(event)
                 progress.event(event)
                 break
-            live = [r for r in reports if r.id in agent.live_consumers()]
+            live = [r for r in reports if r.id in supervisor.live_consumers()]
             moving = {q: d for q, d in depths.items() if q not in waiting}
             if not forever and drained.check(moving, live, sources_finished):
                 status = "incomplete" if broken else "finished"
@@ -345,13 +208,13 @@ async def _run(
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         progress.stopping()
-        await loop.run_in_executor(None, agent.stop)
+        await loop.run_in_executor(None, supervisor.stop)
         with contextlib.suppress(DiskFull):  # the next run releases them
-            await _release_all(broker)
+            await broker.release_all()
         # on a full disk this cannot be written: the next run then resumes this one
         with contextlib.suppress(StateError, sa.exc.OperationalError):
             state.end_run(run_id, status)
-        totals = _totals(flow, agent, state.worker_reports(run_id), broken)
+        counts = totals(flow, supervisor.instances, state.worker_reports(run_id), broken)
         depths = await broker.depth(queues)
         dead = await broker.dead_letter_count(queues)
         await broker.close()
@@ -362,7 +225,7 @@ async def _run(
         status,
         time.monotonic() - started,
         resumed,
-        totals,
+        counts,
         {q: n for q, (n, _) in depths.items()},
         dead,
         events,
@@ -415,8 +278,8 @@ class _Switch:
 
     EVERY = 1.0  # seconds between looks at the recorded pins
 
-    def __init__(self, flow: Flow, root: Path, agent: Agent) -> None:
-        self.flow, self.root, self.agent = flow, root, agent
+    def __init__(self, flow: Flow, root: Path, supervisor: Supervisor) -> None:
+        self.flow, self.root, self.supervisor = flow, root, supervisor
         self.next = 0.0
         self.refused: set[tuple[str, str]] = set()
         self.revision = 1
@@ -450,56 +313,10 @@ class _Switch:
                 )
                 continue
             self.flow, self.revision = candidate, self.revision + 1
-            flow_file = snapshot(candidate, self.root, f"flow-{self.revision}.yaml")
-            self.agent.replace(p.name, candidate, flow_file)
+            flow_file = write_flow(candidate, self.root, f"flow-{self.revision}.yaml")
+            self.supervisor.replace(p.name, candidate, flow_file)
             events.append(
                 f"processor {p.name}: switching from commit {git.commit[:12]} to "
                 f"{latest[:12]}, new workers first"
             )
         return events
-
-
-async def _release_all(broker: Broker) -> int:
-    release_all = getattr(broker, "release_all", None)
-    return int(await release_all()) if release_all is not None else 0
-
-
-def _totals(
-    flow: Flow, agent: Agent, reports: list[WorkerReport], broken: dict[str, str]
-) -> dict[str, ProcessorTotals]:
-    totals = {p.name: ProcessorTotals(p.name) for p in flow.processors}
-    for name, problem in broken.items():
-        totals[name].status, totals[name].last_error = "error", problem
-    for inst in agent.instances:
-        totals[inst.processor].instances += not inst.retiring
-    statuses: dict[str, set[str]] = {}
-    for r in reports:
-        t = totals.get(r.processor)
-        if t is None:
-            continue
-        t.received += r.received
-        t.emitted += r.emitted
-        t.errors += r.errors
-        t.retried += r.retried
-        t.dead += r.dead
-        t.last_error = r.last_error or t.last_error
-        statuses.setdefault(r.processor, set()).add(r.status)
-    for name, seen in statuses.items():
-        for s in ("error", "failed", "back-pressure", "running", "done", "stopped"):
-            if s in seen:
-                totals[name].status = s
-                break
-    return totals
-
-
-def summarize(result: RunResult) -> dict[str, Any]:
-    """A JSON-friendly summary of a run."""
-    return {
-        "flow": result.flow,
-        "run": result.run_id,
-        "status": result.status,
-        "seconds": round(result.seconds, 3),
-        "processors": {n: vars(t) for n, t in result.processors.items()},
-        "queued": sum(result.queues.values()),
-        "dead_letters": result.dead_letters,
-    }

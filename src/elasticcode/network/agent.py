@@ -4,7 +4,7 @@ It registers with a server (hostname, cores, memory, labels, how many workers it
 heartbeats, and keeps its workers matching its assignment: it starts the instances placed on
 it, stops those taken away, and replaces an instance whose spec changed (new worker first,
 then the old one finishes its batch). Other workers are not touched. A worker that dies is
-restarted (see ``elasticcode.agent``).
+restarted (see ``elasticcode.supervisor``).
 
 The agent keeps its id and its last assignment in its state folder: with every server down it
 goes on running that assignment, and an agent restarted then starts it again. Messages never
@@ -26,14 +26,14 @@ from typing import Any
 
 import httpx
 
-from . import envs
-from .agent import Agent, Instance
-from .brokers import Broker, open_broker
-from .errors import BrokerError, ElasticCodeError
-from .flow import Flow
-from .runner import snapshot
+from ..brokers import Broker, open_broker
+from ..code import envs
+from ..errors import BrokerError, ElasticCodeError
+from ..flow import Flow
+from ..launch import write_flow
+from ..supervisor import Instance, Supervisor
 
-log = logging.getLogger("elasticcode.agentd")
+log = logging.getLogger("elasticcode.agent")
 
 SUPERVISE_EVERY = 0.5
 RETRY_MAX = 15.0
@@ -45,7 +45,10 @@ class ServerGone(ElasticCodeError):
     """No server answers."""
 
 
-class NetworkAgent:
+class Agent:
+    """The agent of one host: registers, heartbeats, and reconciles its workers to its
+    assignment (see the module docstring)."""
+
     def __init__(
         self,
         servers: list[str],
@@ -73,7 +76,7 @@ class NetworkAgent:
         self.id: str | None = None
         self.generation = 0
         self.heartbeat_every = 2.0
-        self.supervisor: Agent | None = None
+        self.supervisor: Supervisor | None = None
         self.brokers: dict[str, Broker] = {}
         self.declared: set[tuple[str, int]] = set()
         self.flows: dict[tuple[str, int], tuple[Flow, Path]] = {}
@@ -306,7 +309,7 @@ class NetworkAgent:
         if not self.db:
             raise ServerGone("no state store URL yet")
         if self.supervisor is None:
-            self.supervisor = Agent(None, None, 0, "", self.db, self.state_dir / "logs", None)
+            self.supervisor = Supervisor(None, None, 0, "", self.db, self.state_dir / "logs", None)
             self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
         sup = self.supervisor
         wanted = {(i["flow"], i["processor"], i["instance"]): i for i in assignment["instances"]}
@@ -378,7 +381,7 @@ class NetworkAgent:
             folder.mkdir(parents=True, exist_ok=True)
             doc = documents[f"{key[0]}@{key[1]}"]
             flow = Flow.from_dict(doc, base_dir=folder)
-            path = snapshot(flow, folder, f"{key[0]}@{key[1]}.yaml")
+            path = write_flow(flow, folder, f"{key[0]}@{key[1]}.yaml")
             self.flows[key] = (Flow.load(path), path)
         return self.flows[key]
 
@@ -418,7 +421,7 @@ def _memory() -> int:
         return 0
 
 
-def start(agent: NetworkAgent) -> None:
+def start(agent: Agent) -> None:
     logging.basicConfig(
         level=os.environ.get("ELASTICCODE_LOG", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

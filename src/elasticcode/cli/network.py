@@ -1,6 +1,6 @@
-"""The ``elasticcode`` commands of distributed mode: the server, agents, and the API client
-commands that deploy and change flows in a network (``apply``, ``flow``,
-``processor``, ``connection``, ``agent``, ``worker``)."""
+"""The ``elasticcode`` commands of distributed mode: the state store's schema, the server,
+agents, and the commands that deploy and change flows in a network through the server's API
+(``apply``, ``flow``, ``processor``, ``connection``, ``agent``, ``worker``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from typing import Any
 
 import click
 
-from .errors import ElasticCodeError, FlowError
+from ..code import check_code
+from ..code.git import resolve
+from ..code.pinning import pin
+from ..errors import ElasticCodeError, FlowError
+from ..flow import Flow, Processor
+from ..network.client import DEFAULT_SERVER, Api
+from ..redact import redact_url
+from .flowref import load_flow
 
 SERVER_HELP = "Server URL [default: $ELASTICCODE_SERVER, else http://127.0.0.1:8750]."
-DEFAULT_SERVER = "http://127.0.0.1:8750"
 
 
 def server_option(f: Any) -> Any:
@@ -24,36 +30,6 @@ def server_option(f: Any) -> Any:
 
 def json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-class Api:
-    """A small client of the server's REST API."""
-
-    def __init__(self, server: str | None) -> None:
-        self.base = (server or os.environ.get("ELASTICCODE_SERVER") or DEFAULT_SERVER).rstrip("/")
-        token = os.environ.get("ELASTICCODE_TOKEN")
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
-
-    def __call__(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
-
-        url = f"{self.base}/api/v1{path}"
-        try:
-            resp = httpx.request(method, url, headers=self.headers, timeout=30.0, **kw)
-        except httpx.TransportError as exc:
-            raise ElasticCodeError(
-                f"cannot reach the server at {self.base} ({exc}); start one with "
-                "`elasticcode server start`, or give --server URL"
-            ) from None
-        if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
-            if not isinstance(detail, str):
-                detail = json.dumps(detail)
-            raise ElasticCodeError(f"the server refused: {detail}")
-        return resp.json()
 
 
 def _echo(data: Any, as_json: bool, lines: list[str]) -> None:
@@ -91,8 +67,7 @@ def db_upgrade(url: str | None) -> None:
     database: postgresql://user@host/dbname)."""
     import sqlalchemy as sa
 
-    from . import schema
-    from .state import _safe
+    from ..store import schema
 
     url = url or os.environ.get("ELASTICCODE_DB")
     if not url:
@@ -102,15 +77,17 @@ def db_upgrade(url: str | None) -> None:
         before, after = schema.upgrade(engine, say=lambda s: click.echo(s, err=True))
     except sa.exc.SQLAlchemyError as exc:
         raise ElasticCodeError(
-            f"cannot upgrade {_safe(url)}: {getattr(exc, 'orig', exc)}; check that the "
+            f"cannot upgrade {redact_url(url)}: {getattr(exc, 'orig', exc)}; check that the "
             "database exists and the user may create tables"
         ) from None
     finally:
         engine.dispose()
     if before == after:
-        click.echo(f"{_safe(url)} is at schema revision {after}; nothing to do")
+        click.echo(f"{redact_url(url)} is at schema revision {after}; nothing to do")
     else:
-        click.echo(f"{_safe(url)} upgraded from {before or 'empty'} to schema revision {after}")
+        click.echo(
+            f"{redact_url(url)} upgraded from {before or 'empty'} to schema revision {after}"
+        )
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -158,7 +135,7 @@ def server_start(
     """Run a server until interrupted. Several may run on one database; one leads.
 
     With $ELASTICCODE_TOKEN set, every API call (and every agent) must send that token."""
-    from .server import ServerSettings, serve
+    from ..network.server import ServerSettings, serve
 
     url = url or os.environ.get("ELASTICCODE_DB")
     if not url:
@@ -237,7 +214,7 @@ def agent_start(
     workers placed on it. With every server away it keeps running its last assignment."""
     import socket
 
-    from .agentd import NetworkAgent, start
+    from ..network.agent import Agent, start
 
     urls = list(servers) or [os.environ.get("ELASTICCODE_SERVER", DEFAULT_SERVER)]
     name = name or socket.gethostname()
@@ -247,7 +224,7 @@ def agent_start(
         else Path.home() / ".local" / "state" / "elasticcode" / f"agent-{name}"
     )
     start(
-        NetworkAgent(
+        Agent(
             urls,
             folder,
             name=name,
@@ -309,37 +286,28 @@ def worker_list(flow: str | None, server: str | None, as_json: bool) -> None:
 
 
 # -- flows ------------------------------------------------------------------------------------
-def deployable(model: Any, current: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+def deployable(model: Flow, current: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """A flow as a document to deploy: paths absolute, every git ref pinned to a commit (the
     one the deployed revision has for the same repository and ref, else resolved now)."""
-    from . import gitcode
-    from .runner import frozen
-
-    pinned_before = {
+    deployed = {
         p["name"]: p["git"]
         for p in (current or {}).get("processors", [])
         if p.get("git") and p["git"].get("commit")
     }
-    notes, procs = [], []
-    for p in model.processors:
-        git = p.git
-        if git is None or git.commit:
-            procs.append(p)
-            continue
-        before = pinned_before.get(p.name)
-        where = f"processor {p.name}: {git.ref} of {gitcode.shown(git.repo)}"
+
+    def recorded(p: Processor) -> str | None:
+        before, git = deployed.get(p.name), p.git
+        assert git is not None
         if before and (before.get("repo"), before.get("ref")) == (git.repo, git.ref):
-            commit = before["commit"]
-            notes.append(
-                f"{where} stays at commit {commit[:12]} "
-                f"(`elasticcode processor update {model.name} {p.name} --ref {git.ref}` moves it)"
-            )
-        else:
-            commit = gitcode.resolve(git.repo, git.ref, git.credential)
-            notes.append(f"{where} resolved to commit {commit[:12]}")
-        procs.append(p.model_copy(update={"git": git.model_copy(update={"commit": commit})}))
-    doc: dict[str, Any] = frozen(model.model_copy(update={"processors": procs})).to_dict()
-    return doc, notes
+            return str(before["commit"])
+        return None
+
+    pinned, pins = pin(model, recorded, checkout=False)
+    notes = [
+        x.note(f"`elasticcode processor update {model.name} {x.processor} --ref {x.ref}` moves it")
+        for x in pins
+    ]
+    return pinned.frozen().to_dict(), notes
 
 
 @click.command()
@@ -352,9 +320,6 @@ def deployable(model: Any, current: dict[str, Any] | None) -> tuple[dict[str, An
 def apply(flow_ref: str, server: str | None, note: str, no_check: bool) -> None:
     """Deploy FLOW (a file, as for `run`) to the network as its next revision. Only what
     changed is applied: processors whose code and settings are unchanged keep running."""
-    from .cli import load_flow
-    from .runner import check_code
-
     api = Api(server)
     model = load_flow(flow_ref)
     try:
@@ -367,8 +332,6 @@ def apply(flow_ref: str, server: str | None, note: str, no_check: bool) -> None:
     for line in notes:
         click.echo(line, err=True)
     if not no_check:
-        from .flow import Flow
-
         check_code(Flow.from_dict(doc, base_dir=model.base_dir))
     reply = api("POST", "/flows", json={"document": doc, "note": note})
     if reply["changed"]:
@@ -520,8 +483,6 @@ def processor_update(
     flow_name: str, name: str, sets: tuple[str, ...], ref: str | None, server: str | None
 ) -> None:
     """Change a processor (a new revision); its instances are replaced, new ones first."""
-    from . import gitcode
-
     api = Api(server)
     changes: dict[str, Any] = {}
     for pair in sets:
@@ -538,7 +499,7 @@ def processor_update(
         if spec is None or not spec.get("git"):
             raise FlowError(f"processor {name!r} of {flow_name!r} does not take its code from git")
         git = spec["git"]
-        commit = gitcode.resolve(git["repo"], ref, git.get("credential"))
+        commit = resolve(git["repo"], ref, git.get("credential"))
         changes["git"] = {**git, "ref": ref, "commit": commit}
         click.echo(f"processor {name}: {ref} resolved to commit {commit[:12]}", err=True)
     if not changes:

@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .flow import Flow
-    from .runner import ProcessorTotals, RunResult
+    from ..flow import Flow
+    from .result import ProcessorTotals, RunResult
 
 #: Plain-text progress lines (no terminal) are printed this often, in seconds.
 PLAIN_EVERY = 2.0

@@ -19,7 +19,6 @@ git through its environment, never its command line, and is masked in every erro
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import io
 import os
@@ -27,22 +26,21 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import ElasticCodeError
+from ..errors import ElasticCodeError, ProcessorError
+from ..redact import redact_url as shown
+from .cache import cache_root, locked
 
-CACHE_ENV = "ELASTICCODE_CACHE"
+if TYPE_CHECKING:
+    from ..flow import Processor
+
 TIMEOUT = 600  # seconds for one git command (a first clone of a big repository)
 
 
 class GitError(ElasticCodeError):
     """A repository cannot be fetched, or a ref or commit is not in it."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "elasticcode")
 
 
 def _key(text: str) -> str:
@@ -94,14 +92,6 @@ def _git(args: list[str], repo: str, credential: str | None, what: str) -> bytes
     return done.stdout
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _bare(repo: str) -> Path:
     return cache_root() / "git" / f"{_key(repo)}.git"
 
@@ -109,7 +99,7 @@ def _bare(repo: str) -> Path:
 def fetch(repo: str, credential: str | None = None) -> Path:
     """Fetch every branch and tag of ``repo`` into its bare clone in the cache; return it."""
     bare = _bare(repo)
-    with _locked(bare.with_suffix(".lock")):
+    with locked(bare.with_suffix(".lock")):
         if not (bare / "HEAD").exists():
             _git(["init", "--quiet", "--bare", str(bare)], repo, None, "creating the cache")
         refs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
@@ -156,7 +146,7 @@ def checkout(repo: str, commit: str, credential: str | None = None) -> Path:
     if tree.is_dir():
         return tree
     bare = _bare(repo)
-    with _locked(tree.with_name(f"{commit}.lock")):
+    with locked(tree.with_name(f"{commit}.lock")):
         if tree.is_dir():
             return tree
         have = (bare / "HEAD").exists()
@@ -187,11 +177,6 @@ def checkout(repo: str, commit: str, credential: str | None = None) -> Path:
     return tree
 
 
-def shown(repo: str) -> str:
-    """A repository URL without any password in it."""
-    return re.sub(r"//[^/@]*@", "//***@", repo)
-
-
 def tree_of(repo: str, ref: str, commit: str | None, path: str, credential: str | None) -> Path:
     """The folder holding a processor's code: its pinned commit's tree (resolving the ref if
     it has no commit yet, as ``elasticcode validate`` does), and ``path`` inside it."""
@@ -200,3 +185,13 @@ def tree_of(repo: str, ref: str, commit: str | None, path: str, credential: str 
     if not folder.is_dir():
         raise GitError(f"commit {commit[:12]} of {shown(repo)} has no folder {path!r}")
     return folder
+
+
+def code_folder(spec: Processor) -> Path:
+    """The folder of a git processor's code at its commit (fetched into the cache if needed)."""
+    git = spec.git
+    assert git is not None
+    try:
+        return tree_of(git.repo, git.ref, git.commit, git.path, git.credential)
+    except GitError as exc:
+        raise ProcessorError(spec.name, str(exc)) from None

@@ -18,17 +18,15 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import ElasticCodeError, FlowError
-from .flow import Flow
-from .scheduler import AgentSlot, Demand, place
-from .state import (
-    StateStore,
+from ..errors import ElasticCodeError, FlowError
+from ..flow import Flow
+from ..store.db import open_engine, upsert
+from ..store.tables import (
     agents,
     events,
     flow_revisions,
@@ -40,9 +38,8 @@ from .state import (
     workers,
 )
 
+#: The name of the leader lease's row.
 LEADER = "leader"
-#: A placed instance: (flow, processor, instance).
-Key = tuple[str, str, int]
 
 
 class NotFound(ElasticCodeError):
@@ -106,21 +103,19 @@ def spec_of(
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class Cluster(StateStore):
-    """The state store, with the control plane's operations."""
+class Cluster:
+    """The control plane's operations on the state store."""
 
     def __init__(self, url: str, agent_timeout: float = 10.0) -> None:
-        super().__init__(url, connections=20)
+        self.engine = open_engine(url, connections=20)
         self.agent_timeout = agent_timeout
         self._parsed: dict[tuple[str, int], Flow] = {}
         self._specs: dict[tuple[str, int, str, int], str] = {}
         self._documents: dict[tuple[str, int], dict[str, Any]] = {}
         self._touching: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
-        self._pending: set[tuple[str, str]] = set()
-        #: what the last round placed from (see ``lead``)
-        self._inputs: tuple[Any, ...] | None = None
-        self._last_round = 0.0
-        self._grace_until = 0.0
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     # -- flows ----------------------------------------------------------------------------
     def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
@@ -170,7 +165,7 @@ class Cluster(StateStore):
                     flow=flow.name, revision=revision, document=text, created=now, note=note
                 )
             )
-            self._event(db, "revision", flow.name, f"revision {revision} applied. {note}".strip())
+            record_event(db, "revision", flow.name, f"revision {revision} applied. {note}".strip())
         return revision, True
 
     def flow(self, name: str, revision: int | None = None) -> FlowInfo:
@@ -217,13 +212,13 @@ class Cluster(StateStore):
             for table in (flows, processor_controls):
                 key = table.c.name if table is flows else table.c.flow
                 db.execute(table.delete().where(key == name))
-            self._event(db, "flow", name, "removed; its workers stop, its queues stay")
+            record_event(db, "flow", name, "removed; its workers stop, its queues stay")
 
     def set_running(self, name: str, running: bool) -> None:
         self.flow(name)
         with self.engine.begin() as db:
             db.execute(flows.update().where(flows.c.name == name).values(running=running))
-            self._event(db, "flow", name, "started" if running else "stopped")
+            record_event(db, "flow", name, "started" if running else "stopped")
 
     def parsed(self, name: str, revision: int, document: dict[str, Any] | None = None) -> Flow:
         key = (name, revision)
@@ -232,7 +227,7 @@ class Cluster(StateStore):
             self._parsed[key] = Flow.from_document(doc)
         return self._parsed[key]
 
-    def _spec(self, flow: Flow, revision: int, processor: str, restarts: int) -> str:
+    def spec(self, flow: Flow, revision: int, processor: str, restarts: int) -> str:
         key = (flow.name, revision, processor, restarts)
         if key not in self._specs:
             if (flow.name, revision) not in self._touching:
@@ -262,8 +257,8 @@ class Cluster(StateStore):
             else:
                 raise FlowError(f"unknown action {action!r}; use pause, resume or restart")
             values = {"flow": flow, "processor": processor, "paused": paused, "restarts": restarts}
-            db.execute(self._upsert(processor_controls, values, ["flow", "processor"]))
-            self._event(db, "processor", flow, f"processor {processor}: {action}")
+            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            record_event(db, "processor", flow, f"processor {processor}: {action}")
 
     def controls(self) -> dict[tuple[str, str], tuple[bool, int]]:
         with self.engine.connect() as db:
@@ -316,7 +311,7 @@ class Cluster(StateStore):
                 db.execute(agents.insert().values(**values, assigned=0, applied=0, workers="[]"))
             else:
                 db.execute(agents.update().where(agents.c.id == agent_id).values(**values))
-            self._event(db, "agent", None, f"agent {name} on {host} registered ({capacity} slots)")
+            record_event(db, "agent", None, f"agent {name} on {host} registered ({capacity} slots)")
         return agent_id
 
     def heartbeat(self, agent_id: str, applied: int, workers: list[dict[str, Any]]) -> int:
@@ -340,7 +335,7 @@ class Cluster(StateStore):
                 )
             )
             if row.status != "up":
-                self._event(db, "agent", None, f"agent {row.name} is back")
+                record_event(db, "agent", None, f"agent {row.name} is back")
         return int(row.assigned)
 
     def agents(self) -> list[AgentInfo]:
@@ -394,7 +389,7 @@ class Cluster(StateStore):
             current = {
                 f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))
             }
-            docs = {n: self._document(db, n, f.revision) for n, f in current.items()}
+            docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
             controls = {
                 (c.flow, c.processor): c.restarts
                 for c in db.execute(
@@ -422,7 +417,7 @@ class Cluster(StateStore):
                     "instance": r.instance,
                     "revision": f.revision,
                     "run_id": f.run_id,
-                    "spec": self._spec(flow, f.revision, r.processor, restarts),
+                    "spec": self.spec(flow, f.revision, r.processor, restarts),
                     "release": lost.get((r.flow, r.processor), []),
                 }
             )
@@ -430,7 +425,7 @@ class Cluster(StateStore):
         items.sort(key=lambda i: (i["flow"], i["processor"], i["instance"]))
         return items, documents
 
-    def _document(self, db: sa.Connection, name: str, revision: int) -> dict[str, Any]:
+    def document(self, db: sa.Connection, name: str, revision: int) -> dict[str, Any]:
         """A revision's document (revisions never change, so each is read once)."""
         key = (name, revision)
         if key not in self._documents:
@@ -496,34 +491,7 @@ class Cluster(StateStore):
             )
         return out
 
-    # -- the leader --------------------------------------------------------------------------
-    def hold_lease(self, db: sa.Connection, holder: str, ttl: float) -> bool:
-        """Take or renew the leader lease inside ``db``'s transaction; True if held."""
-        now = time.time()
-        row = db.execute(sa.select(leases).where(leases.c.name == LEADER).with_for_update()).first()
-        if row is None:
-            db.execute(
-                self._insert(leases)
-                .values(name=LEADER, holder=holder, expires=now + ttl, term=1)
-                .on_conflict_do_nothing()
-            )
-            row = db.execute(sa.select(leases).where(leases.c.name == LEADER)).first()
-            if row is None or row.holder != holder:
-                return False
-            self._event(db, "leader", None, f"server {holder} leads (term 1)")
-            return True
-        if row.holder != holder and row.expires > now:
-            return False
-        term = row.term if row.holder == holder else row.term + 1
-        db.execute(
-            leases.update()
-            .where(leases.c.name == LEADER)
-            .values(holder=holder, expires=now + ttl, term=term)
-        )
-        if row.holder != holder:
-            self._event(db, "leader", None, f"server {holder} leads (term {term})")
-        return True
-
+    # -- the leader (who leads; the leader's work is in ``leader``) ---------------------------
     def leader(self) -> dict[str, Any] | None:
         with self.engine.connect() as db:
             row = db.execute(sa.select(leases).where(leases.c.name == LEADER)).first()
@@ -531,187 +499,7 @@ class Cluster(StateStore):
             return None
         return {"holder": row.holder, "term": row.term, "expires": row.expires}
 
-    def release_lease(self, holder: str) -> None:
-        with self.engine.begin() as db:
-            db.execute(
-                leases.update()
-                .where(leases.c.name == LEADER, leases.c.holder == holder)
-                .values(expires=0.0)
-            )
-
-    def lead(self, holder: str, ttl: float) -> list[str] | None:
-        """One round of the leader's work; None if ``holder`` does not hold the lease.
-
-        Agents silent for longer than ``agent_timeout`` are marked lost; every running
-        flow's processors are placed on the agents that are up (keeping instances where
-        they are); each agent whose assignment changed gets a new generation. A round whose
-        inputs (flow revisions, controls, agents) are those of the last one places nothing."""
-        notes: list[str] = []
-        now = time.time()
-        if now - self._last_round > self.agent_timeout / 2:
-            # leading anew, or the database was away: heartbeats may not have been recorded
-            # meanwhile, so no agent is called lost before it had a whole timeout to send one
-            self._grace_until = now + self.agent_timeout
-        with self.engine.begin() as db:
-            if not self.hold_lease(db, holder, ttl):
-                self._inputs = None
-                self._last_round = 0.0
-                return None
-            self._last_round = now
-            silent = db.execute(
-                sa.select(agents.c.id, agents.c.name).where(
-                    agents.c.status == "up", agents.c.heartbeat < now - self.agent_timeout
-                )
-            ).all()
-            for row in silent if now >= self._grace_until else []:
-                db.execute(agents.update().where(agents.c.id == row.id).values(status="lost"))
-                text = f"agent {row.name} lost: no heartbeat for {self.agent_timeout:g}s"
-                self._event(db, "agent", None, text)
-                notes.append(text)
-            up = db.execute(
-                sa.select(agents.c.id, agents.c.host, agents.c.capacity, agents.c.labels)
-                .where(agents.c.status == "up")
-                .order_by(agents.c.id)
-            ).all()
-            flow_rows = db.execute(sa.select(flows).order_by(flows.c.name)).all()
-            control_rows = db.execute(
-                sa.select(processor_controls).order_by(
-                    processor_controls.c.flow, processor_controls.c.processor
-                )
-            ).all()
-            inputs = (
-                tuple(tuple(a) for a in up),
-                tuple((f.name, f.revision, f.running) for f in flow_rows),
-                tuple(tuple(c) for c in control_rows),
-            )
-            if inputs == self._inputs:
-                return notes
-            controls = {(c.flow, c.processor): c for c in control_rows}
-            slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
-            demands, specs = self._demands(db, flow_rows, controls, slots)
-            rows = db.execute(
-                sa.select(
-                    placements.c.flow,
-                    placements.c.processor,
-                    placements.c.instance,
-                    placements.c.agent_id,
-                )
-            ).all()
-            old: dict[Key, str | None] = {
-                (r.flow, r.processor, r.instance): r.agent_id for r in rows
-            }
-            current: dict[str, list[str | None]] = defaultdict(list)
-            for (fname, pname, i), agent in sorted(old.items()):
-                where = current[f"{fname}/{pname}"]
-                where += [None] * (i - len(where))
-                where.append(agent)
-            plan = place(demands, slots, current)
-            new: dict[Key, str | None] = {}
-            for key, where in plan.assign.items():
-                fname, pname = key.split("/", 1)
-                for i, agent in enumerate(where):
-                    new[(fname, pname, i)] = agent
-            self._write_placements(db, old, new, now)
-            self._bump_generations(db, new, specs)
-            notes += [f"{key}: {why}" for key, why in plan.pending.items()]
-            pending = set(plan.pending.items())
-            for key, why in sorted(pending - self._pending):
-                self._event(db, "placement", key.split("/", 1)[0], f"{key}: {why}")
-            if plan.moved:
-                text = f"{plan.moved} instance(s) moved to other agents"
-                notes.append(text)
-                self._event(db, "placement", None, text)
-        self._pending = pending
-        self._inputs = inputs
-        return notes
-
-    def _demands(
-        self,
-        db: sa.Connection,
-        flow_rows: Sequence[Any],
-        controls: dict[tuple[str, str], Any],
-        slots: list[AgentSlot],
-    ) -> tuple[list[Demand], dict[tuple[str, str], str]]:
-        """What every processor of every flow wants, and the spec of each processor."""
-        demands, specs = [], {}
-        for f in flow_rows:
-            flow = self.parsed(f.name, f.revision, self._document(db, f.name, f.revision))
-            for p in flow.processors:
-                c = controls.get((f.name, p.name))
-                specs[(f.name, p.name)] = self._spec(
-                    flow, f.revision, p.name, c.restarts if c else 0
-                )
-                if not f.running or (c is not None and c.paused):
-                    count = 0
-                elif p.is_source:
-                    count = 1
-                elif isinstance(p.instances, int):
-                    count = p.instances
-                else:  # auto: one on every agent that may run it
-                    count = sum(
-                        all(s.labels.get(k) == v for k, v in p.labels.items()) for s in slots
-                    )
-                    count = count or 1
-                demands.append(Demand(f"{f.name}/{p.name}", count, p.labels))
-        return demands, specs
-
-    def _write_placements(
-        self, db: sa.Connection, old: dict[Key, str | None], new: dict[Key, str | None], now: float
-    ) -> None:
-        where = sa.and_(
-            placements.c.flow == sa.bindparam("f"),
-            placements.c.processor == sa.bindparam("p"),
-            placements.c.instance == sa.bindparam("i"),
-        )
-        gone = [{"f": k[0], "p": k[1], "i": k[2]} for k in old.keys() - new.keys()]
-        if gone:
-            db.execute(placements.delete().where(where), gone)
-        added = [
-            {"flow": k[0], "processor": k[1], "instance": k[2], "agent_id": a, "placed": now}
-            for k, a in new.items()
-            if k not in old
-        ]
-        if added:
-            db.execute(placements.insert(), added)
-        moved = [
-            {"f": k[0], "p": k[1], "i": k[2], "a": a, "t": now}
-            for k, a in new.items()
-            if k in old and old[k] != a
-        ]
-        if moved:
-            db.execute(
-                placements.update()
-                .where(where)
-                .values(agent_id=sa.bindparam("a"), placed=sa.bindparam("t")),
-                moved,
-            )
-
-    def _bump_generations(
-        self, db: sa.Connection, new: dict[Key, str | None], specs: dict[tuple[str, str], str]
-    ) -> None:
-        """A new generation for every agent whose instances, or their specs, changed."""
-        by_agent: dict[str, list[Key]] = defaultdict(list)
-        for k, agent in new.items():
-            if agent is not None:
-                by_agent[agent].append(k)
-        changed = []
-        for a in db.execute(sa.select(agents.c.id, agents.c.digest)).all():
-            parts = [f"{f}/{p}/{i}/{specs[(f, p)]}" for f, p, i in sorted(by_agent.get(a.id, []))]
-            digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-            if digest != a.digest:
-                changed.append({"x": a.id, "d": digest})
-        if changed:
-            db.execute(
-                agents.update()
-                .where(agents.c.id == sa.bindparam("x"))
-                .values(digest=sa.bindparam("d"), assigned=agents.c.assigned + 1),
-                changed,
-            )
-
     # -- events ------------------------------------------------------------------------------
-    def _event(self, db: sa.Connection, kind: str, flow: str | None, text: str) -> None:
-        db.execute(events.insert().values(time=time.time(), kind=kind, flow=flow, text=text))
-
     def events(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         with self.engine.connect() as db:
             rows = db.execute(
@@ -721,3 +509,8 @@ class Cluster(StateStore):
             {"id": r.id, "time": r.time, "kind": r.kind, "flow": r.flow, "text": r.text}
             for r in rows
         ]
+
+
+def record_event(db: sa.Connection, kind: str, flow: str | None, text: str) -> None:
+    """Add an event to the log, inside ``db``'s transaction."""
+    db.execute(events.insert().values(time=time.time(), kind=kind, flow=flow, text=text))

@@ -1,7 +1,7 @@
-"""The agent: starts, supervises and restarts the worker processes of one host.
+"""The supervisor: starts, watches and restarts the worker processes of one host.
 
-An agent is given an assignment (processor instances) and keeps exactly those workers
-running: a worker that dies is restarted with backoff, and the messages it held are released
+A supervisor is given instances to run (by the one-host runner, or by a network agent) and
+keeps exactly those workers running: a worker that dies is restarted with backoff, and the messages it held are released
 to the other consumers at once. Workers are separate OS processes (one per CPU core by default)
 so that processors use every core and a crash in user code takes down only its own worker.
 """
@@ -20,20 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from . import envs
+from . import launch
 from .brokers import Broker
+from .code import envs
 from .errors import BrokerError
 from .flow import Flow
-from .worker import BROKER_ENV, EXIT_CONFIG, EXIT_DISK_FULL, EXIT_MEMORY, STATE_ENV
+from .worker import EXIT_CONFIG, EXIT_DISK_FULL, EXIT_MEMORY
 
-log = logging.getLogger("elasticcode.agent")
+log = logging.getLogger("elasticcode.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 
 
 def _stop_with_parent() -> None:
-    """In a new worker (Linux): be sent SIGTERM when the agent dies, so that no worker outlives
-    its agent (a restarted agent would run a second copy)."""
+    """In a new worker (Linux): be sent SIGTERM when the supervisor dies, so that no worker
+    outlives it (a restarted supervisor would run a second copy)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -59,7 +60,7 @@ class Instance:
     finished: bool = False
     last_exit: int | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
-    #: The flow (and its snapshot file) this instance runs; None: the agent's.
+    #: The flow (and its flow file) this instance runs; None: the supervisor's.
     flow: Flow | None = field(default=None, repr=False)
     flow_file: Path | None = None
     #: Asked to finish its batch and exit, replaced by a newer instance.
@@ -89,7 +90,7 @@ def instance_count(flow: Flow, processor: str, workers: int | None = None) -> in
     return workers or os.cpu_count() or 1
 
 
-class Agent:
+class Supervisor:
     """Keeps one worker process running per assigned processor instance."""
 
     def __init__(
@@ -136,34 +137,17 @@ class Agent:
         flow = inst.flow or self.flow
         flow_file = inst.flow_file or self.flow_file
         assert flow is not None and flow_file is not None, "an instance without a flow"
-        cmd = [
-            envs.python_for(flow.get(inst.processor), flow),
-            "-m",
-            "elasticcode.worker",
-            "--flow",
-            str(flow_file),
-            "--processor",
-            inst.processor,
-            "--instance",
-            str(inst.index),
-            "--run",
-            str(inst.run_id if inst.run_id is not None else self.run_id),
-            "--consumer",
-            inst.consumer,
-        ]
-        # URLs may carry credentials: pass them in the environment, not on the command line
-        env = {
-            **os.environ,
-            BROKER_ENV: inst.broker_url or self.broker_url,
-            STATE_ENV: self.state_url,
-        }
+        python = envs.python_for(flow.get(inst.processor), flow)
+        run_id = inst.run_id if inst.run_id is not None else self.run_id
+        cmd = launch.command(python, flow_file, inst.processor, inst.index, run_id, inst.consumer)
+        env = launch.environment(inst.broker_url or self.broker_url, self.state_url)
         inst.process = subprocess.Popen(
             cmd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=inst.log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the agent, which stops workers in order
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops workers in order
             preexec_fn=_stop_with_parent,
         )
         inst.started = time.monotonic()

@@ -9,177 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import sqlalchemy as sa
 
-from . import schema
-from .errors import StateError
-
-metadata = sa.MetaData()
+from .db import insert, open_engine, upsert
+from .tables import attempts, code_pins, kv, runs, sources, workers
 
 #: The states of a run that the next ``elasticcode run`` of its flow resumes.
 RESUMABLE = ("running", "interrupted", "incomplete", "disk-full")
-
-runs = sa.Table(
-    "runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow", sa.String(200), nullable=False, index=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("started", sa.Float, nullable=False),
-    sa.Column("ended", sa.Float),
-)
-
-sources = sa.Table(
-    "sources",
-    metadata,
-    sa.Column("run_id", sa.Integer, primary_key=True),
-    sa.Column("processor", sa.String(200), primary_key=True),
-    sa.Column("offset", sa.BigInteger, nullable=False, default=0),
-    sa.Column("calls", sa.BigInteger, nullable=False, default=0),
-    sa.Column("done", sa.Boolean, nullable=False, default=False),
-)
-
-workers = sa.Table(
-    "workers",
-    metadata,
-    sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column("run_id", sa.Integer, nullable=False, index=True),
-    sa.Column("processor", sa.String(200), nullable=False),
-    sa.Column("instance", sa.Integer, nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("received", sa.BigInteger, nullable=False, default=0),
-    sa.Column("emitted", sa.BigInteger, nullable=False, default=0),
-    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
-    sa.Column("retried", sa.BigInteger, nullable=False, default=0),
-    sa.Column("dead", sa.BigInteger, nullable=False, default=0),
-    sa.Column("busy", sa.Float, nullable=False, default=0.0),
-    sa.Column("holding", sa.Integer, nullable=False, default=0),
-    sa.Column("updated", sa.Float, nullable=False),
-    sa.Column("last_error", sa.Text),
-)
-
-attempts = sa.Table(
-    "attempts",
-    metadata,
-    sa.Column("processor", sa.String(200), primary_key=True),
-    sa.Column("message_id", sa.String(64), primary_key=True),
-    sa.Column("count", sa.Integer, nullable=False),
-)
-
-kv = sa.Table(
-    "kv",
-    metadata,
-    sa.Column("namespace", sa.String(200), primary_key=True),
-    sa.Column("key", sa.String(500), primary_key=True),
-    sa.Column("field", sa.String(200), primary_key=True),
-    sa.Column("value", sa.LargeBinary, nullable=False),
-)
-
-
-code_pins = sa.Table(
-    "code_pins",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow", sa.String(200), nullable=False),
-    sa.Column("processor", sa.String(200), nullable=False),
-    sa.Column("repo", sa.Text, nullable=False),
-    sa.Column("ref", sa.String(500), nullable=False),
-    sa.Column("commit", sa.String(64), nullable=False),
-    sa.Column("resolved", sa.Float, nullable=False),
-    sa.Index("code_pins_by_processor", "flow", "processor"),
-)
-
-
-# -- distributed mode: the control plane's desired and observed state ----------------------
-flows = sa.Table(
-    "flows",
-    metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("revision", sa.Integer, nullable=False),
-    #: The run the flow's workers report under and its sources keep their progress in.
-    sa.Column("run_id", sa.Integer, nullable=False),
-    sa.Column("running", sa.Boolean, nullable=False, default=True),
-    sa.Column("updated", sa.Float, nullable=False),
-)
-
-flow_revisions = sa.Table(
-    "flow_revisions",
-    metadata,
-    sa.Column("flow", sa.String(200), primary_key=True),
-    sa.Column("revision", sa.Integer, primary_key=True),
-    #: The flow as deployed (JSON), code references resolved.
-    sa.Column("document", sa.Text, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("note", sa.Text, nullable=False, default=""),
-)
-
-processor_controls = sa.Table(
-    "processor_controls",
-    metadata,
-    sa.Column("flow", sa.String(200), primary_key=True),
-    sa.Column("processor", sa.String(200), primary_key=True),
-    sa.Column("paused", sa.Boolean, nullable=False, default=False),
-    #: Bumped by a restart: every instance is replaced, new ones first.
-    sa.Column("restarts", sa.Integer, nullable=False, default=0),
-)
-
-agents = sa.Table(
-    "agents",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("host", sa.String(200), nullable=False),
-    sa.Column("cores", sa.Integer, nullable=False),
-    sa.Column("memory", sa.BigInteger, nullable=False),
-    sa.Column("capacity", sa.Integer, nullable=False),
-    sa.Column("labels", sa.Text, nullable=False, default="{}"),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("registered", sa.Float, nullable=False),
-    sa.Column("heartbeat", sa.Float, nullable=False),
-    #: The generation of the agent's assignment: bumped whenever what it should run changes.
-    sa.Column("assigned", sa.BigInteger, nullable=False, default=0),
-    #: The generation the agent last said it runs.
-    sa.Column("applied", sa.BigInteger, nullable=False, default=0),
-    #: A digest of the assignment, to tell when it changed.
-    sa.Column("digest", sa.String(64), nullable=False, default=""),
-    #: Its workers as it last reported them (JSON).
-    sa.Column("workers", sa.Text, nullable=False, default="[]"),
-)
-
-placements = sa.Table(
-    "placements",
-    metadata,
-    sa.Column("flow", sa.String(200), primary_key=True),
-    sa.Column("processor", sa.String(200), primary_key=True),
-    sa.Column("instance", sa.Integer, primary_key=True),
-    sa.Column("agent_id", sa.String(64), index=True),
-    sa.Column("placed", sa.Float, nullable=False),
-)
-
-leases = sa.Table(
-    "leases",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("holder", sa.String(200), nullable=False),
-    sa.Column("expires", sa.Float, nullable=False),
-    #: Bumped whenever the lease changes hands.
-    sa.Column("term", sa.BigInteger, nullable=False),
-)
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.Float, nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("flow", sa.String(200)),
-    sa.Column("text", sa.Text, nullable=False),
-)
 
 
 @dataclass(slots=True)
@@ -216,33 +55,9 @@ class StateStore:
     """One state database, opened by URL (``sqlite:///…`` or ``postgresql://…``)."""
 
     def __init__(self, url: str, connections: int = 5) -> None:
-        """``connections``: how many database connections to keep (a server answering many
-        agents at once wants more)."""
+        """``connections``: how many database connections to keep."""
         self.url = url
-        try:
-            if url.startswith("sqlite:"):
-                path = url.split(":///", 1)[1] if ":///" in url else ""
-                if path:
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                self.engine = sa.create_engine(url, connect_args={"timeout": 60})
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            else:
-                self.engine = sa.create_engine(
-                    schema.engine_url(url),
-                    pool_pre_ping=True,
-                    pool_size=connections,
-                    max_overflow=2 * connections,
-                )
-            try:
-                schema.ensure(self.engine, _safe(url))
-            except Exception:
-                self.engine.dispose()  # no connection left open behind the error
-                raise
-        except sa.exc.SQLAlchemyError as exc:
-            raise StateError(
-                f"cannot open the state store {_safe(url)}: {exc.__class__.__name__}: "
-                f"{getattr(exc, 'orig', exc)}"
-            ) from None
+        self.engine = open_engine(url, connections)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -341,7 +156,7 @@ class StateStore:
             "done": done,
         }
         with self.engine.begin() as db:
-            db.execute(self._upsert(sources, values, ["run_id", "processor"]))
+            db.execute(upsert(self.engine, sources, values, ["run_id", "processor"]))
 
     def sources_done(self, run_id: int, names: list[str]) -> bool:
         if not names:
@@ -378,7 +193,7 @@ class StateStore:
             "last_error": r.last_error,
         }
         with self.engine.begin() as db:
-            db.execute(self._upsert(workers, values, ["id"]))
+            db.execute(upsert(self.engine, workers, values, ["id"]))
 
     def worker_reports(self, run_id: int) -> list[WorkerReport]:
         with self.engine.connect() as db:
@@ -389,7 +204,7 @@ class StateStore:
     def bump_attempt(self, processor: str, message_id: str) -> int:
         """Record that a redelivered message is about to be tried again; return its count."""
         values = {"processor": processor, "message_id": message_id, "count": 1}
-        stmt = self._insert(attempts).values(**values)
+        stmt = insert(self.engine, attempts).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["processor", "message_id"], set_={"count": attempts.c.count + 1}
         ).returning(attempts.c.count)
@@ -408,22 +223,6 @@ class StateStore:
     def kv(self, namespace: str) -> KeyValue:
         return KeyValue(self, namespace)
 
-    def _insert(self, table: sa.Table) -> Any:
-        """The dialect's INSERT, which knows ON CONFLICT."""
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table)
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table)
-
-    def _upsert(self, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
-        stmt = self._insert(table).values(**values)
-        return stmt.on_conflict_do_update(
-            index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
-        )
-
 
 class KeyValue:
     """Durable key → {field: value} state for one processor, shared by all its instances."""
@@ -441,7 +240,7 @@ class KeyValue:
             "value": msgpack.packb(value, use_bin_type=True),
         }
         with self.store.engine.begin() as db:
-            db.execute(self.store._upsert(kv, row, ["namespace", "key", "field"]))
+            db.execute(upsert(self.store.engine, kv, row, ["namespace", "key", "field"]))
             rows = db.execute(
                 sa.select(kv.c.field, kv.c.value).where(
                     kv.c.namespace == self.namespace, kv.c.key == key
@@ -471,19 +270,3 @@ class KeyValue:
                     )
                 ).scalar_one()
             )
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.close()
-
-
-def _safe(url: str) -> str:
-    """A URL with any password masked."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<state store URL>"

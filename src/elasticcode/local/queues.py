@@ -1,4 +1,5 @@
-"""Acting on a flow's queues from outside a run: inject messages, inspect and replay."""
+"""A one-host flow's queues from outside a run: send messages in, count them, list and replay
+dead letters (``elasticcode send``, ``queues``, ``dead-letters``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .brokers import Broker, DeadLetter, open_broker
-from .errors import FlowError
-from .flow import Flow
-from .message import Message, encode
-from .runner import state_paths
+from ..brokers import Broker, DeadLetter, open_broker
+from ..errors import FlowError
+from ..flow import Flow
+from ..message import Message, encode
+from .paths import state_paths
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The state store's schema, kept by Alembic migrations (``src/elasticcode/migrations``).
+"""The state store's schema, kept by Alembic migrations (``migrations`` beside this module).
 
 ``elasticcode db upgrade`` brings a database to the newest schema. The embedded SQLite state
 of a one-host run is upgraded on open; a shared database (PostgreSQL) only by that command, so
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from .errors import StateError, StateUnreachable
+from ..errors import StateError, StateUnreachable
 
 #: The newest migration; a database at this revision needs nothing done.
 HEAD = "0002"
@@ -39,7 +39,7 @@ def upgrade(engine: sa.Engine, say: Callable[[str], None] | None = None) -> tupl
     if before == HEAD:
         return before, HEAD
     config = Config()
-    config.set_main_option("script_location", "elasticcode:migrations")
+    config.set_main_option("script_location", "elasticcode.store:migrations")
     with engine.begin() as db:
         config.attributes["connection"] = db
         names = set(sa.inspect(db).get_table_names())

@@ -21,11 +21,12 @@ import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ProcessorError
-from .gitcode import _locked, cache_root
+from ..errors import ProcessorError
+from .cache import cache_root, locked
+from .git import code_folder
 
 if TYPE_CHECKING:
-    from .flow import Flow, Processor
+    from ..flow import Flow, Processor
 
 PIP_TIMEOUT = 1800
 
@@ -37,8 +38,6 @@ def requirement_lines(spec: Processor, flow: Flow) -> list[str]:
     if isinstance(spec.requirements, list):
         lines = spec.requirements
     else:
-        from .processor import code_folder
-
         folder = code_folder(spec) if spec.git is not None else flow.base_dir
         path = (folder / spec.requirements).resolve()
         if not path.is_file():
@@ -64,7 +63,7 @@ def python_for(spec: Processor, flow: Flow, build: bool = True) -> str:
     if not python.exists():
         if not build:
             raise ProcessorError(spec.name, "its environment is not built yet")
-        with _locked(env.with_name(f"{env.name}.lock")):
+        with locked(env.with_name(f"{env.name}.lock")):
             if not python.exists():
                 _build(spec.name, env, lines)
     return str(python)
@@ -111,8 +110,8 @@ CHECK = """
 import sys
 from pathlib import Path
 from elasticcode.errors import ElasticCodeError
+from elasticcode.code import load
 from elasticcode.flow import Flow
-from elasticcode.processor import load
 
 flow = Flow.loads(sys.stdin.read(), base_dir=Path(sys.argv[1]))
 try:

@@ -36,11 +36,12 @@ import shutil
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ElasticCodeError, ProcessorError, Reject
-from .processor import Context, Loaded, Output
+from ..errors import ElasticCodeError, ProcessorError, Reject
+from ..processor import Context, Loaded, Output
+from .git import code_folder
 
 if TYPE_CHECKING:
-    from .flow import Flow, Processor
+    from ..flow import Flow, Processor
 
 #: Longest reply line read from a command (a reply carries outputs up to the message limit).
 LINE_LIMIT = 64 * 2**20
@@ -59,8 +60,6 @@ class Command:
         if not argv:
             raise ProcessorError(spec.name, "command is empty; name an executable to run")
         if spec.git is not None:
-            from .processor import code_folder
-
             cwd = (code_folder(spec) / (spec.cwd or ".")).resolve()
         else:
             cwd = (flow.base_dir / (spec.cwd or ".")).resolve()

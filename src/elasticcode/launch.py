@@ -1,0 +1,130 @@
+"""How a worker process is launched, and its entry point (``python -m elasticcode.launch``).
+
+A supervisor writes the flow as it runs (``write_flow``: paths absolute, code pinned) where the
+workers read it, and starts one process per instance with ``command`` and ``environment``.
+URLs may carry credentials, so they reach the worker through its environment, never its
+command line. The process builds a ``Consumer`` or a ``Source`` and runs it until it is told
+to stop (SIGTERM: finish the batch, then exit) or, for a source, until it is exhausted; its
+exit code tells the supervisor what happened (see ``elasticcode.worker``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .brokers import open_broker
+from .errors import DiskFull, StateUnreachable
+from .flow import Flow
+from .source import Source
+from .store import StateStore
+from .worker import EXIT_DISK_FULL, Consumer
+
+log = logging.getLogger("elasticcode.worker")
+
+BROKER_ENV = "ELASTICCODE_WORKER_BROKER"
+STATE_ENV = "ELASTICCODE_WORKER_STATE"
+
+
+def write_flow(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
+    """Write the flow as run (see ``Flow.frozen``) into ``root`` for the workers to load."""
+    path = root / name
+    tmp = path.with_suffix(".tmp")
+    flow.frozen(root).dump(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def command(
+    python: str, flow_file: Path, processor: str, instance: int, run_id: int, consumer: str
+) -> list[str]:
+    """The command line of one worker process."""
+    return [
+        python,
+        "-m",
+        "elasticcode.launch",
+        "--flow",
+        str(flow_file),
+        "--processor",
+        processor,
+        "--instance",
+        str(instance),
+        "--run",
+        str(run_id),
+        "--consumer",
+        consumer,
+    ]
+
+
+def environment(broker_url: str, state_url: str) -> dict[str, str]:
+    """The environment of a worker process: the supervisor's, with the URLs it needs."""
+    return {**os.environ, BROKER_ENV: broker_url, STATE_ENV: state_url}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m elasticcode.launch",
+        description="Run one processor instance (started by a supervisor).",
+    )
+    parser.add_argument("--flow", required=True, help="flow file")
+    parser.add_argument("--processor", required=True)
+    parser.add_argument("--instance", type=int, default=0)
+    parser.add_argument("--run", type=int, required=True, dest="run_id")
+    parser.add_argument(
+        "--broker", default=os.environ.get(BROKER_ENV), help=f"[default: ${BROKER_ENV}]"
+    )
+    parser.add_argument(
+        "--state", default=os.environ.get(STATE_ENV), help=f"[default: ${STATE_ENV}]"
+    )
+    parser.add_argument("--consumer", required=True)
+    args = parser.parse_args(argv)
+    if not args.broker or not args.state:
+        parser.error(f"give --broker and --state, or set {BROKER_ENV} and {STATE_ENV}")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.processor}[{args.instance}] %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    flow = Flow.load(args.flow)
+    broker = open_broker(
+        args.broker, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
+    )
+    state = _open_state(args.state)
+    kind = Source if flow.get(args.processor).is_source else Consumer
+    worker = kind(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
+
+    async def go() -> int:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+        return await worker.run()
+
+    try:
+        return asyncio.run(go())
+    except DiskFull as exc:  # nothing more can be written: say so and let the supervisor decide
+        log.error("%s", exc)
+        return EXIT_DISK_FULL
+    finally:
+        state.close()
+
+
+def _open_state(url: str) -> StateStore:
+    """The state store; while it does not answer, wait for it (the supervisor stops this worker
+    if it should give up)."""
+    delay = 0.5
+    while True:
+        try:
+            return StateStore(url)
+        except StateUnreachable as exc:
+            log.warning("waiting for the state store: %s; retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

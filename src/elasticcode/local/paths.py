@@ -1,0 +1,40 @@
+"""Where a one-host run keeps its queues, state and logs, and the lock that makes it its own."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from ..errors import RunLocked
+from ..flow import Flow
+
+
+def state_paths(
+    flow: Flow, state_dir: str | Path | None = None, broker: str | None = None
+) -> tuple[Path, str, str]:
+    """(state dir, broker URL, state URL) for a flow, embedded defaults filled in."""
+    root = Path(state_dir) if state_dir else Path.cwd() / ".elasticcode" / flow.name
+    root = root.resolve()
+    broker = broker or os.environ.get("ELASTICCODE_BROKER") or flow.settings.broker
+    return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
+
+
+class RunLock:
+    """The lock of a state directory: one run at a time owns it."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.file: IO[str] = open(root / "run.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RunLocked(
+                f"another `elasticcode run` is using {root}; stop it first, or give this run "
+                "its own --state-dir"
+            ) from None
+
+    def release(self) -> None:
+        self.file.close()

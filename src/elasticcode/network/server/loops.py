@@ -1,0 +1,61 @@
+"""What a server does in the background: lead (when it holds the lease), and pump new events
+to the event stream's subscribers. (Watching assignments for waiting agents: ``changes``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.concurrency import run_in_threadpool
+
+from ..cluster import Cluster
+from .context import Server
+
+log = logging.getLogger("elasticcode.server")
+
+
+async def lead(srv: Server) -> None:
+    """Run the leader's rounds for as long as the server runs (each a no-op unless it leads)."""
+    backoff = 1.0
+    said: set[str] = set()
+    while True:
+        try:
+            notes = await run_in_threadpool(srv.leader.round)
+            if (notes is not None) != srv.leading:
+                srv.leading = notes is not None
+                log.info("%s", "leading" if notes is not None else "following the leader")
+            for n in notes or []:
+                if n not in said:  # a standing condition is said once, not every round
+                    log.info("%s", n)
+            said = set(notes or [])
+            backoff = 1.0
+        except Exception as exc:
+            srv.leading = False
+            log.warning("cannot reach the state store (%s); retrying in %.0fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+        await asyncio.sleep(srv.settings.tick)
+
+
+async def pump_events(srv: Server) -> None:
+    """Hand every new event to each subscriber's queue (a full queue misses it)."""
+    after = await run_in_threadpool(_last_event_id, srv.cluster)
+    while True:
+        try:
+            for e in await run_in_threadpool(srv.cluster.events, after):
+                after = e["id"]
+                for q in list(srv.subscribers):
+                    with contextlib.suppress(asyncio.QueueFull):
+                        q.put_nowait({"type": "event", **e})
+        except Exception as exc:
+            log.warning("cannot read events: %s", exc)
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(0.25)
+
+
+def _last_event_id(cl: Cluster) -> int:
+    last = 0
+    while batch := cl.events(last, 5000):
+        last = batch[-1]["id"]
+    return last

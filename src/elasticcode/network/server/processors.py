@@ -1,0 +1,115 @@
+"""The processors of a deployed flow: list (code, commit, where each instance runs), add,
+change, remove, scale, pause, resume, restart. Every change but pause, resume and restart is
+a new revision; only the instances whose spec changed are replaced."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from ...redact import redact_url
+from ..cluster import Cluster, NotFound
+from .context import AUTH, Srv
+from .schemas import ScaleBody
+
+router = APIRouter(tags=["processors"], dependencies=AUTH)
+
+
+@router.get("/flows/{name}/processors")
+async def processors(srv: Srv, name: str) -> list[dict[str, Any]]:
+    return await run_in_threadpool(_processors, srv.cluster, name)
+
+
+@router.post("/flows/{name}/processors")
+async def add_processor(srv: Srv, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Add a processor (a new revision); wire it with connections."""
+    doc = (await run_in_threadpool(srv.cluster.flow, name)).document
+    doc["processors"] = [*doc.get("processors", []), body]
+    note = f"processor {body.get('name')} added"
+    revision, _ = await run_in_threadpool(srv.cluster.apply, doc, note)
+    return {"name": name, "revision": revision}
+
+
+@router.patch("/flows/{name}/processors/{processor}")
+async def update_processor(
+    srv: Srv, name: str, processor: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Change some of a processor's settings (a new revision; its workers are replaced,
+    new ones first, when what they run changed)."""
+    revision = await run_in_threadpool(srv.cluster.update_processor, name, processor, body)
+    return {"name": name, "revision": revision}
+
+
+@router.delete("/flows/{name}/processors/{processor}")
+async def remove_processor(srv: Srv, name: str, processor: str) -> dict[str, Any]:
+    """Remove a processor and its connections (a new revision)."""
+    revision = await run_in_threadpool(_remove_processor, srv.cluster, name, processor)
+    return {"name": name, "revision": revision}
+
+
+@router.post("/flows/{name}/processors/{processor}/scale")
+async def scale(srv: Srv, name: str, processor: str, body: ScaleBody) -> dict[str, Any]:
+    changes = {"instances": body.instances}
+    revision = await run_in_threadpool(srv.cluster.update_processor, name, processor, changes)
+    return {"name": name, "revision": revision}
+
+
+@router.post("/flows/{name}/processors/{processor}/{action}")
+async def processor_action(
+    srv: Srv, name: str, processor: str, action: Literal["pause", "resume", "restart"]
+) -> dict[str, Any]:
+    """Pause (its workers stop; its queue keeps filling), resume, or restart (every
+    instance replaced, new ones first)."""
+    await run_in_threadpool(srv.cluster.control, name, processor, action)
+    return {"flow": name, "processor": processor, "done": action}
+
+
+def _processors(cl: Cluster, name: str) -> list[dict[str, Any]]:
+    info = cl.flow(name)
+    flow = cl.parsed(info.name, info.revision, info.document)
+    controls = cl.controls()
+    placed = cl.instances(name)
+    out = []
+    for p in flow.processors:
+        paused, restarts = controls.get((name, p.name), (False, 0))
+        mine = [w for w in placed if w["processor"] == p.name]
+        out.append(
+            {
+                "name": p.name,
+                "instances": p.instances,
+                "labels": p.labels,
+                "paused": paused,
+                "restarts": restarts,
+                "code": _code_of(p.model_dump(mode="json", exclude_none=True)),
+                "placed": mine,
+            }
+        )
+    return out
+
+
+def _code_of(p: dict[str, Any]) -> dict[str, Any]:
+    code: dict[str, Any] = {k: p[k] for k in ("code", "command") if k in p}
+    if "inline" in p:
+        code["inline"] = True
+    if "git" in p:
+        git = dict(p["git"])
+        git["repo"] = redact_url(git["repo"])
+        code["git"] = git
+    return code
+
+
+def _remove_processor(cl: Cluster, name: str, processor: str) -> int:
+    doc = cl.flow(name).document
+    procs = doc.get("processors", [])
+    if not any(p.get("name") == processor for p in procs):
+        raise NotFound(f"flow {name!r} has no processor {processor!r}")
+    doc["processors"] = [p for p in procs if p.get("name") != processor]
+    doc["connections"] = [
+        c
+        for c in doc.get("connections", [])
+        if processor not in (c["from"].split(".")[0], c["to"].split(".")[0])
+    ]
+    revision, _ = cl.apply(doc, f"processor {processor} removed")
+    return revision

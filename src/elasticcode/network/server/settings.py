@@ -1,0 +1,20 @@
+"""A server's settings, as ``elasticcode server start`` gathers them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServerSettings:
+    db: str
+    #: The broker of flows that name none.
+    broker: str | None = None
+    #: The state store URL given to agents (and their workers); default: ``db``.
+    worker_db: str | None = None
+    token: str | None = None
+    agent_timeout: float = 10.0
+    lease: float = 5.0
+    tick: float = 0.5
+    heartbeat: float = 2.0
+    server_id: str = ""

@@ -1,0 +1,170 @@
+"""The state store's tables, in one metadata: the state of one-host runs, then the control
+plane's (distributed mode). Their history is in ``migrations``; the newest migration matches
+these definitions.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# -- runs on one host (and the runs of deployed flows) ----------------------------------------
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(200), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("ended", sa.Float),
+)
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("offset", sa.BigInteger, nullable=False, default=0),
+    sa.Column("calls", sa.BigInteger, nullable=False, default=0),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("processor", sa.String(200), nullable=False),
+    sa.Column("instance", sa.Integer, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("received", sa.BigInteger, nullable=False, default=0),
+    sa.Column("emitted", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("retried", sa.BigInteger, nullable=False, default=0),
+    sa.Column("dead", sa.BigInteger, nullable=False, default=0),
+    sa.Column("busy", sa.Float, nullable=False, default=0.0),
+    sa.Column("holding", sa.Integer, nullable=False, default=0),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+kv = sa.Table(
+    "kv",
+    metadata,
+    sa.Column("namespace", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(500), primary_key=True),
+    sa.Column("field", sa.String(200), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
+
+code_pins = sa.Table(
+    "code_pins",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(200), nullable=False),
+    sa.Column("processor", sa.String(200), nullable=False),
+    sa.Column("repo", sa.Text, nullable=False),
+    sa.Column("ref", sa.String(500), nullable=False),
+    sa.Column("commit", sa.String(64), nullable=False),
+    sa.Column("resolved", sa.Float, nullable=False),
+    sa.Index("code_pins_by_processor", "flow", "processor"),
+)
+
+
+# -- distributed mode: the control plane's desired and observed state ----------------------
+flows = sa.Table(
+    "flows",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+    #: The run the flow's workers report under and its sources keep their progress in.
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("running", sa.Boolean, nullable=False, default=True),
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
+flow_revisions = sa.Table(
+    "flow_revisions",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("revision", sa.Integer, primary_key=True),
+    #: The flow as deployed (JSON), code references resolved.
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+)
+
+processor_controls = sa.Table(
+    "processor_controls",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    #: Bumped by a restart: every instance is replaced, new ones first.
+    sa.Column("restarts", sa.Integer, nullable=False, default=0),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("cores", sa.Integer, nullable=False),
+    sa.Column("memory", sa.BigInteger, nullable=False),
+    sa.Column("capacity", sa.Integer, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("registered", sa.Float, nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),
+    #: The generation of the agent's assignment: bumped whenever what it should run changes.
+    sa.Column("assigned", sa.BigInteger, nullable=False, default=0),
+    #: The generation the agent last said it runs.
+    sa.Column("applied", sa.BigInteger, nullable=False, default=0),
+    #: A digest of the assignment, to tell when it changed.
+    sa.Column("digest", sa.String(64), nullable=False, default=""),
+    #: Its workers as it last reported them (JSON).
+    sa.Column("workers", sa.Text, nullable=False, default="[]"),
+)
+
+placements = sa.Table(
+    "placements",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("processor", sa.String(200), primary_key=True),
+    sa.Column("instance", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(64), index=True),
+    sa.Column("placed", sa.Float, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    #: Bumped whenever the lease changes hands.
+    sa.Column("term", sa.BigInteger, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("flow", sa.String(200)),
+    sa.Column("text", sa.Text, nullable=False),
+)
