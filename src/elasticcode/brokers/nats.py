@@ -12,7 +12,7 @@ Connection string
     for TLS, verified against the system's CAs unless ``tls_ca`` names a bundle. Needs
     nats-server 2.9 or newer with JetStream enabled (``-js``).
 
-Options (URL query)
+Options (URL query; durations in seconds, or written as 30s, 500ms, 2m)
     ``ack_wait=SECONDS`` -- how long a fetched message stays with its consumer before the server
     hands it out again (default 300). A consumer known to be dead is released at once.
     ``max_deliver=N`` -- deliveries after which the server drops a message (default -1, never:
@@ -34,14 +34,16 @@ import re
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from ..errors import BrokerError
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
+from .retry import Retrying
+from .url import BrokerURL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,19 +75,22 @@ class NATSBroker(Broker):
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        parts = urlsplit(url)
-        try:
-            self._where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 4222}"
-        except ValueError:
-            raise BrokerError("nats broker URL has an invalid port") from None
+        self._options = options = BrokerURL("nats", url, known=OPTIONS)
+        self._where = options.where("127.0.0.1", 4222)
+        parts = options.parts
         self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))  # may hold secrets
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if unknown := sorted(set(query) - set(OPTIONS)):
-            raise BrokerError(f"nats broker: unknown option(s) {unknown}; known: {OPTIONS}")
-        self.ack_wait = _number(query, "ack_wait", 300, low=0.001)
-        self.max_deliver = int(_number(query, "max_deliver", -1, low=-1))
-        self.retry_for = _number(query, "retry_for", 30, low=0)
-        self._creds, self._tls_ca = query.get("creds"), query.get("tls_ca")
+        self.ack_wait = options.seconds("ack_wait", 300, low=0.001)
+        self.max_deliver = options.integer("max_deliver", -1, low=-1)
+        self.retry_for = options.seconds("retry_for", 30)
+        self._creds, self._tls_ca = options.text("creds"), options.text("tls_ca")
+        self._retrying = Retrying(
+            f"NATS broker at {self._where}",
+            self.retry_for,
+            transient=self._is_transient,
+            failed=self._failed,
+            mask=options.mask,
+            log=log,
+        )
         self._nc: Any = None
         self._no_responders: type[Exception] = LookupError
         self._transient: tuple[type[BaseException], ...] = (TimeoutError, OSError)
@@ -120,7 +125,8 @@ class NATSBroker(Broker):
             nc = await nats.connect(**options)
         except Exception as exc:
             msg = f"cannot connect to the NATS server at {self._where}: "
-            raise BrokerError(msg + (self._last_error or _describe(exc))) from None
+            why = self._options.mask(self._last_error or _describe(exc))
+            raise BrokerError(msg + why) from None
         nc.options["max_reconnect_attempts"] = -1
         self._nc = nc
         try:
@@ -129,6 +135,7 @@ class NATSBroker(Broker):
             await self.close()
             js = isinstance(exc, self._no_responders)
             why = "it does not run JetStream; start it with -js" if js else _describe(exc)
+            why = self._options.mask(why)
             raise BrokerError(f"NATS server at {self._where}: {why}") from None
         await self._ensure(DEAD_STREAM, f"{DEAD_SUBJECTS}.>")
         await self._ensure(LEASE_STREAM, f"{LEASE_SUBJECTS}.>", **LEASES)
@@ -149,25 +156,15 @@ class NATSBroker(Broker):
         self._last_error = _describe(exc)
         log.debug("NATS broker at %s: %s", self._where, self._last_error)
 
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op``; while the server is unreachable, retry with backoff up to retry_for."""
-        deadline, pause = time.monotonic() + self.retry_for, 0.1
-        while True:
-            try:
-                return await op()
-            except Exception as exc:
-                transient = isinstance(exc, self._transient)
-                transient |= isinstance(exc, _APIError) and exc.code == 503
-                if not transient or time.monotonic() + pause > deadline:
-                    if isinstance(exc, BrokerError):
-                        raise
-                    late = f" for {self.retry_for:g}s" if transient else ""
-                    msg = f"NATS broker at {self._where}: {what} failed{late}: {_describe(exc)}"
-                    raise BrokerError(msg) from None
-                if pause == 0.1:
-                    log.warning("NATS at %s: %s failed (%r); retrying", self._where, what, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+    def _is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, _APIError):
+            return exc.code == 503  # JetStream not ready (yet, or again)
+        return isinstance(exc, self._transient)
+
+    def _failed(self, what: str, exc: BaseException, gave_up: bool) -> BaseException:
+        late = f" for {self.retry_for:g}s" if gave_up else ""
+        why = self._options.mask(_describe(exc))
+        return BrokerError(f"NATS broker at {self._where}: {what} failed{late}: {why}")
 
     async def _api(self, subject: str, req: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = b"" if req is None else json.dumps(req).encode()
@@ -462,13 +459,6 @@ class NATSBroker(Broker):
                 "replay", f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": dl.id, "no_erase": True}
             )
         return len(letters)
-
-
-def _number(query: dict[str, str], key: str, default: float, low: float) -> float:
-    with suppress(ValueError):
-        if (value := float(query.get(key, default))) >= low:
-            return value
-    raise BrokerError(f"nats broker: {key} must be a number >= {low:g}, not {query[key]!r}")
 
 
 def _describe(exc: BaseException) -> str:

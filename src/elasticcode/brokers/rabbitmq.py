@@ -27,7 +27,7 @@ Connection string
     ``cafile``, ``certfile``, ``keyfile``, ``no_verify_ssl``). Passwords never show in errors
     or logs.
 
-Options (URL query)
+Options (URL query; durations in seconds, or written as 30s, 500ms, 2m)
     ``queue_type=classic|quorum`` -- the type of the queues declared (default classic).
     ``prefetch=N`` -- messages pushed ahead to each consumer (default: the fetch limit).
     ``retry_for=SECONDS`` -- how long an operation waits for a lost connection (default 30).
@@ -45,11 +45,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BrokerError
+from . import amqp_batch
+from .amqp_batch import Outgoing, publish_batch
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
+from .retry import Retrying
+from .url import BrokerURL
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -58,31 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("elasticcode.brokers.rabbitmq")
 T = TypeVar("T")
-
-try:  # aiormq's frame types, for publishing a batch in one write (see _publish_batch)
-    from aiormq import spec as _SPEC
-    from aiormq.abc import ChannelFrame as _Frame
-    from pamqp.header import ContentHeader as _Header
-
-    _BATCHING = True
-except ImportError:  # another aiormq: publish one message at a time
-    _BATCHING = False
-#: What _publish_batch uses of an aiormq channel.
-_BATCH_NEEDS = (
-    *("lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "create_future"),
-    *("write_queue", "_split_body", "number"),
-)
-
-
-def _forgetting(ch: Any, message_id: str, tag: int) -> Callable[[Any], None]:
-    """Drop a message id's entry once its confirmation is settled (as aiormq does)."""
-
-    def forget(_: Any) -> None:
-        if ch.message_id_delivery_tag.get(message_id) == tag:
-            ch.message_id_delivery_tag.pop(message_id)
-
-    return forget
-
 
 COUNT = "x-ec-deliveries"  # deliveries before this copy was published
 ERROR = "x-ec-error"
@@ -97,13 +75,6 @@ def delay_queue(queue: str) -> str:
 
 def dead_queue(queue: str) -> str:
     return f"{queue}.dead"
-
-
-class _Out(NamedTuple):
-    queue: str
-    body: bytes
-    headers: dict[str, Any] | None = None
-    expiration: str | None = None  # milliseconds
 
 
 class _Consuming:
@@ -134,21 +105,22 @@ class RabbitMQBroker(Broker):
         self._aio = require("aio_pika", "rabbitmq")
         aiormq = require("aiormq", "rabbitmq")
         self._errors, self._properties = aiormq.exceptions, aiormq.spec.Basic.Properties
-        parts = urlsplit(url)
-        try:
-            port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-            query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            self.queue_type = query.pop("queue_type", "classic").lower()
-            self.prefetch = int(query.pop("prefetch", 0))
-            self.retry_for = float(query.pop("retry_for", 30))
-        except ValueError as exc:
-            raise BrokerError(f"rabbitmq broker URL: {exc} (a number was expected)") from None
-        if self.queue_type not in ("classic", "quorum"):
-            raise BrokerError(f"queue_type must be classic or quorum, not {self.queue_type!r}")
-        self.where = f"RabbitMQ at {parts.hostname or 'localhost'}:{port}"
-        self._secrets = {s for s in (parts.password, unquote(parts.password or "")) if s}
-        query.setdefault("reconnect_interval", "1")
-        self._url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._options = options = BrokerURL("rabbitmq", url)
+        self.queue_type = options.choice("queue_type", "classic", ("classic", "quorum"))
+        self.prefetch = options.integer("prefetch", 0, low=0)
+        self.retry_for = options.seconds("retry_for", 30)
+        secure = options.parts.scheme == "amqps"
+        self.where = f"RabbitMQ at {options.where('localhost', 5671 if secure else 5672)}"
+        self._url = options.passed(reconnect_interval="1")  # the rest is aio-pika's
+        self._retrying = Retrying(
+            self.where,
+            self.retry_for,
+            transient=self._cut_off,
+            failed=self._failed,
+            mask=options.mask,
+            log=log,
+            pause=self._reconnected,
+        )
         self._transient = (OSError, self._errors.ChannelInvalidStateError)
         self._conn: AbstractRobustConnection | None = None
         self._channels: dict[str, AbstractChannel] = {}
@@ -158,13 +130,11 @@ class RabbitMQBroker(Broker):
         self._arrived = asyncio.Event()
         self._known: dict[str, None] = {}  # queues declared through this object, in order
         self._rotation = itertools.count()
+        self._batching: bool | None = None  # see _batches
 
     # -- connection -------------------------------------------------------------------------
     def _scrub(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._options.mask(f"{type(exc).__name__}: {exc}")
 
     async def connect(self) -> None:
         if self._conn is None:
@@ -200,33 +170,46 @@ class RabbitMQBroker(Broker):
                     self._channels[role] = ch
         return await ch.get_underlay_channel()
 
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], queue: str = "") -> T:
+    def _up(self) -> bool:
+        conn = self._conn
+        transport = conn.transport if conn is not None else None
+        up = transport is not None and not transport.connection.is_closed
+        return up and conn is not None and conn.connected.is_set()
+
+    def _cut_off(self, exc: BaseException) -> bool:
+        """Whatever fails while the connection is down is the connection's doing."""
+        if isinstance(exc, BrokerError):
+            return False
+        return not self._up() or isinstance(exc, self._transient)
+
+    def _failed(self, what: str, exc: BaseException, gave_up: bool) -> BaseException:
+        if gave_up:
+            return BrokerError(
+                f"{self.where} unavailable for {self.retry_for:g}s; {what} failed "
+                f"({self._scrub(exc)})"
+            )
+        return exc  # not the connection's doing, nor an AMQP error (see _retry): a bug
+
+    async def _reconnected(self, pause: float, left: float) -> None:
+        """Wait for the connection to be back (up to ``left``), then ``pause`` more at most."""
+        started = time.monotonic()
+        if self._conn is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._conn.connected.wait(), left)
+        await asyncio.sleep(min(pause, max(0.0, left - (time.monotonic() - started))))
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]], queue: str = "") -> T:
         """Run ``op``; if the connection is lost meanwhile, wait for it and run it again."""
-        deadline = time.monotonic() + self.retry_for
-        while True:
+
+        async def guarded() -> T:
             try:
                 return await op()
-            except BrokerError:
-                raise
-            except Exception as exc:
-                conn, left = self._conn, deadline - time.monotonic()
-                transport = conn.transport if conn is not None else None
-                up = transport is not None and not transport.connection.is_closed
-                # whatever fails while the connection is down is the connection's doing
-                if up and conn and conn.connected.is_set() and not isinstance(exc, self._transient):
-                    if isinstance(exc, self._errors.AMQPError):
-                        raise self._error(exc, queue) from None
+            except self._errors.AMQPError as exc:
+                if self._cut_off(exc):
                     raise
-                if left <= 0:
-                    raise BrokerError(
-                        f"{self.where} unavailable for {self.retry_for:g}s; {what} failed "
-                        f"({self._scrub(exc)})"
-                    ) from None
-                log.warning("%s: %s cut off (%s); retrying", self.where, what, self._scrub(exc))
-                if conn is not None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(conn.connected.wait(), left)
-                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                raise self._error(exc, queue) from None
+
+        return await self._retrying(what, guarded)
 
     def _error(self, exc: BaseException, queue: str) -> BrokerError:
         e = self._errors
@@ -249,7 +232,7 @@ class RabbitMQBroker(Broker):
             async def go(q: str = q) -> T:
                 return await op(await self._channel("ops"), q)
 
-            out.append(await self._retrying(what, go, q))
+            out.append(await self._retry(what, go, q))
         return out
 
     # -- declaring and publishing ------------------------------------------------------------
@@ -276,14 +259,14 @@ class RabbitMQBroker(Broker):
                     f"message of {len(body):,} bytes exceeds the broker limit of "
                     f"{self.max_message_bytes:,} bytes"
                 )
-        await self._send([_Out(q, body) for q, body in items])
+        await self._send([Outgoing(q, body) for q, body in items])
 
-    async def _send(self, items: Sequence[_Out]) -> None:
+    async def _send(self, items: Sequence[Outgoing]) -> None:
         """Publish persistent messages with all confirms in flight at once; publish again
         what a lost connection cut off (a lost confirm may duplicate one: at-least-once)."""
         pending = list(items)
 
-        async def one(ch: Wire, out: _Out) -> None:
+        async def one(ch: Wire, out: Outgoing) -> None:
             # aiormq gives each a random message_id (returns are matched by it; the dead
             # letters' ids for replay)
             props = self._properties(
@@ -296,8 +279,8 @@ class RabbitMQBroker(Broker):
         async def attempt() -> None:
             nonlocal pending
             ch = await self._channel("pub")
-            if _BATCHING and all(hasattr(ch, a) for a in _BATCH_NEEDS):
-                results = await self._publish_batch(ch, pending)
+            if self._batches(ch):
+                results = await publish_batch(ch, pending, self._properties)
             else:
                 sends = (one(ch, o) for o in pending)
                 results = await asyncio.gather(*sends, return_exceptions=True)
@@ -310,49 +293,22 @@ class RabbitMQBroker(Broker):
                 raise self._errors.ChannelInvalidStateError(f"publish cut off: {cut[0][1]!r}")
 
         if pending:
-            await self._retrying("publish", attempt)
+            await self._retry("publish", attempt)
 
-    async def _publish_batch(self, ch: Any, outs: Sequence[_Out]) -> list[Any]:
-        """Publish a batch as aiormq's ``basic_publish`` does each message, but with the frames
-        of all of them in one write: per message, a delivery tag, a confirmation future and a
-        random message id (to match a return), all registered on the channel under its lock.
-        Returns, per message, None once confirmed or the exception that ended it."""
-        frames: list[Any] = []
-        futures: list[asyncio.Future[Any]] = []
-        registered: list[tuple[int, str]] = []
-        async with ch.lock:
-            first = ch.delivery_tag
-            try:
-                for out in outs:
-                    message_id = uuid.uuid4().hex
-                    props = self._properties(
-                        delivery_mode=2,
-                        headers=out.headers,
-                        expiration=out.expiration,
-                        message_id=message_id,
-                    )
-                    ch.delivery_tag += 1
-                    tag = ch.delivery_tag
-                    confirmation = ch.create_future()
-                    ch.confirmations[tag] = confirmation
-                    ch.message_id_delivery_tag[message_id] = tag
-                    confirmation.add_done_callback(_forgetting(ch, message_id, tag))
-                    registered.append((tag, message_id))
-                    futures.append(confirmation)
-                    publish = _SPEC.Basic.Publish(routing_key=out.queue, mandatory=True)
-                    frames += [publish, _Header(properties=props, body_size=len(out.body))]
-                    frames += ch._split_body(out.body)
-                await ch.write_queue.put(_Frame.marshall(channel_number=ch.number, frames=frames))
-            except BaseException:  # nothing was sent: give the delivery tags back
-                ch.delivery_tag = first
-                for tag, message_id in registered:
-                    ch.confirmations.pop(tag, None)
-                    ch.message_id_delivery_tag.pop(message_id, None)
-                for f in futures:
-                    f.cancel()
-                raise
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return [r if isinstance(r, BaseException) else None for r in results]
+    def _batches(self, ch: Wire) -> bool:
+        """Whether this aiormq lets batches go out in one write (see ``amqp_batch``)."""
+        if self._batching is None:
+            lacking = amqp_batch.missing(ch)
+            self._batching = not lacking
+            if lacking:
+                log.warning(
+                    "%s: publishing one message at a time, slower: this aiormq lacks %s, which "
+                    "batch publishing needs; install aiormq%s (pip install 'elasticcode[rabbitmq]')",
+                    self.where,
+                    ", ".join(lacking),
+                    amqp_batch.AIORMQ,
+                )
+        return self._batching
 
     # -- consuming ---------------------------------------------------------------------------
     async def _consume(self, queues: Sequence[str], limit: int, consumer: str) -> _Consuming:
@@ -385,12 +341,12 @@ class RabbitMQBroker(Broker):
     ) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         consume = functools.partial(self._consume, queues, limit, consumer)
-        cons = await self._retrying("fetch", consume)
+        cons = await self._retry("fetch", consume)
         out: list[Delivery] = []
         while len(out) < limit:
             self._arrived.clear()
             if cons.channel.is_closed:  # reconnected: consume again
-                cons = await self._retrying("fetch", consume)
+                cons = await self._retry("fetch", consume)
             more = self._take(cons, queues, limit - len(out))
             out += more
             if more:
@@ -441,17 +397,17 @@ class RabbitMQBroker(Broker):
         """Outputs first, then retried and dead-lettered copies (all confirmed), then acks."""
         if settlement.publish:
             await self.publish(settlement.publish)
-        moved: list[_Out] = []
+        moved: list[Outgoing] = []
         now = int(time.time() * 1000)
         for d, error in settlement.dead:  # a requeued delivery comes back by itself: no copy
             if self._holds(d):
                 info = {COUNT: d.delivery, ERROR: error[:MAX_ERROR_CHARS], FAILED_AT: now}
-                moved.append(_Out(dead_queue(d.queue), d.body, info))
+                moved.append(Outgoing(dead_queue(d.queue), d.body, info))
         for d, delay, error in settlement.retry:
             if self._holds(d):
                 info, ms = {COUNT: d.delivery, ERROR: error[:MAX_ERROR_CHARS]}, round(delay * 1000)
                 to, expiration = (delay_queue(d.queue), str(ms)) if ms > 0 else (d.queue, None)
-                moved.append(_Out(to, d.body, info, expiration))
+                moved.append(Outgoing(to, d.body, info, expiration))
         await self._send(moved)
         dead = [d for d, _ in settlement.dead]
         await self.ack([*settlement.ack, *dead, *(d for d, _, _ in settlement.retry)])
@@ -510,7 +466,7 @@ class RabbitMQBroker(Broker):
                     if to is None:
                         return taken
                     chosen = [m for m in taken if ids is None or _id(m) in ids]
-                    await self._send([_Out(to, m.body) for m in chosen])  # delivery count reset
+                    await self._send([Outgoing(to, m.body) for m in chosen])  # delivery count reset
                     for m in chosen:
                         await ch.basic_ack(m.delivery_tag or 0)
                     taken = [m for m in taken if m not in chosen]
@@ -520,7 +476,7 @@ class RabbitMQBroker(Broker):
                         last = taken[-1].delivery_tag or 0
                         await ch.basic_nack(last, multiple=True, requeue=True)
 
-        return await self._retrying("read", go, queue)
+        return await self._retry("read", go, queue)
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         return [m.body for m in await self._borrow(queue, limit)]

@@ -10,7 +10,7 @@ Connection string
     ``sqlite:///relative/path/queues.db`` or ``sqlite:////absolute/path/queues.db``
     (SQLAlchemy's form).
 
-Options (URL query)
+Options (URL query; durations in seconds, or written as 30s, 500ms, 2m)
     ``synchronous=normal|full`` -- ``normal`` (default) survives any process crash; ``full``
     also survives power loss, at a cost in throughput.
     ``lease=SECONDS`` -- how long a fetched message stays invisible to other consumers before
@@ -29,10 +29,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BrokerError, DiskFull
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, rotate
+from .url import BrokerURL
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+OPTIONS = ("synchronous", "lease")
 #: Idle polling backs off from the first to the last step, in seconds.
 POLL_STEPS = (0.0005, 0.001, 0.002, 0.005)
 #: A connection checkpoints the WAL (outside the write lock) after this many commits.
@@ -73,26 +74,17 @@ class SQLiteBroker(Broker):
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        parts = urlsplit(url)
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        options = BrokerURL("sqlite", url, known=OPTIONS)
+        path = options.parts.path
+        path = path[1:] if path.startswith("/") else path
         if not path:
             raise BrokerError(
                 "sqlite broker URL has no file path; use sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
         self.path = Path(path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        self.synchronous = query.get("synchronous", "normal").upper()
-        if self.synchronous not in ("NORMAL", "FULL"):
-            raise BrokerError(
-                f"sqlite broker: synchronous must be normal or full, not {query['synchronous']!r}"
-            )
-        try:
-            self.lease = float(query.get("lease", 300))
-        except ValueError:
-            raise BrokerError(
-                f"sqlite broker: lease must be a number of seconds, not {query['lease']!r}"
-            ) from None
+        self.synchronous = options.choice("synchronous", "normal", ("normal", "full")).upper()
+        self.lease = options.seconds("lease", 300)
         self._db: sqlite3.Connection | None = None
         self._lock = -1
         self._commits = 0

@@ -38,7 +38,7 @@ Connection string
     ``sqs://[ACCESS_KEY:SECRET_KEY@]HOST[:PORT]`` for another endpoint (HTTPS; ``secure=false``
     for plain HTTP, as for a local test server). The secret never appears in errors or logs.
 
-Options (URL query)
+Options (URL query; durations in seconds, or written as 30s, 500ms, 2m)
     ``region=NAME`` (default: the AWS settings, else ``us-east-1``). ``secure=true|false``.
     ``tls_ca=PATH`` -- CA bundle to verify the endpoint with. ``visibility=SECONDS`` -- how
     long a consumer that stopped extending its messages keeps them (default 30).
@@ -63,10 +63,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 from ..errors import BrokerError
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
+from .retry import Retrying
+from .url import BrokerURL
 
 log = logging.getLogger("elasticcode.brokers.sqs")
 T = TypeVar("T")
@@ -110,6 +112,14 @@ REFUSED = {
 }
 
 
+class _Unsent(Exception):
+    """Entries of a batch call that SQS reported as failed for a reason worth retrying."""
+
+    def __init__(self, failed: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(failed)} entries failed: {failed[0]}")
+        self.failed = failed
+
+
 class SQSBroker(Broker):
     schemes = ("sqs",)
     counts_in_flight = True
@@ -120,31 +130,35 @@ class SQSBroker(Broker):
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        parts = urlsplit(url)
-        self._secret = unquote(parts.password or "")
-        try:
-            port = parts.port
-        except ValueError:
-            raise BrokerError("sqs broker URL has an invalid port") from None
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        if unknown := sorted(set(query) - set(OPTIONS)):
-            raise BrokerError(f"sqs broker: unknown option(s) {unknown}; known: {OPTIONS}")
-        secure = _flag(query, "secure", True)
-        self.fifo = _flag(query, "fifo", False)
-        self.visibility = int(_number(query, "visibility", 60, low=2, high=MAX_VISIBILITY))
-        self.max_receives = int(_number(query, "max_receives", 100, low=0, high=1000))
-        self.retry_for = _number(query, "retry_for", 30, low=0, high=86400)
-        self.prefix = query.get("prefix") or "ec"
+        self._options = options = BrokerURL("sqs", url, known=OPTIONS)
+        parts = options.parts
+        options.where("", 443)  # a bad port says so now
+        secure = options.flag("secure", True)
+        self.fifo = options.flag("fifo", False)
+        self.visibility = int(options.seconds("visibility", 60, low=2, high=MAX_VISIBILITY))
+        self.max_receives = options.integer("max_receives", 100, low=0, high=1000)
+        self.retry_for = options.seconds("retry_for", 30, high=86400)
+        self.prefix = options.text("prefix", "ec") or "ec"
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", self.prefix):
             raise BrokerError("sqs broker: prefix must be 1-16 letters, digits, '-' or '_'")
-        self._region = query.get("region")
-        self._tls_ca = query.get("tls_ca")
+        self._region = options.text("region")
+        self._tls_ca = options.text("tls_ca")
         self._endpoint: str | None = None
         if parts.hostname:
             scheme = "https" if secure else "http"
-            self._endpoint = f"{scheme}://{parts.hostname}{f':{port}' if port else ''}"
+            port = f":{parts.port}" if parts.port else ""
+            self._endpoint = f"{scheme}://{parts.hostname}{port}"
         self._where = self._endpoint or "AWS"
         self._key = unquote(parts.username or "") or None
+        self._secret = unquote(parts.password or "")
+        self._retrying = Retrying(
+            f"SQS at {self._where}",
+            self.retry_for,
+            transient=self._transient,
+            failed=self._failed,
+            mask=options.mask,
+            log=log,
+        )
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._errors: Any = None
@@ -156,8 +170,7 @@ class SQSBroker(Broker):
         self._rotation = itertools.count()
 
     def _mask(self, text: object) -> str:
-        out = str(text)
-        return out.replace(self._secret, "***") if self._secret else out
+        return self._options.mask(text)
 
     # -- names ------------------------------------------------------------------------------
     def _name(self, queue: str, dead: bool = False) -> str:
@@ -234,32 +247,27 @@ class SQSBroker(Broker):
 
     def _transient(self, exc: BaseException) -> bool:
         e = self._errors
+        if isinstance(exc, _Unsent):
+            return True
         if isinstance(exc, e.ClientError):
             error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
             return error.get("Code") in TRANSIENT_CODES or int(meta.get("HTTPStatusCode", 0)) >= 500
         return isinstance(exc, e.ConnectionError | e.HTTPClientError | OSError | TimeoutError)
 
+    def _failed(self, what: str, exc: BaseException, gave_up: bool) -> BaseException:
+        if isinstance(exc, _Unsent):
+            return BrokerError(f"SQS at {self._where}: {what} failed: {exc.failed[0]}")
+        e = self._errors
+        if isinstance(exc, e.ClientError) and exc.response.get("Error", {}).get("Code") in NO_QUEUE:
+            return BrokerError(
+                f"SQS at {self._where}: {what}: the queue does not exist; declare it first"
+            )
+        return BrokerError(self._describe(what, exc))
+
     async def _call(self, what: str, op: str, **params: Any) -> Any:
         """One SQS API call, retried with backoff while SQS cannot be reached or throttles."""
         fn: Callable[..., Awaitable[Any]] = getattr(self.client, op)
-        deadline, pause = time.monotonic() + self.retry_for, 0.1
-        while True:
-            try:
-                return await fn(**params)
-            except Exception as exc:
-                code = ""
-                if isinstance(exc, self._errors.ClientError):
-                    code = exc.response.get("Error", {}).get("Code", "")
-                if code in NO_QUEUE:
-                    raise BrokerError(
-                        f"SQS at {self._where}: {what}: the queue does not exist; declare it first"
-                    ) from None
-                if not self._transient(exc) or time.monotonic() + pause > deadline:
-                    raise BrokerError(self._describe(what, exc)) from None
-                if pause == 0.1:
-                    log.warning("SQS at %s: %s failed (%s); retrying", self._where, what, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        return await self._retrying(what, lambda: fn(**params))
 
     async def _batch(self, what: str, op: str, url: str, entries: list[dict[str, Any]]) -> None:
         """A batch call over any number of entries, ten at a time, all at once; entries SQS
@@ -270,8 +278,9 @@ class SQSBroker(Broker):
             return list(resp.get("Failed") or [])
 
         todo = [dict(e, Id=str(i)) for i, e in enumerate(entries)]
-        deadline, pause = time.monotonic() + self.retry_for, 0.1
-        while todo:
+
+        async def attempt() -> None:
+            nonlocal todo
             chunks = [todo[i : i + BATCH] for i in range(0, len(todo), BATCH)]
             if self.fifo and op == "send_message_batch":  # in order: one batch after another
                 failed = [f for chunk in chunks for f in await one(chunk)]
@@ -288,14 +297,13 @@ class SQSBroker(Broker):
                 # a receipt SQS no longer honours: the message went back to its queue (its
                 # visibility ran out) and is handed out again; at-least-once still holds
                 log.debug("SQS %s: %s: %s", what, f.get("Code"), f.get("Message"))
-            if not (again := [f for f in failed if not f.get("SenderFault")]):
-                return
-            if time.monotonic() + pause > deadline:
-                raise BrokerError(f"SQS at {self._where}: {what} failed: {again[0]}")
-            by_id = {e["Id"]: e for e in todo}
-            todo = [by_id[f["Id"]] for f in again]
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            if again := [f for f in failed if not f.get("SenderFault")]:
+                by_id = {e["Id"]: e for e in todo}
+                todo = [by_id[f["Id"]] for f in again]
+                raise _Unsent(again)
+
+        if todo:
+            await self._retrying(what, attempt)
 
     # -- queues -----------------------------------------------------------------------------
     async def _url(self, queue: str, dead: bool = False) -> str:
@@ -583,26 +591,6 @@ class SQSBroker(Broker):
                 await self._put_back(url, [m for m in found if m not in chosen])
             total += len(chosen)
         return total
-
-
-def _flag(query: dict[str, str], key: str, default: bool) -> bool:
-    value = query.get(key)
-    if value is None:
-        return default
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise BrokerError(f"sqs broker: {key} must be true or false, not {value!r}")
-
-
-def _number(query: dict[str, str], key: str, default: float, low: float, high: float) -> float:
-    with contextlib.suppress(ValueError):
-        if low <= (value := float(query.get(key, default))) <= high:
-            return value
-    raise BrokerError(
-        f"sqs broker: {key} must be a number from {low:g} to {high:g}, not {query[key]!r}"
-    )
 
 
 def _text(value: str) -> dict[str, str]:
