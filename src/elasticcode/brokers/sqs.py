@@ -73,16 +73,8 @@ from .url import BrokerURL
 log = logging.getLogger("elasticcode.brokers.sqs")
 T = TypeVar("T")
 
-OPTIONS = (
-    "region",
-    "secure",
-    "tls_ca",
-    "visibility",
-    "max_receives",
-    "retry_for",
-    "fifo",
-    "prefix",
-)
+OPTIONS: tuple[str, ...] = ("region", "secure", "tls_ca", "visibility", "max_receives")
+OPTIONS += ("retry_for", "fifo", "prefix")
 #: SQS's largest message; a body travels base64-encoded behind a one-letter tag.
 SQS_MAX_MESSAGE = 262_144
 MAX_BODY = (SQS_MAX_MESSAGE - 1) // 4 * 3
@@ -92,24 +84,12 @@ MAX_VISIBILITY = 43_200  # 12 hours
 MAX_ERROR = 8192
 GROUP = "elasticcode"  # the message group of FIFO queues
 #: Error codes that mean: try again later.
-TRANSIENT_CODES = {
-    "ThrottlingException",
-    "Throttling",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "KmsThrottled",
-}
+TRANSIENT_CODES = {"ThrottlingException", "Throttling", "RequestThrottled", "ServiceUnavailable"}
+TRANSIENT_CODES |= {"InternalError", "InternalFailure", "KmsThrottled"}
 NO_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-REFUSED = {
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "InvalidSecurity",
-}
+#: Error codes that mean: the credentials are wrong or not allowed.
+REFUSED = {"InvalidClientTokenId", "SignatureDoesNotMatch", "AccessDenied", "InvalidSecurity"}
+REFUSED |= {"AccessDeniedException", "UnrecognizedClientException"}
 
 
 class _Unsent(Exception):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..brokers import open_broker
+from ..brokers import Broker, open_broker
 from ..code import code_problems, envs
 from ..code.pinning import pin
 from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
@@ -28,7 +28,7 @@ from ..store import StateStore, WorkerReport
 from ..supervisor import Supervisor
 from .paths import RunLock, state_paths
 from .progress import Progress
-from .result import RunResult, totals
+from .result import ProcessorTotals, RunResult, totals
 
 
 def pin_code(
@@ -118,12 +118,11 @@ async def _run(
         broker_url, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
     )
     await broker.connect()
-    queues = flow.queues()
-    await broker.declare(queues)
+    await broker.declare(flow.queues())
     run_id, resumed = state.start_run(flow.name, fresh=fresh)
     events: list[str] = list(pinned)
     if fresh:
-        dropped = sum([await broker.purge(q) for q in queues])
+        dropped = sum([await broker.purge(q) for q in flow.queues()])
         if dropped:
             events.append(f"--fresh: dropped {dropped} message(s) left by an earlier run")
     released = await broker.release_all()
@@ -138,87 +137,23 @@ async def _run(
         events.append(
             f"{problem}. It does not run; its input waits in its queue: fix it and run again"
         )
-    waiting = {q for n in broken for q in flow.inputs_of(n)}
-    sources = [p.name for p in flow.processors if p.is_source and p.name not in broken]
-    # where the broker's counts are exact and include held messages, they alone say when the
-    # flow is drained; elsewhere the workers' reports must agree
-    drained = _Drained(broker.counts_in_flight and not broker.eventually_consistent)
-
-    stop = asyncio.Event()
-    interrupts = 0
-
-    def interrupted() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            supervisor.kill()
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupted)
-    loop.add_signal_handler(signal.SIGTERM, interrupted)
+    one = _Run(flow, root, broker, state, supervisor, progress, run_id, broken, events)
     started = time.monotonic()
-    supervisor.start()
-    if on_start is not None:
-        on_start(supervisor)
-    progress.begin(flow, run_id, resumed, root)
-    for event in events:  # code pins, processors in error, messages released
-        progress.event(event)
     status = "interrupted"
-    switch = _Switch(flow, root, supervisor)
-    received: dict[str, int] = {}  # per worker, from its reports: messages taken on
-
-    def progressed(consumer: str) -> bool:
-        """The worker got as far as taking messages: past its start, so a death is not a
-        crash loop (a message that kills workers is dead-lettered after its third try)."""
-        return received.get(consumer, 0) > 0
-
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, one.interrupted)
+    loop.add_signal_handler(signal.SIGTERM, one.interrupted)
     try:
-        while True:
-            supervised = await supervisor.supervise(broker, progressed)
-            for event in supervised + await switch.check(state):
-                events.append(event)
-                progress.event(event)
-            # read before the depths: a source records that it is done only after it has
-            # published everything, so all it published is in the depths read after this
-            sources_finished = state.sources_done(run_id, sources)
-            reports = state.worker_reports(run_id)
-            received = {r.id: r.received + r.holding for r in reports}
-            depths = await broker.depth(queues)
-            progress.update(totals(flow, supervisor.instances, reports, broken), depths)
-            if stop.is_set():
-                break
-            if supervisor.disk_full:
-                status = "disk-full"
-                event = (
-                    f"the disk holding {root} is full: the run stops, with every message "
-                    "accepted so far kept. Free some space there, then run the flow again; "
-                    "it resumes where it stopped"
-                )
-                events.append(event)
-                progress.event(event)
-                break
-            live = [r for r in reports if r.id in supervisor.live_consumers()]
-            moving = {q: d for q, d in depths.items() if q not in waiting}
-            if not forever and drained.check(moving, live, sources_finished):
-                status = "incomplete" if broken else "finished"
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.1)
+        supervisor.start()
+        if on_start is not None:
+            on_start(supervisor)
+        progress.begin(flow, run_id, resumed, root)
+        for event in events:  # code pins, processors in error, messages released
+            progress.event(event)
+        status = await one.watch(forever)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-        progress.stopping()
-        await loop.run_in_executor(None, supervisor.stop)
-        with contextlib.suppress(DiskFull):  # the next run releases them
-            await broker.release_all()
-        # on a full disk this cannot be written: the next run then resumes this one
-        with contextlib.suppress(StateError, sa.exc.OperationalError):
-            state.end_run(run_id, status)
-        counts = totals(flow, supervisor.instances, state.worker_reports(run_id), broken)
-        depths = await broker.depth(queues)
-        dead = await broker.dead_letter_count(queues)
-        await broker.close()
-        state.close()
+        counts, queued, dead = await one.finish(status)
     result = RunResult(
         flow.name,
         run_id,
@@ -226,13 +161,111 @@ async def _run(
         time.monotonic() - started,
         resumed,
         counts,
-        {q: n for q, (n, _) in depths.items()},
+        queued,
         dead,
         events,
         root,
     )
     progress.end(result)
     return result
+
+
+class _Run:
+    """A started run: watches its workers and queues until it is done, then stops them."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        root: Path,
+        broker: Broker,
+        state: StateStore,
+        supervisor: Supervisor,
+        progress: Progress,
+        run_id: int,
+        broken: dict[str, str],
+        events: list[str],
+    ) -> None:
+        self.flow, self.root, self.broker, self.state = flow, root, broker, state
+        self.supervisor, self.progress, self.run_id = supervisor, progress, run_id
+        self.broken, self.events = broken, events
+        self.queues = flow.queues()
+        #: the queues of processors in error: what waits there is not the run's to drain
+        self.waiting = {q for n in broken for q in flow.inputs_of(n)}
+        self.sources = [p.name for p in flow.processors if p.is_source and p.name not in broken]
+        # where the broker's counts are exact and include held messages, they alone say when
+        # the flow is drained; elsewhere the workers' reports must agree
+        self.drained = _Drained(broker.counts_in_flight and not broker.eventually_consistent)
+        self.switch = _Switch(flow, root, supervisor)
+        #: per worker, from its reports: messages taken on
+        self.received: dict[str, int] = {}
+        self.stop = asyncio.Event()
+        self.interrupts = 0
+
+    def _say(self, event: str) -> None:
+        self.events.append(event)
+        self.progress.event(event)
+
+    def interrupted(self) -> None:
+        """Ctrl-C (or SIGTERM): stop gracefully; a second time: kill the workers at once."""
+        self.interrupts += 1
+        if self.interrupts > 1:
+            self.supervisor.kill()
+        self.stop.set()
+
+    def _progressed(self, consumer: str) -> bool:
+        """The worker got as far as taking messages: past its start, so a death is not a
+        crash loop (a message that kills workers is dead-lettered after its third try)."""
+        return self.received.get(consumer, 0) > 0
+
+    async def watch(self, forever: bool) -> str:
+        """Supervise and show progress until the run is over; return how it ended."""
+        sup, state = self.supervisor, self.state
+        while True:
+            for event in await sup.supervise(self.broker, self._progressed):
+                self._say(event)
+            for event in await self.switch.check(state):
+                self._say(event)
+            # read before the depths: a source records that it is done only after it has
+            # published everything, so all it published is in the depths read after this
+            sources_finished = state.sources_done(self.run_id, self.sources)
+            reports = state.worker_reports(self.run_id)
+            self.received = {r.id: r.received + r.holding for r in reports}
+            depths = await self.broker.depth(self.queues)
+            self.progress.update(totals(self.flow, sup.instances, reports, self.broken), depths)
+            if self.stop.is_set():
+                return "interrupted"
+            if sup.disk_full:
+                self._say(
+                    f"the disk holding {self.root} is full: the run stops, with every "
+                    "message accepted so far kept. Free some space there, then run the "
+                    "flow again; it resumes where it stopped"
+                )
+                return "disk-full"
+            live = [r for r in reports if r.id in sup.live_consumers()]
+            moving = {q: d for q, d in depths.items() if q not in self.waiting}
+            if not forever and self.drained.check(moving, live, sources_finished):
+                return "incomplete" if self.broken else "finished"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.1)
+
+    async def finish(self, status: str) -> tuple[dict[str, ProcessorTotals], dict[str, int], int]:
+        """Stop the workers, record how the run ended; return its counts, what is left in
+        each queue and the dead letters stored."""
+        self.progress.stopping()
+        await asyncio.get_running_loop().run_in_executor(None, self.supervisor.stop)
+        broker, state = self.broker, self.state
+        with contextlib.suppress(DiskFull):  # the next run releases them
+            await broker.release_all()
+        # on a full disk this cannot be written: the next run then resumes this one
+        with contextlib.suppress(StateError, sa.exc.OperationalError):
+            state.end_run(self.run_id, status)
+        reports = state.worker_reports(self.run_id)
+        counts = totals(self.flow, self.supervisor.instances, reports, self.broken)
+        depths = await broker.depth(self.queues)
+        dead = await broker.dead_letter_count(self.queues)
+        await broker.close()
+        state.close()
+        return counts, {q: n for q, (n, _) in depths.items()}, dead
 
 
 class _Drained:

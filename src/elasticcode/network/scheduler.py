@@ -283,30 +283,7 @@ def place(
     needs = [frozenset(d.labels.items()) for d in ordered]
 
     # 1. Keep what still may run where it runs.
-    assign: dict[str, list[str | None]] = {}
-    kept: dict[int, list[tuple[int, str]]] = {}
-    for demand, need in zip(ordered, needs, strict=True):
-        slots: list[str | None] = [None] * demand.count
-        assign[demand.key] = slots
-        now = current.get(demand.key)
-        if not now:
-            continue
-        for i in range(min(demand.count, len(now))):
-            aid = now[i]
-            if aid is None:
-                continue
-            n = index.get(aid, -1)
-            if n < 0 or not need <= signature[n]:
-                continue
-            slots[i] = aid
-            kept.setdefault(n, []).append((i, demand.key))
-    for n, on_agent in kept.items():
-        cap = caps[n]
-        if len(on_agent) > cap:
-            on_agent.sort()
-            for i, key in on_agent[cap:]:
-                assign[key][i] = None
-        used[n] = min(len(on_agent), cap)
+    assign = _keep(ordered, needs, current, index, signature, caps, used)
 
     # 2. Place the rest, demand by demand: the fewest eligible slots first, then by key.
     members_of: dict[frozenset[tuple[str, str]], list[int]] = {}
@@ -342,6 +319,53 @@ def place(
                 len(todo) - placed, demand.count, need, members, agents
             )
 
+    return Placement(assign=assign, pending=pending, moved=_moved(ordered, current, assign))
+
+
+def _keep(
+    ordered: list[Demand],
+    needs: list[frozenset[tuple[str, str]]],
+    current: Mapping[str, Sequence[str | None]],
+    index: dict[str, int],
+    signature: list[frozenset[tuple[str, str]]],
+    caps: list[int],
+    used: list[int],
+) -> dict[str, list[str | None]]:
+    """Rule 1: every instance that may stay on its agent stays (``used`` counts them); an
+    agent's excess over its capacity goes, highest indices first. The rest is None."""
+    assign: dict[str, list[str | None]] = {}
+    kept: dict[int, list[tuple[int, str]]] = {}
+    for demand, need in zip(ordered, needs, strict=True):
+        slots: list[str | None] = [None] * demand.count
+        assign[demand.key] = slots
+        now = current.get(demand.key)
+        if not now:
+            continue
+        for i in range(min(demand.count, len(now))):
+            aid = now[i]
+            if aid is None:
+                continue
+            n = index.get(aid, -1)
+            if n < 0 or not need <= signature[n]:
+                continue
+            slots[i] = aid
+            kept.setdefault(n, []).append((i, demand.key))
+    for n, on_agent in kept.items():
+        cap = caps[n]
+        if len(on_agent) > cap:
+            on_agent.sort()
+            for i, key in on_agent[cap:]:
+                assign[key][i] = None
+        used[n] = min(len(on_agent), cap)
+    return assign
+
+
+def _moved(
+    ordered: list[Demand],
+    current: Mapping[str, Sequence[str | None]],
+    assign: dict[str, list[str | None]],
+) -> int:
+    """How many instances that had an agent (at an index still wanted) now have another."""
     moved = 0
     for demand in ordered:
         now = current.get(demand.key)
@@ -351,4 +375,4 @@ def place(
         for i in range(min(demand.count, len(now))):
             if now[i] is not None and slots[i] != now[i]:
                 moved += 1
-    return Placement(assign=assign, pending=pending, moved=moved)
+    return moved
