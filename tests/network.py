@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -59,6 +60,12 @@ connections:
   - {from: a, to: b}
   - {from: b, to: sink}
 """
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,29 +142,71 @@ class Network:
     agents: dict[str, Proc] = field(default_factory=dict)
     #: a command prefix for processes of another network namespace (see test_netns)
     env: dict[str, str] = field(default_factory=dict)
+    #: the first user's password, and the token of its login (see ``login``)
+    password: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = ""
+    enrol: str = ""
+    #: the servers' secret key (broker passwords are secrets: a flow holds none in the clear)
+    secret_key: str = field(default_factory=lambda: _fernet_key())
 
     def __post_init__(self) -> None:
         self.flow_name = f"net{uuid.uuid4().hex[:8]}"
         subprocess.run(
             [ELASTICCODE, "db", "upgrade", "--db", self.db], check=True, capture_output=True
         )
+        # the tests' own configuration folder: no login of theirs lands in the user's
+        self.env.setdefault("ELASTICCODE_CONFIG_DIR", str(self.root / "config"))
 
     # -- processes ---------------------------------------------------------------------------
     def start_server(self, host: str = "127.0.0.1", extra: list[str] | None = None) -> Proc:
         port = free_port(host)
         log = self.root / f"server-{len(self.servers)}.log"
         cmd = [
-            ELASTICCODE, "server", "start", "--db", self.db, "--broker", self.broker,
+            ELASTICCODE, "server", "start", "--db", self.db, "--broker", self.server_broker,
             "--host", host, "--port", str(port),
             "--agent-timeout", str(self.agent_timeout), "--lease", str(self.lease),
+            *(["--insecure-plain-http"] if host != "127.0.0.1" else []),
             *(extra or []),
         ]  # fmt: skip
+        env = {
+            "ELASTICCODE_ADMIN_PASSWORD": self.password,
+            "ELASTICCODE_SECRET_KEY": self.secret_key,
+        }
         proc = Proc(
-            f"server-{len(self.servers)}", self._spawn(cmd, log), log, f"http://{host}:{port}"
+            f"server-{len(self.servers)}", self._spawn(cmd, log, env), log, f"http://{host}:{port}"
         )
         self.servers.append(proc)
         self.wait(lambda: self._answers(proc.url), 20, f"server {proc.url} to answer ({log})")
+        if not self.token:
+            self.login(proc.url)
         return proc
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+    def login(self, url: str) -> None:
+        """Log in as the first user (admin), and make a token that enrols the tests' agents."""
+        reply = httpx.post(
+            f"{url}/api/v1/auth/login",
+            json={"user": "admin", "password": self.password},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        self.token = reply.json()["token"]
+        self.env["ELASTICCODE_TOKEN"] = self.token
+        self.enrol = self.api("POST", "/agents/enrolment-tokens", json={"uses": None})["token"]
+        password = urlsplit(self.broker).password
+        if password:
+            self.api("PUT", "/secrets/TEST_BROKER_PASSWORD", json={"value": unquote(password)})
+
+    @property
+    def server_broker(self) -> str:
+        """The broker URL as the servers give it to flows: its password a secret."""
+        password = urlsplit(self.broker).password
+        if not password:
+            return self.broker
+        return self.broker.replace(f":{password}@", ":${secret:TEST_BROKER_PASSWORD}@", 1)
 
     def start_agent(
         self,
@@ -181,6 +230,7 @@ class Network:
         for url in servers or [s.url for s in self.servers]:
             cmd += ["--server", url]
         cmd += ["--max-workers", str(capacity), "--state-dir", str(self.root / f"agent-{name}")]
+        cmd += ["--enrol-token", self.enrol]
         for k, v in (labels or {}).items():
             cmd += ["--label", f"{k}={v}"]
         proc = Proc(name, self._spawn(cmd, log), log)
@@ -194,14 +244,16 @@ class Network:
         )
         return proc
 
-    def _spawn(self, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, cmd: list[str], log: Path, extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:  # the process keeps its own copy of the file
             return subprocess.Popen(
                 cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(extra or {})},
             )
 
     def close(self) -> None:
@@ -222,7 +274,9 @@ class Network:
             if not s.alive():
                 continue
             try:
-                resp = httpx.request(method, f"{s.url}/api/v1{path}", timeout=30, **kw)
+                resp = httpx.request(
+                    method, f"{s.url}/api/v1{path}", headers=self.headers, timeout=30, **kw
+                )
             except httpx.TransportError as exc:
                 last = exc
                 continue

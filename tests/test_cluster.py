@@ -197,7 +197,9 @@ def test_leader_killed_during_a_live_change(net: Network) -> None:
     sent = range(4000)
     net.send("a", sent[:2000])
     httpx.post(
-        f"{other.url}/api/v1/flows/{net.flow_name}/processors/b/scale", json={"instances": 2}
+        f"{other.url}/api/v1/flows/{net.flow_name}/processors/b/scale",
+        json={"instances": 2},
+        headers=net.headers,
     ).raise_for_status()
     old.kill9(with_children=False)
     took = net.wait(
@@ -237,7 +239,9 @@ def test_api_openapi_errors_and_event_stream(net: Network) -> None:
     ):
         assert path in spec["paths"], path
     ws_url = server.url.replace("http", "ws") + "/api/v1/stream"
-    with websockets.sync.client.connect(ws_url, open_timeout=10) as ws:
+    with websockets.sync.client.connect(
+        ws_url, open_timeout=10, additional_headers=net.headers
+    ) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         net.start_agent("one", capacity=2)
         net.cli("apply", str(net.flow_file(PIPELINE.replace("instances: 3", "instances: 1"))))
@@ -250,11 +254,12 @@ def test_api_openapi_errors_and_event_stream(net: Network) -> None:
     bad = httpx.post(
         f"{server.url}/api/v1/flows",
         json={"document": {"name": net.flow_name, "processors": [{"name": "x"}]}},
+        headers=net.headers,
     )
     assert bad.status_code == 422
     assert "give exactly one of code" in bad.text
     assert [r["revision"] for r in net.api("GET", f"/flows/{net.flow_name}/revisions")] == [1]
-    missing = httpx.get(f"{server.url}/api/v1/flows/nosuchflow")
+    missing = httpx.get(f"{server.url}/api/v1/flows/nosuchflow", headers=net.headers)
     assert missing.status_code == 404 and "elasticcode apply" in missing.json()["detail"]
     # two processors placed on an agent with two slots; the third waits, and says why
     net.cli("processor", "scale", net.flow_name, "a", "3")
@@ -385,32 +390,47 @@ def test_database_restart_mid_stream(net: Network) -> None:
     net.wait(lambda: net.running({"a": 3, "b": 2, "sink": 1}), 30, "a change after the restart")
 
 
-def test_an_api_token_guards_the_server_and_agents_send_it(net: Network) -> None:
-    net.env["ELASTICCODE_TOKEN"] = "t0ken-for-the-test"
+def test_credentials_guard_the_server_and_agents_enrol(net: Network) -> None:
     server = net.start_server()
     base = f"{server.url}/api/v1"
     refused = httpx.get(f"{base}/flows")
-    assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
+    assert refused.status_code == 401 and "elasticcode login" in refused.json()["detail"]
     assert httpx.get(f"{base}/flows", headers={"authorization": "Bearer wrong"}).status_code == 401
-    assert httpx.get(f"{base}/health").status_code == 200  # liveness needs no token
-    auth = {"authorization": "Bearer t0ken-for-the-test"}
-    proc = net._spawn(
+    assert httpx.get(f"{base}/health").status_code == 200  # liveness needs no credential
+    # an agent without an enrolment token cannot join; with one, it enrols once
+    stranger = net._spawn(
         [
-            *(ELASTICCODE, "agent", "start", "--name", "one", "--server", server.url),
-            *("--state-dir", str(net.root / "agent-one")),
+            *(ELASTICCODE, "agent", "start", "--name", "stranger", "--server", server.url),
+            *("--state-dir", str(net.root / "agent-stranger")),
         ],
-        net.root / "agent-one.log",
+        net.root / "agent-stranger.log",
+        {"ELASTICCODE_ENROL_TOKEN": ""},
     )
     try:
-        net.wait(
-            lambda: (
-                [a["name"] for a in httpx.get(f"{base}/agents", headers=auth).json()] == ["one"]
-            ),
-            20,
-            "the agent to register with the token",
-        )
+        net.start_agent("one", capacity=2)
+        time.sleep(1)
+        assert [a["name"] for a in net.api("GET", "/agents")] == ["one"]
+        assert "--enrol-token" in (net.root / "agent-stranger.log").read_text()
+        state = json.loads((net.root / "agent-one" / "agent.json").read_text())
+        assert state["token"].startswith("ec_a") and "enrol" not in state
+        assert (net.root / "agent-one" / "agent.json").stat().st_mode & 0o077 == 0
         done = net.cli("flow", "list")  # the CLI sends $ELASTICCODE_TOKEN
         assert "no flows" in done.stdout
+        # the agent's own credential serves its own heartbeat, nothing else
+        agent = {"authorization": f"Bearer {state['token']}"}
+        assert httpx.get(f"{base}/flows", headers=agent).status_code == 403
+        other = f"{base}/agents/someone-else/assignment"
+        assert httpx.get(other, headers=agent).status_code == 403
+        # forgetting the agent revokes its credential: it stops its workers and waits
+        net.api("DELETE", f"/agents/{state['id']}")
+        net.wait(
+            lambda: "Enrol this agent again" in (net.root / "agent-one.log").read_text(),
+            20,
+            "the forgotten agent to say so",
+        )
+        assert (
+            httpx.get(f"{base}/agents/{state['id']}/assignment", headers=agent).status_code == 401
+        )
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stranger.terminate()
+        stranger.wait(20)

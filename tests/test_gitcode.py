@@ -229,19 +229,35 @@ def test_private_repository_over_smart_http(
     url = http_repo()
     with pytest.raises(GitError, match="cannot fetch") as refused:
         resolve(url, "main")  # no credential: the server says 401
-    monkeypatch.setenv("REPO_TOKEN", "wrong-token")
+    monkeypatch.setenv("ELASTICCODE_SECRET_REPO_TOKEN", "wrong-token")
     with pytest.raises(GitError) as wrong:
         resolve(url, "main", "REPO_TOKEN")
     assert "wrong-token" not in str(wrong.value) and "wrong-token" not in str(refused.value)
+    # a credential names a secret: a plain environment variable of that name is not read
     monkeypatch.setenv("REPO_TOKEN", "s3cr3t-t0ken")
+    with pytest.raises(GitError):
+        resolve(url, "main", "REPO_TOKEN")
+    monkeypatch.setenv("ELASTICCODE_SECRET_REPO_TOKEN", "s3cr3t-t0ken")
     assert resolve(url, "main", "REPO_TOKEN") == commit
     flow = make_flow(fd, url, "main")
     flow.get("work").git.credential = "REPO_TOKEN"  # type: ignore[union-attr]
     assert fd.run(flow).status == "finished"
     assert versions(fd) == [7]
-    monkeypatch.delenv("REPO_TOKEN")
-    with pytest.raises(GitError, match=r"credential 'REPO_TOKEN' .* is not set"):
+    monkeypatch.delenv("ELASTICCODE_SECRET_REPO_TOKEN")
+    with pytest.raises(GitError, match=r"secret 'REPO_TOKEN' .* is not set"):
         resolve(url, "main", "REPO_TOKEN")
+
+
+def test_only_safe_transports_reach_git(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ext:: would run a command, git:// and a remote http:// could be changed on the way."""
+    for repo in ("ext::sh -c touch% /tmp/pwned", "git://example.com/r.git", "ftp://h/r"):
+        with pytest.raises(GitError, match="reached over https://"):
+            resolve(repo, "main")
+    with pytest.raises(GitError, match="plain http://"):
+        resolve("http://example.com/r.git", "main")
+    monkeypatch.setenv("ELASTICCODE_GIT_PLAIN_HTTP", "1")
+    with pytest.raises(GitError, match="cannot fetch"):  # allowed now; nothing answers there
+        resolve("http://example.invalid/r.git", "main")
 
 
 SLOW = "import os, time\n\ndef step(p):\n    time.sleep(0.002)\n    return {**p, 'version': VERSION, 'pid': os.getpid(), 't': time.time()}\n"

@@ -85,6 +85,26 @@ class RunLocked(StateError):
     """Another run already owns this state directory."""
 
 
+class NotFound(ElasticCodeError):
+    """A flow, processor, revision, agent, user, role, token or secret that does not exist."""
+
+
+class Conflict(ElasticCodeError):
+    """A name is taken, or a change would leave the network without an admin."""
+
+
+class AccessError(ElasticCodeError):
+    """A request that its caller may not make."""
+
+
+class AuthError(AccessError):
+    """A credential is missing, wrong, expired or revoked: log in (again)."""
+
+
+class Forbidden(AccessError):
+    """The caller is known but holds no privilege for this."""
+
+
 class Reject(Exception):
     """Raised by a processor to send the current message to ``failure`` without retrying.
 

@@ -85,8 +85,9 @@ class GitSource(_Model):
     ref: str
     #: Folder inside the repository that holds the code (modules, or the command).
     path: str = ""
-    #: Name of the environment variable holding the token or SSH key path for the repository.
-    credential: str | None = None
+    #: The secret holding the token (or SSH key path) for the repository: its name (see
+    #: ``elasticcode.secret``), not its value.
+    credential: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
     #: The commit the ref resolved to; set by the engine (see ``elasticcode.code.pinning``).
     commit: str | None = None
 

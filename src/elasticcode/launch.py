@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from .brokers import open_broker
+from .brokers import flow_broker
 from .errors import DiskFull, StateUnreachable
 from .flow import Flow
+from .secret import ENV_PREFIX, env_name
 from .source import Source
 from .store import StateStore
 from .worker import EXIT_DISK_FULL, Consumer
@@ -62,9 +63,27 @@ def command(
     ]
 
 
-def environment(broker_url: str, state_url: str) -> dict[str, str]:
-    """The environment of a worker process: the supervisor's, with the URLs it needs."""
-    return {**os.environ, BROKER_ENV: broker_url, STATE_ENV: state_url}
+#: What a worker never inherits from its supervisor: the credentials of the control plane.
+CONTROL_ENV = (
+    "ELASTICCODE_TOKEN",
+    "ELASTICCODE_ENROL_TOKEN",
+    "ELASTICCODE_DB",
+    "ELASTICCODE_SECRET_KEY",
+    "ELASTICCODE_ADMIN_PASSWORD",
+)
+
+
+def environment(
+    broker_url: str, state_url: str, secrets: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a worker process: the supervisor's, less the control plane's
+    credentials, with the URLs it needs. With ``secrets`` (an agent's, for the instance's
+    flow), those secrets and no others of the supervisor's environment."""
+    env = {k: v for k, v in os.environ.items() if k not in CONTROL_ENV}
+    if secrets is not None:
+        env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
+        env |= {env_name(name): value for name, value in secrets.items()}
+    return {**env, BROKER_ENV: broker_url, STATE_ENV: state_url}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     flow = Flow.load(args.flow)
-    broker = open_broker(
-        args.broker, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
-    )
+    broker = flow_broker(args.broker, flow)
     state = _open_state(args.state)
     kind = Source if flow.get(args.processor).is_source else Consumer
     worker = kind(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)

@@ -46,7 +46,7 @@ def secrets_of(url: str) -> list[str]:
     found = []
     if password:
         found.append(password)
-    elif user and parts.scheme.lower().split("+")[0] not in _NAMED_USERS:
+    elif password is None and user and parts.scheme.lower().split("+")[0] not in _NAMED_USERS:
         found.append(user)
     spellings = {s for f in found for s in (f, unquote(f), quote(unquote(f), safe=""))}
     return sorted((s for s in spellings if s), key=len, reverse=True)

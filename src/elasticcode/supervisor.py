@@ -70,6 +70,10 @@ class Instance:
     broker_url: str | None = None
     spec: str = ""
     flow_name: str = ""
+    #: Distributed mode: the state store as the instance's flow's workers log in to it, and
+    #: the values of the secrets the flow references.
+    state_url: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -140,7 +144,8 @@ class Supervisor:
         python = envs.python_for(flow.get(inst.processor), flow)
         run_id = inst.run_id if inst.run_id is not None else self.run_id
         cmd = launch.command(python, flow_file, inst.processor, inst.index, run_id, inst.consumer)
-        env = launch.environment(inst.broker_url or self.broker_url, self.state_url)
+        broker = inst.broker_url or self.broker_url
+        env = launch.environment(broker, inst.state_url or self.state_url, inst.secrets)
         inst.process = subprocess.Popen(
             cmd,
             env=env,

@@ -38,6 +38,7 @@ from .errors import (
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
 from .processor import Context, Loaded, Output, collect, collect_sync
+from .secret import SecretMissing, names_in, resolve
 from .store import StateStore, WorkerReport
 
 log = logging.getLogger("elasticcode.worker")
@@ -70,6 +71,14 @@ class Worker:
     ) -> None:
         self.flow = flow
         self.spec = flow.get(processor)
+        #: what stops the processor before it starts (a secret its config names is not set)
+        self._problem: str | None = None
+        if names_in(self.spec.config):
+            try:
+                config = resolve(self.spec.config, where=f"processor {processor!r}'s config")
+                self.spec = self.spec.model_copy(update={"config": config})
+            except SecretMissing as exc:
+                self._problem = str(exc)
         self.name = processor
         self.broker = broker
         self.state = state
@@ -114,6 +123,8 @@ class Worker:
 
     async def run(self) -> int:
         """Run until stopped (or, for a source, until it is exhausted); return an exit code."""
+        if self._problem is not None:
+            return self._fatal(self._problem)
         try:
             self.loaded = load(self.spec, self.flow)
             if self.loaded.setup is not None:
@@ -316,8 +327,9 @@ class Consumer(Worker):
             )
             return
         if isolated:
-            tries = self.state.bump_attempt(self.name, msg.id)
-            deferred.append(lambda: self.state.clear_attempts(self.name, msg.id))
+            key = f"{self.flow.name}.{self.name}"  # a flow's workers see only its own rows
+            tries = self.state.bump_attempt(key, msg.id)
+            deferred.append(lambda: self.state.clear_attempts(key, msg.id))
             if tries > self.spec.retries.max + 1:
                 self._failed(
                     d,

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownBackend
+from ..secret import resolve
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "QueueStats", "Settlement", "open_broker"]
+if TYPE_CHECKING:
+    from ..flow import Flow
+
+__all__ = [
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "QueueStats",
+    "Settlement",
+    "flow_broker",
+    "open_broker",
+]
 
 #: scheme -> "module:Class" (imported lazily so that optional drivers stay optional)
 BACKENDS: dict[str, str] = {
@@ -55,3 +67,13 @@ def open_broker(url: str, routes: dict[str, str] | None = None, **options: Any) 
     urls = dict.fromkeys([url, *routes.values()])
     brokers = {u: broker_class(u)(u, **options) for u in urls}
     return RoutedBroker(url, brokers, routes)
+
+
+def flow_broker(url: str, flow: Flow) -> Broker:
+    """The broker of a flow's queues: ``url``, and the brokers its connections name, with
+    their secrets put in (from the environment; see ``elasticcode.secret``)."""
+    return open_broker(
+        resolve(url, where="the flow's broker"),
+        resolve(flow.broker_routes(), where="a connection's broker"),
+        max_message_bytes=flow.settings.max_message_bytes,
+    )

@@ -4,40 +4,18 @@ agents, and the commands that deploy and change flows in a network through the s
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ..code import check_code
-from ..code.git import resolve
-from ..code.pinning import pin
-from ..errors import ElasticCodeError, FlowError
-from ..flow import Flow, Processor
-from ..network.client import DEFAULT_SERVER, Api
+from ..errors import ElasticCodeError
+from ..network.client import CA_ENV, DEFAULT_SERVER, Api
 from ..redact import redact_url
-from .flowref import load_flow
+from .options import CA_HELP, _echo, json_option, server_option
 
-SERVER_HELP = "Server URL [default: $ELASTICCODE_SERVER, else http://127.0.0.1:8750]."
-
-
-def server_option(f: Any) -> Any:
-    return click.option("--server", default=None, metavar="URL", help=SERVER_HELP)(f)
-
-
-def json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-def _echo(data: Any, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        for line in lines:
-            click.echo(line)
+ENROL_ENV = "ELASTICCODE_ENROL_TOKEN"
 
 
 def register(main: click.Group) -> None:
@@ -45,10 +23,6 @@ def register(main: click.Group) -> None:
     main.add_command(db)
     main.add_command(server)
     main.add_command(agent)
-    main.add_command(apply)
-    main.add_command(flow)
-    main.add_command(processor)
-    main.add_command(connection)
     main.add_command(worker)
 
 
@@ -100,9 +74,42 @@ def server() -> None:
 @click.option(
     "--db", "url", default=None, metavar="URL", help="State store [default: $ELASTICCODE_DB]."
 )
-@click.option("--broker", default=None, metavar="URL", help="The broker of flows that name none.")
+@click.option(
+    "--broker",
+    default=None,
+    metavar="URL",
+    help="The broker of flows that name none (a password in it as ${secret:NAME}).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8750, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False, exists=True), help="HTTPS: its certificate (PEM)."
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True), help="HTTPS: its private key (PEM)."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Ask every client for a certificate signed by this CA (PEM), and refuse others.",
+)
+@click.option(
+    "--insecure-plain-http",
+    is_flag=True,
+    help="Serve plain HTTP beyond loopback: credentials cross the network in the clear.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed",
+    multiple=True,
+    metavar="NAME",
+    help="A name clients reach this server by, besides its own (repeat; * for any).",
+)
+@click.option(
+    "--secret-key-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The key of the network's secrets [default: $ELASTICCODE_SECRET_KEY].",
+)
 @click.option(
     "--agent-timeout",
     default=10.0,
@@ -121,35 +128,53 @@ def server() -> None:
     "--worker-db",
     default=None,
     metavar="URL",
-    help="The state store URL as agents' workers reach it [default: --db].",
+    help="The state store as agents' hosts reach it; each flow's workers log in as a role "
+    "of their own [default: --db].",
 )
 def server_start(
     url: str | None,
     broker: str | None,
     host: str,
     port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    insecure_plain_http: bool,
+    allowed: tuple[str, ...],
+    secret_key_file: str | None,
     agent_timeout: float,
     lease: float,
     worker_db: str | None,
 ) -> None:
     """Run a server until interrupted. Several may run on one database; one leads.
 
-    With $ELASTICCODE_TOKEN set, every API call (and every agent) must send that token."""
+    Every call but a login needs a credential. On a database with no users the first start
+    makes one, admin, and prints its password once (or takes $ELASTICCODE_ADMIN_PASSWORD).
+    Beyond 127.0.0.1 the server wants --tls-cert and --tls-key."""
+    from ..network.policy import no_secrets_in_clear
     from ..network.server import ServerSettings, serve
+    from ..network.server.app import Listen
+    from ..network.vault import read_key
 
     url = url or os.environ.get("ELASTICCODE_DB")
     if not url:
         raise click.UsageError("give the state store: --db postgresql://USER@HOST/DBNAME")
+    broker = broker or os.environ.get("ELASTICCODE_BROKER")
+    if broker:
+        no_secrets_in_clear({"settings": {"broker": broker}})
+    listen = Listen(host, port, tls_cert, tls_key, tls_client_ca, insecure_plain_http)
+    listen.check()
     settings = ServerSettings(
         db=url,
-        broker=broker or os.environ.get("ELASTICCODE_BROKER"),
+        broker=broker,
         worker_db=worker_db,
-        token=os.environ.get("ELASTICCODE_TOKEN"),
         agent_timeout=agent_timeout,
         lease=lease,
         heartbeat=min(2.0, agent_timeout / 4),
+        secret_key=read_key(secret_key_file),
+        hosts=allowed,
     )
-    serve(settings, host, port)
+    serve(settings, listen)
 
 
 # -- agents ---------------------------------------------------------------------------------
@@ -196,11 +221,13 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     help="Its id, last assignment and worker logs [default: ~/.local/state/elasticcode/agent-NAME].",
 )
 @click.option(
-    "--db",
+    "--enrol-token",
     default=None,
-    metavar="URL",
-    help="The state store as this host reaches it [default: what the server says].",
+    metavar="TOKEN",
+    help="Enrol with this token (`elasticcode agent enrol-token`) [default: "
+    "$ELASTICCODE_ENROL_TOKEN]; once enrolled, the agent keeps its own credential.",
 )
+@click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
 def agent_start(
     servers: tuple[str, ...],
     name: str | None,
@@ -208,10 +235,12 @@ def agent_start(
     labels: tuple[str, ...],
     max_workers: int | None,
     state_dir: str | None,
-    db: str | None,
+    enrol_token: str | None,
+    ca: str | None,
 ) -> None:
-    """Run this host's agent until interrupted: it registers, heartbeats and runs the
-    workers placed on it. With every server away it keeps running its last assignment."""
+    """Run this host's agent until interrupted: it enrols (the first time), registers,
+    heartbeats and runs the workers placed on it. With every server away it keeps running
+    its last assignment."""
     import socket
 
     from ..network.agent import Agent, start
@@ -231,18 +260,39 @@ def agent_start(
             host=host_name,
             labels=_labels(labels),
             capacity=max_workers,
-            token=os.environ.get("ELASTICCODE_TOKEN"),
-            db=db,
+            enrol_token=enrol_token or os.environ.get(ENROL_ENV),
+            ca=ca or os.environ.get(CA_ENV),
         )
     )
+
+
+@agent.command("enrol-token")
+@click.option(
+    "--expires", default="1h", show_default=True, help="How long it is good for (30m, 1h, 7d)."
+)
+@click.option(
+    "--uses",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Agents it enrols (0: any).",
+)
+@server_option
+def agent_enrol_token(expires: str, uses: int, api: Api) -> None:
+    """Make a token that enrols agents (start them with --enrol-token TOKEN); shown once."""
+    body = {"expires": expires, "uses": uses or None}
+    reply = api("POST", "/agents/enrolment-tokens", json=body)
+    click.echo(reply["token"])
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reply["expires"]))
+    click.echo(f"enrols {uses or 'any number of'} agent(s) until {until}; shown once", err=True)
 
 
 @agent.command("list")
 @server_option
 @json_option
-def agent_list(server: str | None, as_json: bool) -> None:
+def agent_list(api: Api, as_json: bool) -> None:
     """The agents, their state, slots and workers."""
-    agents = Api(server)("GET", "/agents")
+    agents = api("GET", "/agents")
     now = time.time()
     lines = [
         f"{a['name']:<16} {a['status']:<6} host {a['host']:<16} "
@@ -257,9 +307,9 @@ def agent_list(server: str | None, as_json: bool) -> None:
 @agent.command("forget")
 @click.argument("agent_id")
 @server_option
-def agent_forget(agent_id: str, server: str | None) -> None:
+def agent_forget(agent_id: str, api: Api) -> None:
     """Forget an agent (e.g. a host gone for good); its instances go elsewhere."""
-    Api(server)("DELETE", f"/agents/{agent_id}")
+    api("DELETE", f"/agents/{agent_id}")
     click.echo(f"forgot agent {agent_id}")
 
 
@@ -272,9 +322,9 @@ def worker() -> None:
 @click.argument("flow", required=False)
 @server_option
 @json_option
-def worker_list(flow: str | None, server: str | None, as_json: bool) -> None:
+def worker_list(flow: str | None, api: Api, as_json: bool) -> None:
     """Every placed instance (of FLOW, or of every flow)."""
-    rows = Api(server)("GET", "/workers", params={"flow": flow} if flow else None)
+    rows = api("GET", "/workers", params={"flow": flow} if flow else None)
     lines = [
         f"{r['flow']}/{r['processor']}[{r['instance']}]  {r['state']:<10} "
         f"agent {r['agent'] or '-'} on {r['host'] or '-'}  pid {r['pid'] or '-'}  "
@@ -283,290 +333,3 @@ def worker_list(flow: str | None, server: str | None, as_json: bool) -> None:
         for r in rows
     ]
     _echo(rows, as_json, lines or ["no instances placed"])
-
-
-# -- flows ------------------------------------------------------------------------------------
-def deployable(model: Flow, current: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    """A flow as a document to deploy: paths absolute, every git ref pinned to a commit (the
-    one the deployed revision has for the same repository and ref, else resolved now)."""
-    deployed = {
-        p["name"]: p["git"]
-        for p in (current or {}).get("processors", [])
-        if p.get("git") and p["git"].get("commit")
-    }
-
-    def recorded(p: Processor) -> str | None:
-        before, git = deployed.get(p.name), p.git
-        assert git is not None
-        if before and (before.get("repo"), before.get("ref")) == (git.repo, git.ref):
-            return str(before["commit"])
-        return None
-
-    pinned, pins = pin(model, recorded, checkout=False)
-    notes = [
-        x.note(f"`elasticcode processor update {model.name} {x.processor} --ref {x.ref}` moves it")
-        for x in pins
-    ]
-    return pinned.frozen().to_dict(), notes
-
-
-@click.command()
-@click.argument("flow_ref", metavar="FLOW")
-@server_option
-@click.option("--note", default="", help="A note kept with the revision.")
-@click.option(
-    "--no-check", is_flag=True, help="Do not load the processors' code here before deploying."
-)
-def apply(flow_ref: str, server: str | None, note: str, no_check: bool) -> None:
-    """Deploy FLOW (a file, as for `run`) to the network as its next revision. Only what
-    changed is applied: processors whose code and settings are unchanged keep running."""
-    api = Api(server)
-    model = load_flow(flow_ref)
-    try:
-        current = api("GET", f"/flows/{model.name}")["document"]
-    except ElasticCodeError as exc:
-        if "no flow named" not in str(exc):
-            raise
-        current = None
-    doc, notes = deployable(model, current)
-    for line in notes:
-        click.echo(line, err=True)
-    if not no_check:
-        check_code(Flow.from_dict(doc, base_dir=model.base_dir))
-    reply = api("POST", "/flows", json={"document": doc, "note": note})
-    if reply["changed"]:
-        click.echo(f"flow {reply['name']}: revision {reply['revision']} applied")
-    else:
-        click.echo(f"flow {reply['name']}: unchanged, still revision {reply['revision']}")
-
-
-@click.group()
-def flow() -> None:
-    """The flows deployed in the network."""
-
-
-@flow.command("list")
-@server_option
-@json_option
-def flow_list(server: str | None, as_json: bool) -> None:
-    rows = Api(server)("GET", "/flows")
-    lines = [
-        f"{f['name']:<20} revision {f['revision']:<4} "
-        f"{'running' if f['running'] else 'stopped':<8} {f['processors']} processor(s)"
-        for f in rows
-    ]
-    _echo(rows, as_json, lines or ["no flows; deploy one with `elasticcode apply FILE`"])
-
-
-@flow.command("revisions")
-@click.argument("name")
-@server_option
-def flow_revisions(name: str, server: str | None) -> None:
-    """Every revision of flow NAME, oldest first."""
-    for r in Api(server)("GET", f"/flows/{name}/revisions"):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
-        click.echo(f"{r['revision']:>4}  {when}  {r['note']}")
-
-
-@flow.command("rollback")
-@click.argument("name")
-@click.argument("revision", type=click.IntRange(1))
-@server_option
-def flow_rollback(name: str, revision: int, server: str | None) -> None:
-    """Deploy revision REVISION of flow NAME again (as a new revision)."""
-    reply = Api(server)("POST", f"/flows/{name}/rollback", json={"revision": revision})
-    click.echo(f"flow {name}: revision {reply['revision']} applied (as revision {revision})")
-
-
-for _action, _help in (
-    ("start", "Start every processor of flow NAME again."),
-    ("stop", "Stop every worker of flow NAME; its queues keep what they hold."),
-):
-
-    def _make(action: str) -> Any:
-        @server_option
-        def cmd(name: str, server: str | None) -> None:
-            Api(server)("POST", f"/flows/{name}/{action}")
-            click.echo(f"flow {name}: {action} requested")
-
-        return cmd
-
-    flow.command(_action, help=_help)(click.argument("name")(_make(_action)))
-
-
-@flow.command("remove")
-@click.argument("name")
-@server_option
-def flow_remove(name: str, server: str | None) -> None:
-    """Remove flow NAME from the network: its workers stop; its queues stay on the broker."""
-    Api(server)("DELETE", f"/flows/{name}")
-    click.echo(f"flow {name}: removed")
-
-
-# -- processors and connections -----------------------------------------------------------------
-@click.group()
-def processor() -> None:
-    """One processor of a deployed flow: scale, pause, resume, restart, update, add, remove."""
-
-
-@processor.command("list")
-@click.argument("flow_name", metavar="FLOW")
-@server_option
-@json_option
-def processor_list(flow_name: str, server: str | None, as_json: bool) -> None:
-    """FLOW's processors, their code, and where their instances run."""
-    rows = Api(server)("GET", f"/flows/{flow_name}/processors")
-    lines = []
-    for p in rows:
-        code = p["code"]
-        what = code.get("code") or code.get("command") or ("inline" if code.get("inline") else "")
-        if "git" in code:
-            git = code["git"]
-            what += f" from {git['repo']} at {git.get('commit', '?')[:12]} ({git['ref']})"
-        placed = ", ".join(f"{w['agent'] or 'pending'}:{w['state']}" for w in p["placed"])
-        flag = " paused" if p["paused"] else ""
-        lines.append(
-            f"{p['name']:<16} instances {p['instances']}{flag}  {what}  [{placed or 'none'}]"
-        )
-    _echo(rows, as_json, lines)
-
-
-@processor.command("scale")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("name")
-@click.argument("instances")
-@server_option
-def processor_scale(flow_name: str, name: str, instances: str, server: str | None) -> None:
-    """Run INSTANCES instances (a number, or auto: one on every agent that may run it)."""
-    value: int | str = instances if instances == "auto" else int(instances)
-    reply = Api(server)(
-        "POST", f"/flows/{flow_name}/processors/{name}/scale", json={"instances": value}
-    )
-    click.echo(f"flow {flow_name}: revision {reply['revision']}, {name} at {instances} instance(s)")
-
-
-for _action, _help in (
-    ("pause", "Stop the processor's workers; its input queue keeps filling and waits."),
-    ("resume", "Start a paused processor's workers again."),
-    ("restart", "Replace every instance of the processor, new ones first."),
-):
-
-    def _make_p(action: str) -> Any:
-        @server_option
-        def cmd(flow_name: str, name: str, server: str | None) -> None:
-            Api(server)("POST", f"/flows/{flow_name}/processors/{name}/{action}")
-            click.echo(f"flow {flow_name}: {action} of {name} requested")
-
-        return cmd
-
-    processor.command(_action, help=_help)(
-        click.argument("flow_name", metavar="FLOW")(click.argument("name")(_make_p(_action)))
-    )
-
-
-@processor.command("update")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("name")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A processor setting (VALUE as JSON, else a string), e.g. --set prefetch=50 or "
-    "config='{\"min\": 3}'.",
-)
-@click.option(
-    "--ref", default=None, help="Move its git code to this ref (resolved to a commit now)."
-)
-@server_option
-def processor_update(
-    flow_name: str, name: str, sets: tuple[str, ...], ref: str | None, server: str | None
-) -> None:
-    """Change a processor (a new revision); its instances are replaced, new ones first."""
-    api = Api(server)
-    changes: dict[str, Any] = {}
-    for pair in sets:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            changes[key] = json.loads(value)
-        except ValueError:
-            changes[key] = value
-    if ref is not None:
-        doc = api("GET", f"/flows/{flow_name}/export")
-        spec = next((p for p in doc.get("processors", []) if p.get("name") == name), None)
-        if spec is None or not spec.get("git"):
-            raise FlowError(f"processor {name!r} of {flow_name!r} does not take its code from git")
-        git = spec["git"]
-        commit = resolve(git["repo"], ref, git.get("credential"))
-        changes["git"] = {**git, "ref": ref, "commit": commit}
-        click.echo(f"processor {name}: {ref} resolved to commit {commit[:12]}", err=True)
-    if not changes:
-        raise click.UsageError("say what to change: --set KEY=VALUE or --ref REF")
-    reply = api("PATCH", f"/flows/{flow_name}/processors/{name}", json=changes)
-    click.echo(f"flow {flow_name}: revision {reply['revision']} applied")
-
-
-@processor.command("add")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
-@server_option
-def processor_add(flow_name: str, spec_file: str, server: str | None) -> None:
-    """Add the processor described in SPEC_FILE (YAML or JSON, as under `processors:`)."""
-    import yaml
-
-    spec = yaml.safe_load(Path(spec_file).read_text())
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise FlowError(f"{spec_file} must hold one processor: a mapping with a name")
-    reply = Api(server)("POST", f"/flows/{flow_name}/processors", json=spec)
-    click.echo(f"flow {flow_name}: revision {reply['revision']}, processor {spec['name']} added")
-
-
-@processor.command("remove")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("name")
-@server_option
-def processor_remove(flow_name: str, name: str, server: str | None) -> None:
-    """Remove a processor and its connections; its input queue stays on the broker."""
-    reply = Api(server)("DELETE", f"/flows/{flow_name}/processors/{name}")
-    click.echo(f"flow {flow_name}: revision {reply['revision']}, processor {name} removed")
-
-
-@click.group()
-def connection() -> None:
-    """The connections of a deployed flow."""
-
-
-@connection.command("list")
-@click.argument("flow_name", metavar="FLOW")
-@server_option
-@json_option
-def connection_list(flow_name: str, server: str | None, as_json: bool) -> None:
-    rows = Api(server)("GET", f"/flows/{flow_name}/connections")
-    _echo(rows, as_json, [f"{c['from']} -> {c['to']}" for c in rows])
-
-
-@connection.command("add")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("source", metavar="FROM")
-@click.argument("target", metavar="TO")
-@server_option
-def connection_add(flow_name: str, source: str, target: str, server: str | None) -> None:
-    """Wire FROM (processor or processor.port) to TO (a new revision)."""
-    reply = Api(server)(
-        "POST", f"/flows/{flow_name}/connections", json={"from": source, "to": target}
-    )
-    click.echo(f"flow {flow_name}: revision {reply['revision']}")
-
-
-@connection.command("remove")
-@click.argument("flow_name", metavar="FLOW")
-@click.argument("source", metavar="FROM")
-@click.argument("target", metavar="TO")
-@server_option
-def connection_remove(flow_name: str, source: str, target: str, server: str | None) -> None:
-    reply = Api(server)(
-        "DELETE", f"/flows/{flow_name}/connections", params={"from": source, "to": target}
-    )
-    click.echo(f"flow {flow_name}: revision {reply['revision']}")

@@ -10,10 +10,16 @@ Each host keeps one cache (``$ELASTICCODE_CACHE``, else ``~/.cache/elasticcode``
 clone per repository URL, fetched once and shared by every worker and flow, and one checked-out
 tree per commit (``trees/<commit>``), written once and read-only after.
 
-Private repositories: ``credential: NAME`` names an environment variable holding an HTTPS
-token (sent as basic auth, user ``x-access-token`` unless the variable holds ``user:token``)
-or, for ``ssh://`` and ``user@host:path`` URLs, the path of a private key. The secret reaches
-git through its environment, never its command line, and is masked in every error.
+Private repositories: ``credential: NAME`` names a secret (see ``elasticcode.secret``: the
+environment variable ``ELASTICCODE_SECRET_NAME`` where the code is fetched) holding an HTTPS
+token (sent as basic auth, user ``x-access-token`` unless it holds ``user:token``) or, for
+``ssh://`` and ``user@host:path`` URLs, the path of a private key. The secret reaches git
+through its environment, never its command line, and is masked in every error.
+
+Repositories are reached over ``https://``, ``ssh://`` (or ``user@host:path``) and
+``file://`` only: git itself is told to refuse every other transport (``ext::`` would run a
+command). Plain ``http://`` is taken on loopback, and elsewhere only with
+``ELASTICCODE_GIT_PLAIN_HTTP=1`` set, as code fetched over it could be changed on the way.
 """
 
 from __future__ import annotations
@@ -28,15 +34,19 @@ import subprocess
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ..errors import ElasticCodeError, ProcessorError
 from ..redact import redact_url as shown
+from ..secret import SecretMissing, lookup
 from .cache import cache_root, locked
 
 if TYPE_CHECKING:
     from ..flow import Processor
 
 TIMEOUT = 600  # seconds for one git command (a first clone of a big repository)
+PLAIN_HTTP_ENV = "ELASTICCODE_GIT_PLAIN_HTTP"
+_SCP = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:[^/].*")
 
 
 class GitError(ElasticCodeError):
@@ -47,17 +57,36 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def check_repo(repo: str) -> str:
+    """``repo`` if git may fetch it (see the module docstring); else ``GitError`` saying why."""
+    parts = urlsplit(repo)
+    scheme = parts.scheme.lower()
+    if scheme in ("https", "ssh", "file") or (not scheme and _SCP.fullmatch(repo)):
+        return repo
+    if scheme == "http":
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if local or os.environ.get(PLAIN_HTTP_ENV) == "1":
+            return repo
+        raise GitError(
+            f"{shown(repo)}: code over plain http:// could be changed on the way; use https://, "
+            f"or set {PLAIN_HTTP_ENV}=1 where it is fetched to take it anyway"
+        )
+    raise GitError(
+        f"{shown(repo)}: a repository is reached over https://, ssh://, user@host:path or "
+        "file:// only"
+    )
+
+
 def _secret_env(repo: str, credential: str | None) -> tuple[dict[str, str], list[str]]:
     """Environment for git that carries the credential, and the strings to mask."""
-    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    protocols = "file:https:ssh" + (":http" if urlsplit(repo).scheme == "http" else "")
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_ALLOW_PROTOCOL": protocols}
     if not credential:
         return env, []
-    value = os.environ.get(credential)
-    if not value:
-        raise GitError(
-            f"credential {credential!r} for {repo} is not set; put the token (or the path of an "
-            f"SSH key) in the environment variable {credential}"
-        )
+    try:
+        value = lookup(credential, where=f"the git repository {shown(repo)}")
+    except SecretMissing as exc:
+        raise GitError(str(exc)) from None
     if repo.startswith(("http://", "https://")):
         user_token = value if ":" in value else f"x-access-token:{value}"
         header = "Authorization: Basic " + base64.b64encode(user_token.encode()).decode()
@@ -98,13 +127,14 @@ def _bare(repo: str) -> Path:
 
 def fetch(repo: str, credential: str | None = None) -> Path:
     """Fetch every branch and tag of ``repo`` into its bare clone in the cache; return it."""
+    check_repo(repo)
     bare = _bare(repo)
     with locked(bare.with_suffix(".lock")):
         if not (bare / "HEAD").exists():
             _git(["init", "--quiet", "--bare", str(bare)], repo, None, "creating the cache")
         refs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
         _git(
-            ["--git-dir", str(bare), "fetch", "--quiet", "--prune", "--force", repo, *refs],
+            ["--git-dir", str(bare), "fetch", "--quiet", "--prune", "--force", "--", repo, *refs],
             repo,
             credential,
             f"cannot fetch {shown(repo)}",

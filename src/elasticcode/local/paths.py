@@ -25,7 +25,8 @@ class RunLock:
     """The lock of a state directory: one run at a time owns it."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        # queues, state and logs hold the flow's data: for the user who runs it only
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.file: IO[str] = open(root / "run.lock", "w")  # noqa: SIM115
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)

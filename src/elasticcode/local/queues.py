@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..brokers import Broker, DeadLetter, open_broker
+from ..brokers import Broker, DeadLetter, flow_broker
 from ..errors import FlowError
 from ..flow import Flow
 from ..message import Message, encode
@@ -28,9 +28,7 @@ def _with_broker(
     _, url, _ = state_paths(flow, state_dir, broker)
 
     async def go() -> T:
-        b = open_broker(
-            url, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
-        )
+        b = flow_broker(url, flow)
         await b.connect()
         try:
             await b.declare(flow.queues())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..brokers import Broker, open_broker
+from ..brokers import Broker, flow_broker
 from ..code import code_problems, envs
 from ..code.pinning import pin
 from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
@@ -114,9 +114,7 @@ async def _run(
     broken: dict[str, str],
 ) -> RunResult:
     state = StateStore(state_url)
-    broker = open_broker(
-        broker_url, flow.broker_routes(), max_message_bytes=flow.settings.max_message_bytes
-    )
+    broker = flow_broker(broker_url, flow)
     await broker.connect()
     await broker.declare(flow.queues())
     run_id, resumed = state.start_run(flow.name, fresh=fresh)

@@ -31,7 +31,9 @@ from ..code import envs
 from ..errors import BrokerError, ElasticCodeError
 from ..flow import Flow
 from ..launch import write_flow
+from ..secret import names_of_flow, resolve
 from ..supervisor import Instance, Supervisor
+from .client import detail, verify
 
 log = logging.getLogger("elasticcode.agent")
 
@@ -43,6 +45,10 @@ RETRY_START = 5.0
 
 class ServerGone(ElasticCodeError):
     """No server answers."""
+
+
+class Refused(ElasticCodeError):
+    """A server refuses the agent's credential (revoked when it was forgotten)."""
 
 
 class Agent:
@@ -58,8 +64,8 @@ class Agent:
         host: str | None = None,
         labels: dict[str, str] | None = None,
         capacity: int | None = None,
-        token: str | None = None,
-        db: str | None = None,
+        enrol_token: str | None = None,
+        ca: str | None = None,
     ) -> None:
         if not servers:
             raise ElasticCodeError("give the server's URL: --server http://HOST:8750")
@@ -71,8 +77,10 @@ class Agent:
         self.labels = labels or {}
         self.cores = os.cpu_count() or 1
         self.capacity = self.cores if capacity is None else capacity
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.db = db
+        self.enrol_token = enrol_token
+        #: the agent's own credential (from its enrolment)
+        self.token: str | None = None
+        self.verify = verify(ca)
         self.id: str | None = None
         self.generation = 0
         self.heartbeat_every = 2.0
@@ -93,15 +101,21 @@ class Agent:
         path = self.state_dir / "agent.json"
         if not path.exists():
             return None
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # written by an older version: it holds credentials
         data: dict[str, Any] = json.loads(path.read_text())
-        self.id = data.get("id")
-        self.db = self.db or data.get("state")
+        self.id, self.token = data.get("id"), data.get("token")
         return data.get("assignment")
 
     def _save_state(self, assignment: dict[str, Any] | None) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Keep the agent's id, credential and assignment (with its flows' secrets) where
+        only its user may read them."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
         tmp = self.state_dir / "agent.json.tmp"
-        tmp.write_text(json.dumps({"id": self.id, "state": self.db, "assignment": assignment}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"id": self.id, "token": self.token, "assignment": assignment}, f)
         os.replace(tmp, self.state_dir / "agent.json")
 
     # -- talking to a server -----------------------------------------------------------------
@@ -113,20 +127,26 @@ class Agent:
         for _ in range(len(self.servers)):
             url = self.servers[self.server] + path
             try:
-                resp = await client.request(method, url, headers=self.headers, **kw)
+                resp = await client.request(method, url, headers=self._headers(path), **kw)
             except httpx.TransportError as exc:
                 last = exc
                 self.server = (self.server + 1) % len(self.servers)
                 continue
+            if resp.status_code == 401:
+                raise Refused(f"{url} refused this agent's credential: {detail(resp)}")
             if resp.status_code == 404 and path.startswith("/api/v1/agents/"):
                 self.id = None  # the server forgot this agent: register again
                 raise ServerGone("the server does not know this agent; registering again")
             if resp.status_code >= 400:
-                detail = resp.text[:500]
-                raise ServerGone(f"{url} answered {resp.status_code}: {detail}")
+                raise ServerGone(f"{url} answered {resp.status_code}: {detail(resp)}")
             result: dict[str, Any] = resp.json()
             return result
         raise ServerGone(f"no server answers ({', '.join(self.servers)}): {last}")
+
+    def _headers(self, path: str) -> dict[str, str]:
+        enrolling = path == "/api/v1/agents" and self.token is None
+        token = self.enrol_token if enrolling else self.token
+        return {"authorization": f"Bearer {token}"} if token else {}
 
     async def _register(self, client: httpx.AsyncClient) -> None:
         body = {
@@ -138,9 +158,14 @@ class Agent:
             "capacity": self.capacity,
             "labels": self.labels,
         }
+        if self.token is None and not self.enrol_token:
+            raise Refused(
+                "this agent has no credential: start it with --enrol-token TOKEN (make one with "
+                "`elasticcode agent enrol-token`)"
+            )
         reply = await self._call(client, "POST", "/api/v1/agents", json=body)
         self.id = reply["id"]
-        self.db = self.db or reply["state"]
+        self.token = reply.get("token") or self.token
         self.heartbeat_every = float(reply.get("heartbeat", 2.0))
         self.generation = -1  # ask for the whole assignment
         self._save_state(self._last)
@@ -156,7 +181,7 @@ class Agent:
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
         self._last = self._load_state()
-        if self._last is not None and self.db:
+        if self._last is not None:
             log.info("resuming the last assignment (generation %s)", self._last["generation"])
             await self._apply(self._last)
         loop = asyncio.get_running_loop()
@@ -164,7 +189,8 @@ class Agent:
             loop.add_signal_handler(sig, self.stop.set)
         supervise = asyncio.create_task(self._supervise())
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=75.0)) as client:
+            timeout = httpx.Timeout(10.0, read=75.0)
+            async with httpx.AsyncClient(timeout=timeout, verify=self.verify) as client:
                 await self._control(client)
         finally:
             supervise.cancel()
@@ -210,6 +236,11 @@ class Agent:
                     log.info("server %s answers again", self.servers[self.server])
                     self._outage = None
                 backoff = 0.5
+            except Refused as exc:
+                self._expelled(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), backoff)
+                backoff = min(backoff * 2, RETRY_MAX)
             except ServerGone as exc:
                 if self._outage is None:
                     self._outage = time.monotonic()
@@ -223,6 +254,24 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), backoff)
                 backoff = min(backoff * 2, RETRY_MAX)
+
+    def _expelled(self, why: Exception) -> None:
+        """The network no longer knows this agent's credential (it was forgotten, or its
+        token revoked): stop its workers, whose instances run elsewhere by now, and wait to
+        be enrolled again."""
+        sup = self.supervisor
+        running = [i for i in sup.instances if not i.retiring] if sup is not None else []
+        log.error(
+            "%s; stopping %d worker(s). Enrol this agent again: start it with --enrol-token "
+            "TOKEN (`elasticcode agent enrol-token`)",
+            why,
+            len(running),
+        )
+        for inst in running:
+            self._retire(inst)
+        self.id = self.token = self._last = None
+        self.errors = {}
+        self._save_state(None)
 
     def _known(self) -> list[str]:
         """The flow documents this agent has (the server leaves them out of answers)."""
@@ -250,7 +299,7 @@ class Agent:
                 log.warning("supervising workers: %s", exc)
 
     async def _broker_of(self, inst: Instance) -> Broker:
-        return await self._broker(inst.broker_url or "")
+        return await self._broker(resolve(inst.broker_url or "", inst.secrets))
 
     async def _broker(self, url: str) -> Broker:
         if url not in self.brokers:
@@ -306,10 +355,8 @@ class Agent:
             await self._reconcile(assignment)
 
     async def _reconcile(self, assignment: dict[str, Any]) -> None:
-        if not self.db:
-            raise ServerGone("no state store URL yet")
         if self.supervisor is None:
-            self.supervisor = Supervisor(None, None, 0, "", self.db, self.state_dir / "logs", None)
+            self.supervisor = Supervisor(None, None, 0, "", "", self.state_dir / "logs", None)
             self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
         sup = self.supervisor
         wanted = {(i["flow"], i["processor"], i["instance"]): i for i in assignment["instances"]}
@@ -327,7 +374,9 @@ class Agent:
                 continue
             try:
                 flow, path = await self._flow(item, assignment["flows"])
-                await self._prepare(flow, item)
+                state = _state_of(assignment, item["flow"])
+                secrets = assignment.get("secrets") or {}
+                await self._prepare(flow, item, secrets)
             except ElasticCodeError as exc:
                 errors[key] = str(exc)
                 log.error("%s/%s[%d] cannot start: %s", *key, exc)
@@ -341,6 +390,8 @@ class Agent:
                 broker_url=_broker_url(flow),
                 spec=item["spec"],
                 flow_name=item["flow"],
+                state_url=state,
+                secrets={n: secrets[n] for n in names_of_flow(flow) if n in secrets},
             )
             sup._spawn(fresh)
             sup.instances.append(fresh)
@@ -385,12 +436,12 @@ class Agent:
             self.flows[key] = (Flow.load(path), path)
         return self.flows[key]
 
-    async def _prepare(self, flow: Flow, item: dict[str, Any]) -> None:
+    async def _prepare(self, flow: Flow, item: dict[str, Any], secrets: dict[str, str]) -> None:
         """Before a flow revision's first worker here: its queues exist, and the workers an
         agent now lost ran of this instance have their messages handed out again."""
         key = (flow.name, item["revision"])
         try:
-            broker = await self._broker(_broker_url(flow))
+            broker = await self._broker(resolve(_broker_url(flow), secrets, "the flow's broker"))
             if key not in self.declared:
                 await broker.declare(flow.queues())
                 self.declared.add(key)
@@ -403,6 +454,13 @@ class Agent:
         spec = flow.get(item["processor"])
         if spec.requirements:  # built once per host, in the background of the loop
             await asyncio.get_running_loop().run_in_executor(None, envs.python_for, spec, flow)
+
+
+def _state_of(assignment: dict[str, Any], flow: str) -> str:
+    state = (assignment.get("state") or {}).get(flow)
+    if not state:
+        raise ElasticCodeError(f"the assignment gives no state store for flow {flow!r}")
+    return str(state)
 
 
 def _broker_url(flow: Flow) -> str:

@@ -18,12 +18,13 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import ElasticCodeError, FlowError
+from ..errors import FlowError, NotFound
 from ..flow import Flow
 from ..store.db import open_engine, upsert
 from ..store.tables import (
@@ -42,8 +43,15 @@ from ..store.tables import (
 LEADER = "leader"
 
 
-class NotFound(ElasticCodeError):
-    """A flow, processor, revision or agent that does not exist."""
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who makes a change, and from where: what the audit log records with it."""
+
+    actor: str = "system"
+    origin: str = ""
+
+
+SYSTEM = Who()
 
 
 @dataclass(slots=True)
@@ -118,7 +126,9 @@ class Cluster:
         self.engine.dispose()
 
     # -- flows ----------------------------------------------------------------------------
-    def apply(self, document: dict[str, Any], note: str = "") -> tuple[int, bool]:
+    def apply(
+        self, document: dict[str, Any], note: str = "", who: Who = SYSTEM
+    ) -> tuple[int, bool]:
         """Deploy a flow document as its next revision; return (revision, changed). A document
         equal to the current revision makes none."""
         flow = Flow.from_document(document)  # validated before anything is written
@@ -165,7 +175,8 @@ class Cluster:
                     flow=flow.name, revision=revision, document=text, created=now, note=note
                 )
             )
-            record_event(db, "revision", flow.name, f"revision {revision} applied. {note}".strip())
+            text = f"revision {revision} applied. {note}".strip()
+            record_event(db, "revision", flow.name, text, who)
         return revision, True
 
     def flow(self, name: str, revision: int | None = None) -> FlowInfo:
@@ -200,25 +211,25 @@ class Cluster:
             ).all()
         return [{"revision": r.revision, "created": r.created, "note": r.note} for r in rows]
 
-    def rollback(self, name: str, revision: int) -> int:
+    def rollback(self, name: str, revision: int, who: Who = SYSTEM) -> int:
         """Deploy an earlier revision's document again, as a new revision."""
         old = self.flow(name, revision)
-        rev, _ = self.apply(old.document, note=f"rollback to revision {revision}")
+        rev, _ = self.apply(old.document, f"rollback to revision {revision}", who)
         return rev
 
-    def remove_flow(self, name: str) -> None:
+    def remove_flow(self, name: str, who: Who = SYSTEM) -> None:
         self.flow(name)
         with self.engine.begin() as db:
             for table in (flows, processor_controls):
                 key = table.c.name if table is flows else table.c.flow
                 db.execute(table.delete().where(key == name))
-            record_event(db, "flow", name, "removed; its workers stop, its queues stay")
+            record_event(db, "flow", name, "removed; its workers stop, its queues stay", who)
 
-    def set_running(self, name: str, running: bool) -> None:
+    def set_running(self, name: str, running: bool, who: Who = SYSTEM) -> None:
         self.flow(name)
         with self.engine.begin() as db:
             db.execute(flows.update().where(flows.c.name == name).values(running=running))
-            record_event(db, "flow", name, "started" if running else "stopped")
+            record_event(db, "flow", name, "started" if running else "stopped", who)
 
     def parsed(self, name: str, revision: int, document: dict[str, Any] | None = None) -> Flow:
         key = (name, revision)
@@ -237,7 +248,7 @@ class Cluster:
         return self._specs[key]
 
     # -- processors -------------------------------------------------------------------------
-    def control(self, flow: str, processor: str, action: str) -> None:
+    def control(self, flow: str, processor: str, action: str, who: Who = SYSTEM) -> None:
         """``pause``, ``resume`` or ``restart`` one processor."""
         info = self.flow(flow)
         self.parsed(flow, info.revision, info.document).get(processor)
@@ -258,14 +269,16 @@ class Cluster:
                 raise FlowError(f"unknown action {action!r}; use pause, resume or restart")
             values = {"flow": flow, "processor": processor, "paused": paused, "restarts": restarts}
             db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
-            record_event(db, "processor", flow, f"processor {processor}: {action}")
+            record_event(db, "processor", flow, f"processor {processor}: {action}", who)
 
     def controls(self) -> dict[tuple[str, str], tuple[bool, int]]:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(processor_controls)).all()
         return {(r.flow, r.processor): (r.paused, r.restarts) for r in rows}
 
-    def update_processor(self, flow: str, processor: str, changes: dict[str, Any]) -> int:
+    def update_processor(
+        self, flow: str, processor: str, changes: dict[str, Any], who: Who = SYSTEM
+    ) -> int:
         """A new revision with some of a processor's settings changed (e.g. instances)."""
         doc = self.flow(flow).document
         procs = doc.get("processors", [])
@@ -276,7 +289,7 @@ class Cluster:
         else:
             raise NotFound(f"flow {flow!r} has no processor {processor!r}")
         what = ", ".join(f"{k}={v}" for k, v in changes.items())
-        rev, _ = self.apply(doc, note=f"processor {processor}: {what}")
+        rev, _ = self.apply(doc, f"processor {processor}: {what}", who)
         return rev
 
     # -- agents ------------------------------------------------------------------------------
@@ -289,6 +302,7 @@ class Cluster:
         capacity: int,
         labels: dict[str, str],
         agent_id: str | None = None,
+        who: Who = SYSTEM,
     ) -> str:
         """Record an agent (again, when it gives the id it had); return its id."""
         agent_id = agent_id or uuid.uuid4().hex
@@ -311,7 +325,8 @@ class Cluster:
                 db.execute(agents.insert().values(**values, assigned=0, applied=0, workers="[]"))
             else:
                 db.execute(agents.update().where(agents.c.id == agent_id).values(**values))
-            record_event(db, "agent", None, f"agent {name} on {host} registered ({capacity} slots)")
+            text = f"agent {name} on {host} registered ({capacity} slots)"
+            record_event(db, "agent", None, text, who)
         return agent_id
 
     def heartbeat(self, agent_id: str, applied: int, workers: list[dict[str, Any]]) -> int:
@@ -366,9 +381,13 @@ class Cluster:
             rows = db.execute(sa.select(agents.c.id, agents.c.assigned)).all()
         return {r.id: int(r.assigned) for r in rows}
 
-    def forget_agent(self, agent_id: str) -> None:
+    def forget_agent(self, agent_id: str, who: Who = SYSTEM) -> None:
         with self.engine.begin() as db:
+            name = db.execute(sa.select(agents.c.name).where(agents.c.id == agent_id)).scalar()
+            if name is None:
+                raise NotFound(f"no agent {agent_id}")
             db.execute(agents.delete().where(agents.c.id == agent_id))
+            record_event(db, "agent", None, f"agent {name} forgotten; its credential revoked", who)
             db.execute(
                 placements.update().where(placements.c.agent_id == agent_id).values(agent_id=None)
             )
@@ -500,17 +519,66 @@ class Cluster:
         return {"holder": row.holder, "term": row.term, "expires": row.expires}
 
     # -- events ------------------------------------------------------------------------------
-    def events(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    def note(self, kind: str, flow: str | None, text: str, who: Who) -> None:
+        """Record a change made elsewhere (users, roles, tokens, secrets) in the event log."""
+        with self.engine.begin() as db:
+            record_event(db, kind, flow, text, who)
+
+    def events(
+        self,
+        after: int = 0,
+        limit: int = 500,
+        *,
+        flows: Callable[[str | None], bool] | None = None,
+        actor: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events after id ``after``, oldest first: those of the flows ``flows`` lets through
+        (None stands for the network's own events), by ``actor``, of ``kind``, ``since``."""
+        query = sa.select(events).where(events.c.id > after).order_by(events.c.id)
+        if actor is not None:
+            query = query.where(events.c.actor == actor)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        if since is not None:
+            query = query.where(events.c.time >= since)
+        out: list[dict[str, Any]] = []
         with self.engine.connect() as db:
-            rows = db.execute(
-                sa.select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
-            ).all()
-        return [
-            {"id": r.id, "time": r.time, "kind": r.kind, "flow": r.flow, "text": r.text}
-            for r in rows
-        ]
+            while len(out) < limit:
+                rows = db.execute(query.limit(limit)).all()
+                for r in rows:
+                    if flows is None or flows(r.flow):
+                        out.append(_event(r))
+                if len(rows) < limit:
+                    break
+                query = query.where(events.c.id > rows[-1].id)
+        return out[:limit]
 
 
-def record_event(db: sa.Connection, kind: str, flow: str | None, text: str) -> None:
+def _event(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "time": r.time,
+        "kind": r.kind,
+        "flow": r.flow,
+        "text": r.text,
+        "actor": r.actor or "system",
+        "origin": r.origin or "",
+    }
+
+
+def record_event(
+    db: sa.Connection, kind: str, flow: str | None, text: str, who: Who = SYSTEM
+) -> None:
     """Add an event to the log, inside ``db``'s transaction."""
-    db.execute(events.insert().values(time=time.time(), kind=kind, flow=flow, text=text))
+    db.execute(
+        events.insert().values(
+            time=time.time(),
+            kind=kind,
+            flow=flow,
+            text=text,
+            actor=who.actor,
+            origin=who.origin,
+        )
+    )

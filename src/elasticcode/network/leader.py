@@ -22,9 +22,11 @@ import sqlalchemy as sa
 
 from ..store.db import insert
 from ..store.tables import agents, flows, leases, placements, processor_controls
-from .cluster import LEADER, Cluster, record_event
+from .cluster import LEADER, Cluster, Who, record_event
 from .scheduler import AgentSlot, Demand, place
 
+#: The leader's changes, as the audit log shows them.
+LEADING = Who("leader")
 #: A placed instance: (flow, processor, instance).
 Key = tuple[str, str, int]
 
@@ -59,7 +61,7 @@ class Leader:
             row = db.execute(sa.select(leases).where(leases.c.name == LEADER)).first()
             if row is None or row.holder != holder:
                 return False
-            record_event(db, "leader", None, f"server {holder} leads (term 1)")
+            record_event(db, "leader", None, f"server {holder} leads (term 1)", LEADING)
             return True
         if row.holder != holder and row.expires > now:
             return False
@@ -70,7 +72,7 @@ class Leader:
             .values(holder=holder, expires=now + ttl, term=term)
         )
         if row.holder != holder:
-            record_event(db, "leader", None, f"server {holder} leads (term {term})")
+            record_event(db, "leader", None, f"server {holder} leads (term {term})", LEADING)
         return True
 
     def release(self) -> None:
@@ -109,7 +111,7 @@ class Leader:
             for row in silent if now >= self._grace_until else []:
                 db.execute(agents.update().where(agents.c.id == row.id).values(status="lost"))
                 text = f"agent {row.name} lost: no heartbeat for {self.cluster.agent_timeout:g}s"
-                record_event(db, "agent", None, text)
+                record_event(db, "agent", None, text, LEADING)
                 notes.append(text)
             up = db.execute(
                 sa.select(agents.c.id, agents.c.host, agents.c.capacity, agents.c.labels)
@@ -159,11 +161,11 @@ class Leader:
             notes += [f"{key}: {why}" for key, why in plan.pending.items()]
             pending = set(plan.pending.items())
             for key, why in sorted(pending - self._pending):
-                record_event(db, "placement", key.split("/", 1)[0], f"{key}: {why}")
+                record_event(db, "placement", key.split("/", 1)[0], f"{key}: {why}", LEADING)
             if plan.moved:
                 text = f"{plan.moved} instance(s) moved to other agents"
                 notes.append(text)
-                record_event(db, "placement", None, text)
+                record_event(db, "placement", None, text, LEADING)
         self._pending = pending
         self._inputs = inputs
         return notes

@@ -167,4 +167,82 @@ events = sa.Table(
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("flow", sa.String(200)),
     sa.Column("text", sa.Text, nullable=False),
+    #: who made the change (a user, ``agent:NAME``, ``leader``), and from where
+    sa.Column("actor", sa.String(200)),
+    sa.Column("origin", sa.String(200)),
+)
+
+
+# -- identities and secrets (see network/identity.py, network/vault.py) -------------------------
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    #: the argon2 hash of the password (None: the user logs in with tokens only)
+    sa.Column("password", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+)
+
+roles = sa.Table(
+    "roles",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    #: JSON list of privilege names
+    sa.Column("privileges", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Integer, nullable=False, index=True),
+    sa.Column("role", sa.String(100), nullable=False),
+    #: the flows it is on: a name, a pattern (``team-*``) or ``*`` (every flow, and the network)
+    sa.Column("flows", sa.String(200), nullable=False),
+    sa.UniqueConstraint("user_id", "role", "flows", name="grants_once"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    #: user, agent (an agent's own credential) or enrol (enrols agents)
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("user_id", sa.Integer, index=True),
+    sa.Column("agent_id", sa.String(64), index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    #: SHA-256 of the token's secret part
+    sa.Column("secret", sa.String(64), nullable=False),
+    #: JSON list of privileges the token is limited to (None: its user's)
+    sa.Column("scopes", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float),
+    sa.Column("last_used", sa.Float),
+    #: enrolment tokens: how many more agents it enrols (None: no limit before it expires)
+    sa.Column("uses_left", sa.Integer),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    #: the value, encrypted (Fernet) under the servers' secret key
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
+worker_roles = sa.Table(
+    "worker_roles",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    #: the PostgreSQL role the flow's workers log in as (see network/workerdb.py)
+    sa.Column("role", sa.String(63), nullable=False, unique=True),
+    sa.Column("password", sa.String(64), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
 )

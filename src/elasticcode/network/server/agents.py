@@ -1,28 +1,64 @@
-"""Agents: register, heartbeat, long-poll for their assignment; list and forget them."""
+"""Agents: enrol (or register again), heartbeat, long-poll for their assignment; list and
+forget them; make enrolment tokens.
+
+An agent enrols once with an enrolment token and gets a credential of its own, which serves
+only its own heartbeat and assignment. An assignment carries what the agent's workers need
+and nothing more: the flows' documents, each flow's own state-store URL (see ``workerdb``),
+and the values of the secrets those flows reference.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from .context import AUTH, Server, Srv
+from ...secret import names_of_flow
+from ...units import Duration
+from .. import workerdb
+from ..privileges import Caller
+from .context import Server, Srv, bearer, needs, who
 from .schemas import HeartbeatBody, RegisterBody
 
-router = APIRouter(tags=["agents"], dependencies=AUTH)
+router = APIRouter(tags=["agents"])
+
+
+class EnrolBody(BaseModel):
+    expires: Duration = Field(3600.0, gt=0, le=366 * 86400, description="e.g. 1h, 30m")
+    uses: int | None = Field(1, ge=1, le=100_000, description="agents it enrols (null: any)")
+    name: str = Field("enrolment", max_length=200, pattern=r"^[^\x00]*$")
 
 
 @router.get("/agents")
-async def list_agents(srv: Srv) -> list[dict[str, Any]]:
-    return [asdict(a) for a in await run_in_threadpool(srv.cluster.agents)]
+async def list_agents(
+    srv: Srv, caller: Annotated[Caller, needs("agent.read")]
+) -> list[dict[str, Any]]:
+    out = []
+    for a in await run_in_threadpool(srv.cluster.agents):
+        row = asdict(a)
+        row["workers"] = [w for w in a.workers if caller.may("flow.read", w.get("flow"))]
+        out.append(row)
+    return out
 
 
 @router.post("/agents")
-async def register(srv: Srv, body: RegisterBody) -> dict[str, Any]:
-    """An agent registers (again); the answer says what it needs to run workers."""
+async def register(
+    srv: Srv, request: Request, body: RegisterBody, caller: Annotated[Caller, needs("enrol")]
+) -> dict[str, Any]:
+    """An agent enrols (with an enrolment token: the answer holds its own credential, shown
+    this once) or registers again (with that credential, under the id it had)."""
+    if caller.kind == "agent":
+        if body.id != caller.agent_id:
+            raise HTTPException(403, "an agent registers again under its own id only")
+        agent_id = body.id
+        token = None
+    else:
+        await run_in_threadpool(srv.identities.enrol, bearer(request))
+        agent_id = None
     agent_id = await run_in_threadpool(
         srv.cluster.register,
         body.name,
@@ -31,25 +67,45 @@ async def register(srv: Srv, body: RegisterBody) -> dict[str, Any]:
         body.memory,
         body.capacity,
         body.labels,
-        body.id,
+        agent_id,
+        who(request),
     )
+    if caller.kind != "agent":
+        minted = await run_in_threadpool(
+            lambda: srv.identities.mint("agent", f"agent {body.name}", agent_id=agent_id)
+        )
+        token = minted.token
     settings = srv.settings
     return {
         "id": agent_id,
-        "state": settings.worker_db or settings.db,
+        "token": token,
         "heartbeat": settings.heartbeat,
         "agent_timeout": settings.agent_timeout,
     }
 
 
-@router.delete("/agents/{agent_id}")
-async def forget_agent(srv: Srv, agent_id: str) -> dict[str, Any]:
-    """Forget an agent; its instances are placed elsewhere."""
-    await run_in_threadpool(srv.cluster.forget_agent, agent_id)
+@router.post("/agents/enrolment-tokens", status_code=201)
+async def enrolment_token(
+    srv: Srv, request: Request, body: EnrolBody, caller: Annotated[Caller, needs("agent.manage")]
+) -> dict[str, Any]:
+    """A token that enrols agents (``uses`` of them, until it expires); shown this once."""
+    minted = await run_in_threadpool(
+        lambda: srv.identities.mint(
+            "enrol", body.name, user_id=caller.user_id, expires=body.expires, uses=body.uses
+        )
+    )
+    return {"id": minted.id, "token": minted.token, "expires": minted.expires, "uses": body.uses}
+
+
+@router.delete("/agents/{agent_id}", dependencies=[needs("agent.manage")])
+async def forget_agent(srv: Srv, request: Request, agent_id: str) -> dict[str, Any]:
+    """Forget an agent and revoke its credential; its instances are placed elsewhere."""
+    await run_in_threadpool(srv.cluster.forget_agent, agent_id, who(request))
+    await run_in_threadpool(srv.identities.revoke_agent, agent_id)
     return {"forgotten": agent_id}
 
 
-@router.post("/agents/{agent_id}/heartbeat")
+@router.post("/agents/{agent_id}/heartbeat", dependencies=[needs("agent.self")])
 async def heartbeat(srv: Srv, agent_id: str, body: HeartbeatBody) -> Response:
     """An agent is alive; the answer holds its assignment when that changed."""
     generation = await run_in_threadpool(
@@ -60,7 +116,7 @@ async def heartbeat(srv: Srv, agent_id: str, body: HeartbeatBody) -> Response:
     return await _assignment(srv, agent_id, body.known)
 
 
-@router.get("/agents/{agent_id}/assignment")
+@router.get("/agents/{agent_id}/assignment", dependencies=[needs("agent.self")])
 async def assignment(
     srv: Srv,
     agent_id: str,
@@ -79,7 +135,24 @@ async def assignment(
 
 
 async def _assignment(srv: Server, agent_id: str, known: list[str]) -> Response:
-    found = await run_in_threadpool(srv.cluster.assignment, agent_id)
+    found = await run_in_threadpool(_with_credentials, srv, agent_id)
     for name in known:  # documents the agent has already
         found["flows"].pop(name, None)
     return JSONResponse(found)  # large: straight to JSON, no response model
+
+
+def _with_credentials(srv: Server, agent_id: str) -> dict[str, Any]:
+    """The agent's assignment, with each of its flows' state-store URL and secrets."""
+    found = srv.cluster.assignment(agent_id)
+    template = srv.settings.worker_db or srv.settings.db
+    needed: set[str] = set()
+    state: dict[str, str] = {}
+    for item in found["instances"]:
+        flow = item["flow"]
+        if flow not in state:
+            state[flow] = workerdb.worker_url(srv.cluster.engine, template, flow)
+            doc = found["flows"][f"{flow}@{item['revision']}"]
+            needed |= names_of_flow(srv.cluster.parsed(flow, item["revision"], doc))
+    found["state"] = state
+    found["secrets"] = srv.vault.values(needed)
+    return found

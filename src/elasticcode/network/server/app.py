@@ -1,13 +1,14 @@
 """The server: the control plane's REST and websocket API, and the leader's loop.
 
 ``elasticcode server start --db URL`` runs one. Servers keep nothing of their own: the state
-store holds the desired state (flows and their revisions), the agents and the placements, so
-several servers can answer at once. One of them leads, through a lease row in the database:
-the leader marks silent agents lost and places instances; the others take over when its lease
-runs out. No message passes through a server.
+store holds the desired state (flows and their revisions), the agents and the placements, the
+users and their tokens, so several servers can answer at once. One of them leads, through a
+lease row in the database: the leader marks silent agents lost and places instances; the
+others take over when its lease runs out. No message passes through a server.
 
-The API is described by OpenAPI at ``/openapi.json`` (browsable at ``/docs``); each resource
-has a router of its own in this package.
+Every route but ``/health`` and ``/auth/login`` needs a credential and checks the caller's
+privilege (see ``network.privileges``). The API is described by OpenAPI at ``/openapi.json``
+(browsable at ``/docs``); each resource has a router of its own in this package.
 """
 
 from __future__ import annotations
@@ -17,35 +18,74 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import ElasticCodeError, StateUnreachable
-from ..cluster import Cluster, NotFound
+from ...errors import AuthError, Conflict, ElasticCodeError, Forbidden, NotFound, StateUnreachable
+from .. import workerdb
+from ..cluster import Cluster
+from ..identity import Identities
 from ..leader import Leader
-from . import agents, connections, events, flows, processors, status, workers
+from ..vault import Vault
+from . import (
+    agents,
+    auth,
+    connections,
+    events,
+    flows,
+    processors,
+    secrets,
+    status,
+    tokens,
+    users,
+    workers,
+)
 from .changes import Changes
 from .context import Server
+from .guard import Guard, local_names
 from .loops import lead, pump_events
 from .settings import ServerSettings
 
 log = logging.getLogger("elasticcode.server")
 
 API = "/api/v1"
-ROUTERS = (status, flows, processors, connections, agents, workers, events)
+ROUTERS = (
+    status,
+    auth,
+    flows,
+    processors,
+    connections,
+    agents,
+    workers,
+    events,
+    users,
+    tokens,
+    secrets,
+)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+ADMIN_PASSWORD_ENV = "ELASTICCODE_ADMIN_PASSWORD"
 
 
 def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> FastAPI:
     """The API app; with its lifespan, the leader loop and the event stream run too."""
     settings.server_id = settings.server_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
     cl = cluster or Cluster(settings.db, settings.agent_timeout)
-    srv = Server(settings, cl, Leader(cl, settings.server_id, settings.lease), Changes(cl))
+    srv = Server(
+        settings,
+        cl,
+        Leader(cl, settings.server_id, settings.lease),
+        Identities(cl.engine),
+        Vault(cl.engine, settings.secret_key),
+        Changes(cl),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,15 +111,26 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     for module in ROUTERS:
         app.include_router(module.router, prefix=API)
     _answer_errors(app)
+    app.add_middleware(Guard, hosts=settings.hosts or ("*",))
     return app
 
 
 def _answer_errors(app: FastAPI) -> None:
     """Errors a caller can cause answer 4xx with what to do; a database away answers 503."""
+    statuses: dict[type[Exception], int] = {
+        NotFound: 404,
+        AuthError: 401,
+        Forbidden: 403,
+        Conflict: 409,
+        ElasticCodeError: 422,
+    }
+    for kind, code in statuses.items():
 
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        async def answer(_: Request, exc: Exception, code: int = code) -> JSONResponse:
+            headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+            return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+        app.add_exception_handler(kind, answer)
 
     @app.exception_handler(sa.exc.DataError)
     async def bad_value(_: Request, exc: sa.exc.DataError) -> JSONResponse:
@@ -95,15 +146,47 @@ def _answer_errors(app: FastAPI) -> None:
             status_code=503,
         )
 
-    @app.exception_handler(ElasticCodeError)
-    async def bad(_: Request, exc: ElasticCodeError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+@dataclass
+class Listen:
+    """Where and how a server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8750
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: client certificates are asked for and checked against this CA (else not asked for)
+    tls_client_ca: str | None = None
+    #: listen beyond loopback over plain HTTP, tokens and all in the clear
+    insecure_plain_http: bool = False
+
+    def check(self) -> None:
+        """Refuse to serve beyond loopback without TLS, unless told so in as many words."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ElasticCodeError("give both --tls-cert and --tls-key")
+        if self.tls_cert or self.host in LOOPBACK or self.insecure_plain_http:
+            return
+        raise ElasticCodeError(
+            f"refusing to listen on {self.host} over plain HTTP: logins, tokens and secrets "
+            "would cross the network in the clear. Give --tls-cert and --tls-key (or listen on "
+            "127.0.0.1 behind a TLS proxy); --insecure-plain-http serves plain HTTP anyway"
+        )
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
 
-def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8750) -> None:
+def serve(settings: ServerSettings, listen: Listen | None = None) -> None:
     """Run a server until interrupted."""
+    import ssl
+
     import uvicorn
 
+    listen = listen or Listen()
+    listen.check()
     logging.basicConfig(
         level=os.environ.get("ELASTICCODE_LOG", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -117,6 +200,41 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8750) -
             log.warning("waiting for the state store: %s; retrying in %.0fs", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
+    if not workerdb.can_create_roles(cluster.engine):
+        raise ElasticCodeError(
+            "the server's database user may not create roles, which it needs to give each "
+            "flow's workers a role of their own: ALTER ROLE "
+            f"{cluster.engine.url.username} CREATEROLE"
+        )
+    if cluster.engine.dialect.name != "postgresql":
+        log.warning(
+            "the state store is not PostgreSQL: every flow's workers get the whole database; "
+            "use PostgreSQL to keep each flow's workers to their own rows"
+        )
+    settings.hosts = tuple(local_names(listen.host, settings.hosts))
+    made = Identities(cluster.engine).first_admin(os.environ.get(ADMIN_PASSWORD_ENV) or None)
+    if made is not None:
+        print(
+            f"\ncreated the first user, admin, with the password\n\n    {made}\n\n"
+            "It is shown this once. Log in with `elasticcode login --server "
+            f"{listen.url} --user admin`, then choose your own with `elasticcode user "
+            f"password admin` (or set {ADMIN_PASSWORD_ENV} before the first start).\n",
+            file=sys.stderr,
+            flush=True,
+        )
     app = create_app(settings, cluster)
-    log.info("server %s on http://%s:%d (API docs at /docs)", settings.server_id, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws="websockets-sansio")
+    log.info("server %s on %s (API docs at /docs)", settings.server_id, listen.url)
+    options: dict[str, object] = {}
+    if listen.tls_cert:
+        options |= {"ssl_certfile": listen.tls_cert, "ssl_keyfile": listen.tls_key}
+        if listen.tls_client_ca:
+            options |= {"ssl_ca_certs": listen.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    uvicorn.run(
+        app,
+        host=listen.host,
+        port=listen.port,
+        log_level="warning",
+        ws="websockets-sansio",
+        ws_max_size=2**20,
+        **options,  # type: ignore[arg-type]
+    )

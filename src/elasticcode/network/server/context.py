@@ -1,16 +1,22 @@
-"""What every route of one server shares, and the dependencies that hand it to them."""
+"""What every route of one server shares, and the dependencies that hand it to them: the
+server itself, and the caller, authenticated and checked against the route's privilege."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
-from ..cluster import Cluster
+from ...errors import AuthError
+from ..cluster import Cluster, Who
+from ..identity import Identities
 from ..leader import Leader
+from ..privileges import FLOW_PRIVILEGES, PRIVILEGES, Caller
+from ..vault import Vault
 from .changes import Changes
 from .settings import ServerSettings
 
@@ -20,6 +26,8 @@ class Server:
     settings: ServerSettings
     cluster: Cluster
     leader: Leader
+    identities: Identities
+    vault: Vault
     #: agents waiting for a change of their assignment
     changes: Changes
     #: one queue per websocket subscriber to the event stream
@@ -28,24 +36,112 @@ class Server:
     leading: bool = False
 
 
-def _server(request: Request) -> Server:
-    server: Server = request.app.state.server
+def server_of(conn: HTTPConnection) -> Server:
+    server: Server = conn.app.state.server
     return server
 
 
 #: A route's parameter that receives the server: ``srv: Srv``.
-Srv = Annotated[Server, Depends(_server)]
+Srv = Annotated[Server, Depends(server_of)]
 
 
-def authorized(request: Request) -> None:
-    """With a token set, every call must bring it as ``Authorization: Bearer TOKEN``."""
-    token = _server(request).settings.token
-    if token is None:
-        return
-    given = request.headers.get("authorization", "")
-    if not secrets.compare_digest(given, f"Bearer {token}"):
-        raise HTTPException(401, "missing or wrong API token: send Authorization: Bearer TOKEN")
+def bearer(conn: HTTPConnection) -> str:
+    """The token a request brings: ``Authorization: Bearer TOKEN`` (a websocket may pass it
+    as ``?token=`` instead, as browsers cannot set its headers)."""
+    given = conn.headers.get("authorization", "")
+    if given.lower().startswith("bearer "):
+        return given[7:].strip()
+    if conn.scope["type"] == "websocket":
+        return conn.query_params.get("token", "")
+    return ""
 
 
-#: The dependencies of every route that needs a caller's credentials.
-AUTH = [Depends(authorized)]
+async def authenticate(conn: HTTPConnection) -> Caller:
+    token = bearer(conn)
+    if not token:
+        raise AuthError(
+            "this server needs a credential: log in with `elasticcode login`, or send "
+            "Authorization: Bearer TOKEN"
+        )
+    return await run_in_threadpool(server_of(conn).identities.caller, token)
+
+
+#: What a route may need besides a privilege: any user's credential (``user``), an agent's
+#: own on its own paths (``agent.self``), an enrolment token or an agent's (``enrol``).
+CREDENTIALS = {
+    "user": "any user's credential",
+    "agent.self": "the agent's own credential",
+    "enrol": "an enrolment token, or the agent's own credential",
+}
+
+
+class Require:
+    """A route's privilege, as a dependency: the caller must hold it (on the flow the path
+    names, for a flow privilege) or the request answers 401 (no valid credential) or 403."""
+
+    def __init__(self, privilege: str) -> None:
+        if privilege not in PRIVILEGES and privilege not in CREDENTIALS:
+            raise ValueError(f"no privilege {privilege!r}")
+        self.privilege = privilege
+
+    async def __call__(self, request: Request) -> Caller:
+        try:
+            caller = await self._caller(request)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        request.state.caller = caller
+        return caller
+
+    async def _caller(self, request: Request) -> Caller:
+        ids = server_of(request).identities
+        if self.privilege == "enrol":
+            return await run_in_threadpool(ids.enrolling, bearer(request))
+        caller = await authenticate(request)
+        if self.privilege == "agent.self":
+            if caller.kind != "agent" or caller.agent_id != request.path_params.get("agent_id"):
+                raise HTTPException(403, "only the agent itself may do this, with its own token")
+        elif caller.kind != "user":
+            raise HTTPException(403, "an agent's credential serves its own heartbeat only")
+        elif self.privilege != "user":
+            flow = request.path_params.get("name") if self.privilege in FLOW_PRIVILEGES else None
+            if not caller.may(self.privilege, flow):
+                on = f" on flow {flow!r}" if flow else ""
+                raise HTTPException(403, f"{caller.who} may not {self.privilege}{on}")
+        return caller
+
+
+def allow(caller: Caller, privilege: str, flow: str | None = None) -> None:
+    """Inside a route: 403 unless ``caller`` may do ``privilege`` (on ``flow``)."""
+    if not caller.may(privilege, flow):
+        on = f" on flow {flow!r}" if flow else ""
+        raise HTTPException(403, f"{caller.who} may not {privilege}{on}")
+
+
+def needs(privilege: str) -> Any:
+    """``Depends`` on :class:`Require`, for a route's ``dependencies`` or a parameter:
+    ``caller: Caller = needs("flow.read")``."""
+    return Depends(Require(privilege))
+
+
+def privilege_of(dependant: Any) -> str | None:
+    """The privilege a route requires (through :class:`Require`), if any."""
+    for dep in dependant.dependencies:
+        if isinstance(dep.call, Require):
+            return dep.call.privilege
+        found = privilege_of(dep)
+        if found is not None:
+            return found
+    return None
+
+
+async def record(request: Request, kind: str, text: str, flow: str | None = None) -> None:
+    """Put a change in the audit log, as made by the request's caller."""
+    cluster = server_of(request).cluster
+    await run_in_threadpool(cluster.note, kind, flow, text, who(request))
+
+
+def who(request: Request) -> Who:
+    """The caller and where the request came from, for the audit log."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    origin = request.client.host if request.client else ""
+    return Who(caller.who if caller else "anonymous", origin)

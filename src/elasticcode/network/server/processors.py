@@ -4,65 +4,98 @@ a new revision; only the instances whose spec changed are replaced."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...errors import NotFound
 from ...redact import redact_url
-from ..cluster import Cluster, NotFound
-from .context import AUTH, Srv
+from ..cluster import Cluster
+from ..privileges import Caller
+from .context import Srv, needs, who
+from .flows import deploy
 from .schemas import ScaleBody
 
-router = APIRouter(tags=["processors"], dependencies=AUTH)
+router = APIRouter(tags=["processors"])
+Deployer = Annotated[Caller, needs("flow.deploy")]
 
 
-@router.get("/flows/{name}/processors")
+@router.get("/flows/{name}/processors", dependencies=[needs("flow.read")])
 async def processors(srv: Srv, name: str) -> list[dict[str, Any]]:
     return await run_in_threadpool(_processors, srv.cluster, name)
 
 
 @router.post("/flows/{name}/processors")
-async def add_processor(srv: Srv, name: str, body: dict[str, Any]) -> dict[str, Any]:
+async def add_processor(
+    srv: Srv, request: Request, name: str, body: dict[str, Any], caller: Deployer
+) -> dict[str, Any]:
     """Add a processor (a new revision); wire it with connections."""
     doc = (await run_in_threadpool(srv.cluster.flow, name)).document
     doc["processors"] = [*doc.get("processors", []), body]
-    note = f"processor {body.get('name')} added"
-    revision, _ = await run_in_threadpool(srv.cluster.apply, doc, note)
+    revision, _ = await deploy(srv, request, caller, doc, f"processor {body.get('name')} added")
     return {"name": name, "revision": revision}
 
 
 @router.patch("/flows/{name}/processors/{processor}")
 async def update_processor(
-    srv: Srv, name: str, processor: str, body: dict[str, Any]
+    srv: Srv, request: Request, name: str, processor: str, body: dict[str, Any], caller: Deployer
 ) -> dict[str, Any]:
     """Change some of a processor's settings (a new revision; its workers are replaced,
     new ones first, when what they run changed)."""
-    revision = await run_in_threadpool(srv.cluster.update_processor, name, processor, body)
+    doc = (await run_in_threadpool(srv.cluster.flow, name)).document
+    for p in doc.get("processors", []):
+        if p.get("name") == processor:
+            p.update(body)
+            break
+    else:
+        raise NotFound(f"flow {name!r} has no processor {processor!r}")
+    what = ", ".join(f"{k}={v}" for k, v in body.items())
+    revision, _ = await deploy(srv, request, caller, doc, f"processor {processor}: {what}")
     return {"name": name, "revision": revision}
 
 
 @router.delete("/flows/{name}/processors/{processor}")
-async def remove_processor(srv: Srv, name: str, processor: str) -> dict[str, Any]:
+async def remove_processor(
+    srv: Srv, request: Request, name: str, processor: str, caller: Deployer
+) -> dict[str, Any]:
     """Remove a processor and its connections (a new revision)."""
-    revision = await run_in_threadpool(_remove_processor, srv.cluster, name, processor)
+    doc = (await run_in_threadpool(srv.cluster.flow, name)).document
+    procs = doc.get("processors", [])
+    if not any(p.get("name") == processor for p in procs):
+        raise NotFound(f"flow {name!r} has no processor {processor!r}")
+    doc["processors"] = [p for p in procs if p.get("name") != processor]
+    doc["connections"] = [
+        c
+        for c in doc.get("connections", [])
+        if processor not in (c["from"].split(".")[0], c["to"].split(".")[0])
+    ]
+    revision, _ = await deploy(srv, request, caller, doc, f"processor {processor} removed")
     return {"name": name, "revision": revision}
 
 
-@router.post("/flows/{name}/processors/{processor}/scale")
-async def scale(srv: Srv, name: str, processor: str, body: ScaleBody) -> dict[str, Any]:
+@router.post("/flows/{name}/processors/{processor}/scale", dependencies=[needs("flow.operate")])
+async def scale(
+    srv: Srv, request: Request, name: str, processor: str, body: ScaleBody
+) -> dict[str, Any]:
     changes = {"instances": body.instances}
-    revision = await run_in_threadpool(srv.cluster.update_processor, name, processor, changes)
+    revision = await run_in_threadpool(
+        srv.cluster.update_processor, name, processor, changes, who(request)
+    )
     return {"name": name, "revision": revision}
 
 
-@router.post("/flows/{name}/processors/{processor}/{action}")
+@router.post("/flows/{name}/processors/{processor}/{action}", dependencies=[needs("flow.operate")])
 async def processor_action(
-    srv: Srv, name: str, processor: str, action: Literal["pause", "resume", "restart"]
+    srv: Srv,
+    request: Request,
+    name: str,
+    processor: str,
+    action: Literal["pause", "resume", "restart"],
 ) -> dict[str, Any]:
     """Pause (its workers stop; its queue keeps filling), resume, or restart (every
     instance replaced, new ones first)."""
-    await run_in_threadpool(srv.cluster.control, name, processor, action)
+    await run_in_threadpool(srv.cluster.control, name, processor, action, who(request))
     return {"flow": name, "processor": processor, "done": action}
 
 
@@ -98,18 +131,3 @@ def _code_of(p: dict[str, Any]) -> dict[str, Any]:
         git["repo"] = redact_url(git["repo"])
         code["git"] = git
     return code
-
-
-def _remove_processor(cl: Cluster, name: str, processor: str) -> int:
-    doc = cl.flow(name).document
-    procs = doc.get("processors", [])
-    if not any(p.get("name") == processor for p in procs):
-        raise NotFound(f"flow {name!r} has no processor {processor!r}")
-    doc["processors"] = [p for p in procs if p.get("name") != processor]
-    doc["connections"] = [
-        c
-        for c in doc.get("connections", [])
-        if processor not in (c["from"].split(".")[0], c["to"].split(".")[0])
-    ]
-    revision, _ = cl.apply(doc, f"processor {processor} removed")
-    return revision

@@ -12,9 +12,14 @@ class ServerSettings:
     broker: str | None = None
     #: The state store URL given to agents (and their workers); default: ``db``.
     worker_db: str | None = None
-    token: str | None = None
     agent_timeout: float = 10.0
     lease: float = 5.0
     tick: float = 0.5
     heartbeat: float = 2.0
     server_id: str = ""
+    #: the Fernet key of the network's secrets (``ELASTICCODE_SECRET_KEY``)
+    secret_key: str | None = None
+    #: host names the server answers to (and web pages it takes requests from); ``*``: any
+    hosts: tuple[str, ...] = ()
+    #: how long a login's token lasts, in seconds
+    login_lifetime: float = 30 * 86400.0
