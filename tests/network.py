@@ -333,8 +333,8 @@ class Network:
     def pids(self) -> dict[tuple[str, int], int]:
         return {(r["processor"], r["instance"]): r["pid"] for r in self.workers()}
 
-    def send(self, target: str, numbers: range) -> None:
-        flow = Flow.load(self.root / "flow.yaml")
+    def send(self, target: str, numbers: range, flow_file: Path | None = None) -> None:
+        flow = Flow.load(flow_file or self.root / "flow.yaml")
         payloads = ({"n": n} for n in numbers)
         control.send(flow, target, payloads, broker=self.broker)
 

@@ -63,9 +63,7 @@ def fuzz(operation: Any, url: str, token: str, failures: list[str]) -> None:
     )
     @given(case=operation.as_strategy())
     def check(case: schemathesis.Case) -> None:
-        response = case.call(
-            base_url=url, timeout=30, headers={"authorization": f"Bearer {token}"}
-        )
+        response = case.call(base_url=url, timeout=30, headers={"authorization": f"Bearer {token}"})
         TRIED[name] = TRIED.get(name, 0) + 1
         ADMITTED[name] = ADMITTED.get(name, 0) + (response.status_code != 401)
         if response.status_code >= 500:

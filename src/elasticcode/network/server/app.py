@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -49,7 +49,7 @@ from . import (
     workers,
 )
 from .changes import Changes
-from .context import Server
+from .context import Server, privilege_of
 from .guard import Guard, local_names
 from .loops import lead, pump_events
 from .settings import ServerSettings
@@ -72,6 +72,18 @@ ROUTERS = (
 )
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 ADMIN_PASSWORD_ENV = "ELASTICCODE_ADMIN_PASSWORD"
+
+
+def routes() -> Iterator[tuple[str, str, str | None]]:
+    """Every route of the API: (method, path, the privilege it needs or None); websockets
+    have the method WS. The table in the documentation is made from this."""
+    for module in ROUTERS:
+        for route in module.router.routes:
+            privilege = privilege_of(route.dependant) if hasattr(route, "dependant") else None
+            methods = sorted(getattr(route, "methods", None) or {"WS"})
+            for method in methods:
+                if method != "HEAD":
+                    yield method, API + route.path, privilege
 
 
 def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> FastAPI:

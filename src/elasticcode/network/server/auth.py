@@ -1,9 +1,10 @@
 """Logging in and out, and who the caller is.
 
 ``POST /auth/login`` trades a user's name and password for an API token (what
-``elasticcode login`` keeps). Failed logins are limited per client address and per user name:
-after ``TRIES`` within ``WINDOW`` seconds, more are refused (429) until the window passes, so
-a password cannot be guessed at the speed of the network.
+``elasticcode login`` keeps). Failed logins are limited: ``TRIES`` for one user name from one
+address, ``TRIES_PER_ADDRESS`` from one address, within ``WINDOW`` seconds; then more are
+refused (429) until the window passes, so that a password cannot be guessed at the speed of
+the network (and no one locks a user out from elsewhere).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .context import Srv, needs
 router = APIRouter(tags=["auth"])
 
 TRIES = 10
+TRIES_PER_ADDRESS = 100
 WINDOW = 300.0
 
 
@@ -37,15 +39,15 @@ class _Failures:
     def __init__(self) -> None:
         self.seen: dict[str, deque[float]] = defaultdict(deque)
 
-    def blocked(self, *keys: str) -> float:
-        """Seconds until another try is allowed (0: now)."""
+    def blocked(self, *limits: tuple[str, int]) -> float:
+        """Seconds until another try is allowed (0: now), given (key, tries) limits."""
         now = time.monotonic()
         wait = 0.0
-        for key in keys:
+        for key, tries in limits:
             times = self.seen.get(key)
             while times and now - times[0] > WINDOW:
                 times.popleft()
-            if times is not None and len(times) >= TRIES:
+            if times is not None and len(times) >= tries:
                 wait = max(wait, WINDOW - (now - times[0]))
         return wait
 
@@ -64,8 +66,8 @@ FAILURES = _Failures()
 async def login(srv: Srv, request: Request, body: LoginBody) -> dict[str, Any]:
     """A new API token for the user whose password this is (no credential needed)."""
     address = request.client.host if request.client else "?"
-    keys = (f"ip:{address}", f"user:{body.user}")
-    if wait := FAILURES.blocked(*keys):
+    keys = (f"{body.user}@{address}", address)
+    if wait := FAILURES.blocked((keys[0], TRIES), (keys[1], TRIES_PER_ADDRESS)):
         raise HTTPException(
             429,
             f"too many failed logins; try again in {wait:.0f}s",

@@ -64,6 +64,7 @@ async def event_stream(ws: WebSocket) -> None:
     """Events as they happen, one JSON object per message, those the caller may see. The
     credential goes in ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
     srv: Server = ws.app.state.server
+    await ws.accept()  # then refused with a reason, which a browser sees (an HTTP status not)
     try:
         caller = await authenticate(ws)
     except AuthError as exc:
@@ -75,7 +76,6 @@ async def event_stream(ws: WebSocket) -> None:
     if len(srv.subscribers) >= MAX_SUBSCRIBERS:
         await ws.close(code=4429, reason="too many subscribers; try again later")
         return
-    await ws.accept()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
     srv.subscribers.add(queue)
     allowed = visible(caller)
