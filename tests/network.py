@@ -158,14 +158,29 @@ class Network:
         self.env.setdefault("ELASTICCODE_CONFIG_DIR", str(self.root / "config"))
 
     # -- processes ---------------------------------------------------------------------------
-    def start_server(self, host: str = "127.0.0.1", extra: list[str] | None = None) -> Proc:
+    def start_server(
+        self,
+        host: str = "127.0.0.1",
+        extra: list[str] | None = None,
+        scheme: str = "http",
+        ca: Path | None = None,
+        client: tuple[Path, Path] | None = None,
+    ) -> Proc:
+        """A server; over HTTPS (``scheme``), verified with ``ca``, showing the client
+        certificate ``client`` (cert, key) where it asks for one."""
+        if ca is not None:
+            self.env["ELASTICCODE_CA"] = str(ca)
+        if client is not None:
+            self.env["ELASTICCODE_CLIENT_CERT"], self.env["ELASTICCODE_CLIENT_KEY"] = map(
+                str, client
+            )
         port = free_port(host)
         log = self.root / f"server-{len(self.servers)}.log"
         cmd = [
             ELASTICCODE, "server", "start", "--db", self.db, "--broker", self.server_broker,
             "--host", host, "--port", str(port),
             "--agent-timeout", str(self.agent_timeout), "--lease", str(self.lease),
-            *(["--insecure-plain-http"] if host != "127.0.0.1" else []),
+            *(["--insecure-plain-http"] if host != "127.0.0.1" and scheme == "http" else []),
             *(extra or []),
         ]  # fmt: skip
         env = {
@@ -173,7 +188,10 @@ class Network:
             "ELASTICCODE_SECRET_KEY": self.secret_key,
         }
         proc = Proc(
-            f"server-{len(self.servers)}", self._spawn(cmd, log, env), log, f"http://{host}:{port}"
+            f"server-{len(self.servers)}",
+            self._spawn(cmd, log, env),
+            log,
+            f"{scheme}://{host}:{port}",
         )
         self.servers.append(proc)
         self.wait(lambda: self._answers(proc.url), 20, f"server {proc.url} to answer ({log})")
@@ -191,6 +209,7 @@ class Network:
             f"{url}/api/v1/auth/login",
             json={"user": "admin", "password": self.password},
             timeout=30,
+            verify=self.verify,
         )
         reply.raise_for_status()
         self.token = reply.json()["token"]
@@ -215,6 +234,7 @@ class Network:
         labels: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         servers: list[str] | None = None,
+        extra: list[str] | None = None,
     ) -> Proc:
         log = self.root / f"agent-{name}.log"
         cmd = [
@@ -230,7 +250,7 @@ class Network:
         for url in servers or [s.url for s in self.servers]:
             cmd += ["--server", url]
         cmd += ["--max-workers", str(capacity), "--state-dir", str(self.root / f"agent-{name}")]
-        cmd += ["--enrol-token", self.enrol]
+        cmd += ["--enrol-token", self.enrol, *(extra or [])]
         for k, v in (labels or {}).items():
             cmd += ["--label", f"{k}={v}"]
         proc = Proc(name, self._spawn(cmd, log), log)
@@ -261,9 +281,24 @@ class Network:
             proc.stop()
 
     # -- the API -----------------------------------------------------------------------------
+    @property
+    def verify(self) -> Any:
+        """How the tests' own calls check the servers (as the CLI would, with the same env)."""
+        from elasticcode.network.client import verify
+
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            return verify(self.env.get("ELASTICCODE_CA"))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
     def _answers(self, url: str) -> bool:
         try:
-            return httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200
+            return (
+                httpx.get(f"{url}/api/v1/health", timeout=2, verify=self.verify).status_code == 200
+            )
         except httpx.TransportError:
             return False
 
@@ -275,7 +310,12 @@ class Network:
                 continue
             try:
                 resp = httpx.request(
-                    method, f"{s.url}/api/v1{path}", headers=self.headers, timeout=30, **kw
+                    method,
+                    f"{s.url}/api/v1{path}",
+                    headers=self.headers,
+                    timeout=30,
+                    verify=self.verify,
+                    **kw,
                 )
             except httpx.TransportError as exc:
                 last = exc

@@ -6,7 +6,8 @@ The credential of a call is ``$ELASTICCODE_TOKEN`` if set, else the token saved 
 (``$ELASTICCODE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/elasticcode``, else
 ``~/.config/elasticcode``), a file only its owner may read. An HTTPS server is verified
 against the system's certificate authorities, or the one ``--ca`` (``$ELASTICCODE_CA``, or
-what login saved) names.
+what login saved) names; a server that asks for client certificates gets
+``$ELASTICCODE_CLIENT_CERT`` (and ``$ELASTICCODE_CLIENT_KEY``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..errors import AccessError, AuthError, ElasticCodeError, Forbidden
 
 DEFAULT_SERVER = "http://127.0.0.1:8750"
 CA_ENV = "ELASTICCODE_CA"
+CERT_ENV = "ELASTICCODE_CLIENT_CERT"
+KEY_ENV = "ELASTICCODE_CLIENT_KEY"
 TOKEN_ENV = "ELASTICCODE_TOKEN"
 
 
@@ -77,12 +80,19 @@ def forget(server: str) -> bool:
 
 
 def verify(ca: str | None) -> ssl.SSLContext | bool:
-    """How to check a server's certificate: against ``ca`` (a PEM file), else the system's."""
-    if not ca:
+    """How to check a server's certificate: against ``ca`` (a PEM file), else the system's;
+    with ``$ELASTICCODE_CLIENT_CERT`` (and ``$ELASTICCODE_CLIENT_KEY``), showing that
+    client certificate to a server that asks for one."""
+    cert, key = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
+    if not ca and not cert:
         return True
-    if not Path(ca).is_file():
-        raise ElasticCodeError(f"no certificate authority file {ca}; give --ca a PEM file")
-    return ssl.create_default_context(cafile=ca)
+    for path in (ca, cert, key):
+        if path and not Path(path).is_file():
+            raise ElasticCodeError(f"no certificate file {path}; give a PEM file")
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
 
 
 def detail(resp: Any) -> str:
