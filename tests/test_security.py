@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from elasticcode.network.server import ServerSettings, create_app
-from elasticcode.network.server.app import routes
+from elasticcode.network.server.app import privilege_table, routes
 
 from .network import ELASTICCODE, Network, network_for, postgres_database
 
@@ -140,7 +140,13 @@ def add_user(net: Network, name: str, role: str, flows: str = "*") -> str:
 def test_every_route_declares_the_privilege_it_needs(db: str) -> None:
     declared = {f"{m} {path}": p for m, path, p in routes() if m != "WS"}
     assert declared == ROUTES
-    assert [(m, path) for m, path, _ in routes() if m == "WS"] == [("WS", "/api/v1/stream")]
+    assert [r for r in routes() if r[0] == "WS"] == [("WS", "/api/v1/stream", "user")]
+    # the documentation's table says the same
+    docs = Path(__file__).parents[1] / "docs" / "security.md"
+    assert privilege_table() in docs.read_text(), (
+        "docs/security.md's table of routes is not the code's: put in the output of "
+        "python -c 'from elasticcode.network.server.app import privilege_table as t; print(t())'"
+    )
     # and the app serves exactly these
     subprocess.run([ELASTICCODE, "db", "upgrade", "--db", db], check=True, capture_output=True)
     served = create_app(ServerSettings(db=db)).openapi()["paths"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIWebSocketRoute
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import AuthError, Conflict, ElasticCodeError, Forbidden, NotFound, StateUnreachable
@@ -79,11 +80,22 @@ def routes() -> Iterator[tuple[str, str, str | None]]:
     have the method WS. The table in the documentation is made from this."""
     for module in ROUTERS:
         for route in module.router.routes:
-            privilege = privilege_of(route.dependant) if hasattr(route, "dependant") else None
+            if isinstance(route, APIWebSocketRoute):  # it checks its caller itself
+                privilege = getattr(module, "WEBSOCKETS", {}).get(route.path)
+            else:
+                privilege = privilege_of(route.dependant)
             methods = sorted(getattr(route, "methods", None) or {"WS"})
             for method in methods:
                 if method != "HEAD":
                     yield method, API + route.path, privilege
+
+
+def privilege_table() -> str:
+    """The documentation's table of every route and the privilege it needs (Markdown)."""
+    lines = ["| route | needs |", "|---|---|"]
+    for method, path, privilege in sorted(routes(), key=lambda r: (r[1], r[0])):
+        lines.append(f"| `{method} {path}` | {privilege or 'no credential'} |")
+    return "\n".join(lines) + "\n"
 
 
 def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> FastAPI:
@@ -222,6 +234,11 @@ def serve(settings: ServerSettings, listen: Listen | None = None) -> None:
         log.warning(
             "the state store is not PostgreSQL: every flow's workers get the whole database; "
             "use PostgreSQL to keep each flow's workers to their own rows"
+        )
+    if os.environ.get("ELASTICCODE_TOKEN"):
+        log.warning(
+            "ELASTICCODE_TOKEN is a client's credential; a server ignores it (users log in, "
+            "agents enrol: see `elasticcode login` and `elasticcode agent enrol-token`)"
         )
     settings.hosts = tuple(local_names(listen.host, settings.hosts))
     made = Identities(cluster.engine).first_admin(os.environ.get(ADMIN_PASSWORD_ENV) or None)

@@ -21,6 +21,8 @@ from .context import Server, Srv, authenticate, needs
 router = APIRouter(tags=["server"])
 #: Subscribers one server takes; more are refused until some leave.
 MAX_SUBSCRIBERS = 1000
+#: What each websocket of this router needs (it checks that itself).
+WEBSOCKETS = {"/stream": "user"}
 
 
 def visible(caller: Caller) -> Callable[[str | None], bool]:
