@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,29 +107,70 @@ class Loaded:
     setup: Callable[[], Any] | None = None
     teardown: Callable[[], Any] | None = None
     instance: Any = field(default=None, repr=False)
+    #: Whether the messages of a batch may be handled at once (async code that does not
+    #: take them one at a time anyway); None: as ``is_async`` says.
+    concurrent: bool | None = None
+
+    @property
+    def overlaps(self) -> bool:
+        return self.is_async if self.concurrent is None else self.concurrent
+
+
+#: The outputs of one message taken at a time: a processor that yields millions of outputs
+#: for one input has them encoded and published in parts of this size, not all held at once.
+PART = 1000
+
+
+def parts_sync(result: Any, ctx: Context, size: int = PART) -> Iterator[list[Output]]:
+    """What a plain (not async) function returned, as lists of at most about ``size``
+    outputs, in the order they came (what it emitted with ``ctx.emit`` included). A
+    generator is run as the parts are taken."""
+
+    def emitted() -> list[Output]:
+        out, ctx.outputs = ctx.outputs, []
+        return out
+
+    if inspect.isgenerator(result):
+        part: list[Output] = emitted()
+        for item in result:
+            part.extend(emitted())
+            part.append(item if isinstance(item, Output) else Output(item))
+            if len(part) >= size:
+                yield part
+                part = []
+        part.extend(emitted())
+        yield part
+        return
+    part = emitted()
+    if isinstance(result, Output):
+        part.append(result)
+    elif result is not None:
+        part.append(Output(result))
+    yield part
+
+
+async def parts(result: Any, ctx: Context, size: int = PART) -> AsyncIterator[list[Output]]:
+    """``parts_sync`` for what any call returned: a coroutine is awaited, an async generator
+    run as the parts are taken."""
+    if inspect.isawaitable(result):
+        result = await result
+    if not inspect.isasyncgen(result):
+        for whole in parts_sync(result, ctx, size):
+            yield whole
+        return
+    part: list[Output] = []
+    async for item in result:
+        part.extend(ctx.outputs)
+        ctx.outputs = []
+        part.append(item if isinstance(item, Output) else Output(item))
+        if len(part) >= size:
+            yield part
+            part = []
+    part.extend(ctx.outputs)
+    ctx.outputs = []
+    yield part
 
 
 async def collect(result: Any, ctx: Context) -> list[Output]:
-    """Turn what a call returned (value, Output, generator, coroutine) into outputs."""
-    if inspect.isawaitable(result):
-        result = await result
-    if inspect.isasyncgen(result):
-        async for item in result:
-            ctx.outputs.append(item if isinstance(item, Output) else Output(item))
-        return ctx.outputs
-    return collect_sync(result, ctx)
-
-
-def collect_sync(result: Any, ctx: Context) -> list[Output]:
-    """``collect`` for what a plain (not async) function returned."""
-    outputs = ctx.outputs
-    if result is None:
-        return outputs
-    if isinstance(result, Output):
-        outputs.append(result)
-    elif inspect.isgenerator(result):
-        for item in result:
-            outputs.append(item if isinstance(item, Output) else Output(item))
-    else:
-        outputs.append(Output(result))
-    return outputs
+    """Every output of what a call returned (value, Output, generator, coroutine), at once."""
+    return [out async for part in parts(result, ctx) for out in part]

@@ -145,8 +145,14 @@ class _Stopped(Exception):
 
 
 async def _items(result: Any, ctx: Context) -> AsyncIterator[Output]:
-    """What a source call produced, one output at a time."""
-    for out in ctx.outputs:
+    """What a source call produced, one output at a time, in the order it came: what it
+    emitted with ``ctx.emit`` (before and while a generator runs) among what it yields."""
+
+    def emitted() -> list[Output]:
+        out, ctx.outputs = ctx.outputs, []
+        return out
+
+    for out in emitted():
         yield out
     if result is None:
         return
@@ -154,9 +160,15 @@ async def _items(result: Any, ctx: Context) -> AsyncIterator[Output]:
         yield result
     elif inspect.isasyncgen(result):
         async for item in result:
+            for out in emitted():
+                yield out
             yield item if isinstance(item, Output) else Output(item)
     elif isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
         yield Output(result)
     else:
         for item in result:
+            for out in emitted():
+                yield out
             yield item if isinstance(item, Output) else Output(item)
+    for out in emitted():  # after the generator's last item
+        yield out

@@ -30,6 +30,7 @@ from typing import Any
 from .brokers import Broker, Delivery, Settlement
 from .code import load
 from .errors import (
+    BrokerError,
     ElasticCodeError,
     MessageError,
     ProcessorError,
@@ -37,7 +38,7 @@ from .errors import (
 )
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
-from .processor import Context, Loaded, Output, collect, collect_sync
+from .processor import PART, Context, Loaded, Output, parts, parts_sync
 from .secret import SecretMissing, names_in, resolve
 from .store import StateStore, WorkerReport
 
@@ -203,10 +204,16 @@ class Worker:
         return 0 if self.stopping else sys.maxsize
 
     def _encode(
-        self, parent: Message | None, outputs: list[Output], ids: Iterable[str] = ()
+        self,
+        parent: Message | None,
+        outputs: list[Output],
+        ids: Iterable[str] = (),
+        counts: dict[str, int] | None = None,
     ) -> list[tuple[str, bytes]]:
+        """Outputs as queue bodies; ``counts`` (per port, the outputs so far) carries the
+        numbering of one input's outputs from part to part."""
         items: list[tuple[str, bytes]] = []
-        counts: dict[str, int] = {}
+        counts = {} if counts is None else counts
         given = iter(ids)
         now = time.time()
         for out in outputs:
@@ -253,7 +260,7 @@ class Consumer(Worker):
         assert self.loaded is not None
         queues = list(self.inputs)
         prefetch = self.spec.prefetch
-        is_async = self.loaded.is_async
+        overlaps = self.loaded.overlaps
         while not self.stopping:
             # let the loop run its callbacks (SIGTERM's among them) even when every await
             # below completes at once, as on a busy embedded queue
@@ -279,11 +286,14 @@ class Consumer(Worker):
             # Redelivered messages go one at a time, each settled on its own: if one of them
             # crashes the worker, it cannot take the rest of a batch down with it again.
             fresh = [d for d in batch if d.delivery == 1]
-            if fresh:
-                await self._process(fresh, is_async)
-            for d in batch:
-                if d.delivery > 1:
-                    await self._process([d], False, isolated=True)
+            again = [d for d in batch if d.delivery > 1]
+            async with _Held(self.broker, batch) as held:
+                if fresh:
+                    await self._process(fresh, overlaps, held)
+                held.settled(fresh)
+                for d in again:
+                    await self._process([d], False, held, isolated=True)
+                    held.settled([d])
             if self.spec.max_memory and (rss := _resident()) > self.spec.max_memory:
                 log.warning(
                     "processor %s: worker uses %d MB, over its max_memory of %d MB; restarting",
@@ -295,7 +305,7 @@ class Consumer(Worker):
                 self.recycle = self.stopping = True
 
     async def _process(
-        self, batch: list[Delivery], concurrent: bool, isolated: bool = False
+        self, batch: list[Delivery], concurrent: bool, held: _Held, isolated: bool = False
     ) -> None:
         settlement = Settlement()
         deferred: list[Any] = []
@@ -304,6 +314,7 @@ class Consumer(Worker):
             await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
         else:
             for d in batch:
+                await held.renew_if_due()  # sync code keeps the loop: renew between messages
                 await self._handle(d, settlement, deferred, isolated)
         self.report.busy += time.perf_counter() - started
         await self.broker.settle(settlement)
@@ -344,15 +355,12 @@ class Consumer(Worker):
                 return
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         limit = self.spec.timeout
+        staged = _Staged(self, msg)
         try:
             if self.loaded.is_async:
-                outputs = await asyncio.wait_for(
-                    collect(self.loaded.call(msg.payload, ctx), ctx), limit
-                )
+                await asyncio.wait_for(staged.run_async(self.loaded.call, msg.payload, ctx), limit)
             else:
-                with _alarm(limit):
-                    outputs = collect_sync(self.loaded.call(msg.payload, ctx), ctx)
-            items = self._encode(msg, outputs)
+                await staged.run_sync(self.loaded.call, msg.payload, ctx, limit)
         except (TimeoutError, _TimedOut):
             error = f"timed out: took longer than {limit:g}s (timeout) over this message"
             self._failed(d, msg, error, "", settlement, retry=True)
@@ -364,9 +372,9 @@ class Consumer(Worker):
             tb = traceback.format_exc()
             self._failed(d, msg, f"{type(exc).__name__}: {exc}", tb, settlement, retry=True)
         else:
-            settlement.publish.extend(items)
+            settlement.publish.extend(staged.items)
             settlement.ack.append(d)
-            self.report.emitted += len(outputs)
+            self.report.emitted += staged.emitted
             deferred.extend(ctx.deferred)
 
     def _failed(
@@ -420,6 +428,99 @@ class Consumer(Worker):
         settlement.dead.append((d, f"processor {self.name!r}: {error}" + (f"\n{tb}" if tb else "")))
 
 
+class _Staged:
+    """One input's outputs, encoded part by part as the processor produces them. Past
+    ``PART`` waiting, they are published at once (confirmed, and after waiting for room
+    downstream), so that a huge fan-out is never all in memory; the input is still
+    acknowledged only with its batch, after its last output is durable. A message that fails
+    after a part went out has that part published: a retry publishes the same ids again."""
+
+    __slots__ = ("counts", "emitted", "items", "msg", "worker")
+
+    def __init__(self, worker: Worker, msg: Message) -> None:
+        self.worker, self.msg = worker, msg
+        self.items: list[tuple[str, bytes]] = []
+        self.counts: dict[str, int] = {}
+        self.emitted = 0
+
+    async def _add(self, part: list[Output]) -> None:
+        self.items += self.worker._encode(self.msg, part, counts=self.counts)
+        self.emitted += len(part)
+        if len(self.items) >= PART:
+            await self._publish_now()
+
+    async def _publish_now(self) -> None:
+        worker = self.worker
+        if not await worker._wait_for_room():  # told to stop: keep them for the batch
+            return
+        await worker.broker.publish(self.items)
+        worker._room -= len(self.items)
+        self.items = []
+
+    async def run_async(self, call: Any, payload: Any, ctx: Context) -> None:
+        async for part in parts(call(payload, ctx), ctx):
+            await self._add(part)
+
+    async def run_sync(self, call: Any, payload: Any, ctx: Context, limit: float | None) -> None:
+        """A sync processor, each step of it under the message's timeout (SIGALRM), the
+        publishing between steps outside it."""
+        deadline = None if limit is None else time.monotonic() + limit
+        with _alarm(limit):
+            produced = parts_sync(call(payload, ctx), ctx)
+            part = next(produced, None)
+        while part is not None:
+            await self._add(part)
+            with _alarm(None if deadline is None else deadline - time.monotonic()):
+                part = next(produced, None)
+
+
+class _Held:
+    """Keeps a fetched batch with its worker while the worker is on it: where the broker
+    hands messages out again after a lease (``Broker.lease``), the lease of what is not yet
+    settled is renewed every third of it, so a long batch is never given to a second worker
+    mid-way. Async processors leave the loop free, and a task renews; sync ones hold it, and
+    the worker renews between messages (a single message longer than the lease still loses
+    it: keep ``timeout`` below the lease)."""
+
+    def __init__(self, broker: Broker, batch: list[Delivery]) -> None:
+        self.broker = broker
+        self.pending = list(batch)
+        self.every = broker.lease / 3 if broker.lease else None
+        self.due = time.monotonic() + (self.every or 0.0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Held:
+        if self.every is not None:
+            self._task = asyncio.get_running_loop().create_task(self._keep())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def settled(self, done: list[Delivery]) -> None:
+        if done:
+            gone = {id(d) for d in done}
+            self.pending = [d for d in self.pending if id(d) not in gone]
+
+    async def renew_if_due(self) -> None:
+        if self.every is None or time.monotonic() < self.due or not self.pending:
+            return
+        self.due = time.monotonic() + self.every
+        try:
+            await self.broker.extend(self.pending)
+        except BrokerError as exc:  # the broker hands them out again when the lease ends
+            log.warning("cannot renew the lease of %d message(s): %s", len(self.pending), exc)
+
+    async def _keep(self) -> None:
+        assert self.every is not None
+        while True:
+            await asyncio.sleep(max(0.0, self.due - time.monotonic()))
+            await self.renew_if_due()
+
+
 def _resident() -> int:
     """This process's resident memory now, in bytes."""
     with open("/proc/self/statm") as f:
@@ -443,6 +544,8 @@ def _alarm(seconds: float | None) -> Iterator[None]:
     if seconds is None:
         yield
         return
+    if seconds <= 0:
+        raise _TimedOut
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:

@@ -100,6 +100,8 @@ class Broker(abc.ABC):
       counts only those waiting, not those held by consumers; where ``counts_bytes`` is False
       the byte figure is 0. Where ``peeks_in_flight`` is False, ``peek`` sees waiting
       messages only.
+    * Where ``lease`` is set, a held message goes to another consumer after that many seconds
+      unless ``extend`` renews it; workers renew what they hold while they work on it.
     * Bodies over ``max_message_bytes`` are refused with a ``BrokerError``.
     * Everything runs in the event loop that called ``connect``.
     """
@@ -118,10 +120,16 @@ class Broker(abc.ABC):
     #: The broker is a distributed store that answers from replicas: ``depth`` may lag behind
     #: for a while, and a message may now and then reach two consumers (Amazon SQS).
     eventually_consistent: bool = False
+    #: Seconds a fetched message stays with its consumer before it is handed out again, unless
+    #: ``extend`` renews it; None where the broker keeps it for as long as the consumer lives.
+    lease: float | None = None
 
     def __init__(self, url: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.url = url
         self.max_message_bytes = max_message_bytes
+        #: What the broker's server may do to accepted messages (lose them on a restart,
+        #: evict them): sentences found at ``connect``, for the run to show.
+        self.cautions: list[str] = []
 
     async def __aenter__(self) -> Broker:
         await self.connect()
@@ -161,6 +169,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def release(self, consumer: str) -> int:
         """Make every message held by a consumer that is gone visible again."""
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:  # noqa: B027 - optional
+        """Renew the lease of deliveries still being worked on (see ``lease``)."""
+
+    async def check(self) -> list[str]:
+        """What the broker knows of messages it may have lost since it was declared (a
+        server that came back empty, say): a sentence each; [] for nothing."""
+        return []
 
     async def release_all(self) -> int:
         """Make every message that this host's consumers held in the declared queues visible

@@ -72,6 +72,7 @@ class _APIError(BrokerError):
 
 class NATSBroker(Broker):
     schemes = ("nats", "tls")
+    lease: float = 300.0
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -79,7 +80,7 @@ class NATSBroker(Broker):
         self._where = options.where("127.0.0.1", 4222)
         parts = options.parts
         self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))  # may hold secrets
-        self.ack_wait = options.seconds("ack_wait", 300, low=0.001)
+        self.ack_wait = self.lease = options.seconds("ack_wait", 300, low=0.001)
         self.max_deliver = options.integer("max_deliver", -1, low=-1)
         self.retry_for = options.seconds("retry_for", 30)
         self._creds, self._tls_ca = options.text("creds"), options.text("tls_ca")
@@ -347,6 +348,16 @@ class NATSBroker(Broker):
         room = max(0, min(MAX_ERROR, (self.nc.max_payload - len(d.body) - 1024) // 6))
         meta = {"queue": d.queue, "error": error[:room], "deliveries": d.delivery, "failed_at": now}
         return f"{DEAD_SUBJECTS}.{_hash(d.queue)}", d.body, {"Ec-Dead": json.dumps(meta)}
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        """An in-progress acknowledgement of each: the server's ack wait starts over."""
+
+        async def attempt() -> None:
+            for d in deliveries:
+                await self.nc.publish(d.tag[0], b"+WPI")
+            await self.nc.flush(timeout=REQUEST_TIMEOUT)
+
+        await self._retrying("extend", attempt)
 
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         depths = await self.depth(queues)

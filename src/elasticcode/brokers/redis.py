@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ MAX_BLOCK = 1.0
 
 class RedisBroker(Broker):
     schemes = ("redis", "rediss")
+    lease: float = 300.0
     counts_in_flight = True
     counts_bytes = True
 
@@ -87,6 +89,7 @@ class RedisBroker(Broker):
         self._r: Any = None
         self._scripts: dict[str, Any] = {}
         self._declared: dict[str, None] = {}  # an ordered set
+        self._epoch: Any = None  # the server's mark when this broker declared (see check)
         self._rotation = itertools.count()
 
     def _mask(self, text: object) -> str:
@@ -148,6 +151,24 @@ class RedisBroker(Broker):
                 "is it running?"
             ) from None
         self._r = r
+        await self._read_cautions()
+
+    async def _read_cautions(self) -> None:
+        """What this Redis may do to accepted messages, from its own settings."""
+        try:
+            config: dict[str, str] = {}
+            for key in ("appendonly", "appendfsync", "save", "maxmemory", "maxmemory-policy"):
+                config |= {k: str(v) for k, v in (await self._r.config_get(key)).items()}
+        except self._errors.ResponseError as exc:  # CONFIG may be forbidden (managed Redis)
+            self.cautions = [
+                f"Redis at {self._where} does not show its settings ({exc}): make sure it "
+                "writes every message to disk (appendonly yes, appendfsync always) and evicts "
+                "nothing (maxmemory-policy noeviction), or it can lose accepted messages"
+            ]
+        else:
+            self.cautions = _cautions(self._where, config)
+        for caution in self.cautions:
+            log.warning("%s", caution)
 
     async def close(self) -> None:
         if self._r is not None:
@@ -174,6 +195,11 @@ class RedisBroker(Broker):
                 if "NOGROUP" not in str(exc) or not self._declared or regrouped:
                     raise
                 regrouped = True
+                log.error(
+                    "Redis at %s lost its consumer groups: it restarted without its data, and "
+                    "the messages it held are gone (see the run's report)",
+                    self._where,
+                )
                 await self._create_groups(list(self._declared))
                 return await fn(*args, **kwargs)
 
@@ -211,6 +237,32 @@ class RedisBroker(Broker):
         if queues:
             await self._create_groups(queues)
             self._declared.update(dict.fromkeys(queues))
+            if self._epoch is None:  # this server's mark: gone means it came back empty
+                await self._call(self._client.set, self._epoch_key, uuid.uuid4().hex, nx=True)
+                self._epoch = await self._call(self._client.get, self._epoch_key)
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    async def check(self) -> list[str]:
+        """Whether Redis lost what it held since this broker declared its queues: its mark
+        gone means it restarted without its data (or was flushed)."""
+        if self._epoch is None:
+            return []
+        now = await self._call(self._client.get, self._epoch_key)
+        if now == self._epoch:
+            return []
+        loss = (
+            f"Redis at {self._where} lost the queues' data: it restarted without persistence "
+            "(or was flushed), and the messages it held are gone. Messages sent since are "
+            "safe; give Redis appendonly yes and appendfsync always to keep this from "
+            "happening again"
+        )
+        log.error("%s", loss)
+        self._epoch = None
+        await self.declare(list(self._declared))
+        return [loss]
 
     async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
         await self.settle(Settlement(publish=list(items)))
@@ -294,6 +346,16 @@ class RedisBroker(Broker):
         rows = await self._depth(queues, stats=False)
         return {q: (row[0], row[1]) for q, row in zip(queues, rows, strict=True)}
 
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        by: dict[str, dict[str, list[str]]] = {}  # consumer -> queue -> entry ids
+        for d in deliveries:
+            by.setdefault(d.tag[1], {}).setdefault(d.queue, []).append(d.tag[0])
+        for consumer, queues in by.items():
+            args: list[Any] = [GROUP, consumer]
+            for ids in queues.values():
+                args += [len(ids), *ids]
+            await self._script("extend", [self._stream(q) for q in queues], args)
+
     async def release(self, consumer: str) -> int:
         keys = [self._stream(q) for q in self._declared]
         return int(await self._script("release", keys, [GROUP, RELEASED, consumer]))
@@ -353,3 +415,32 @@ class RedisBroker(Broker):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cautions(where: str, config: dict[str, str]) -> list[str]:
+    """What a Redis with these settings may do to accepted messages (see the docstring's
+    Durability)."""
+    out = []
+    if config.get("appendonly") != "yes":
+        snapshots = (
+            f"its last snapshot (save {config.get('save')!r})"
+            if config.get("save")
+            else "it started"
+        )
+        out.append(
+            f"Redis at {where} keeps no append-only file (appendonly no): a restart can lose "
+            f"every message accepted since {snapshots}; set appendonly yes and appendfsync always"
+        )
+    elif config.get("appendfsync") != "always":
+        out.append(
+            f"Redis at {where} writes to disk only every so often (appendfsync "
+            f"{config.get('appendfsync')}): a crash can lose the last second's messages; set "
+            "appendfsync always"
+        )
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction" and config.get("maxmemory", "0") != "0":
+        out.append(
+            f"Redis at {where} evicts keys when full (maxmemory-policy {policy}): it can drop "
+            "queued messages; set maxmemory-policy noeviction"
+        )
+    return out

@@ -269,6 +269,29 @@ return moved
 """
 )
 
+# KEYS: streams. ARGV: group, consumer, then per stream: id count, ids.
+# What the consumer still holds gets its idle time reset (XCLAIM JUSTID: no new delivery).
+EXTEND = """
+local group, consumer, i, done = ARGV[1], ARGV[2], 3, 0
+for _, s in ipairs(KEYS) do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local mine, ids = {}, {}
+  for _, e in ipairs(redis.call('XPENDING', s, group, '-', '+', 100000, consumer)) do
+    mine[e[1]] = true
+  end
+  for _ = 1, n do
+    if mine[ARGV[i]] then ids[#ids + 1] = ARGV[i] end
+    i = i + 1
+  end
+  if #ids > 0 then
+    redis.call('XCLAIM', s, group, consumer, 0, unpack(ids))
+    done = done + #ids
+  end
+end
+return done
+"""
+
 SCRIPTS = {
     "fetch": FETCH,
     "settle": SETTLE,
@@ -278,4 +301,5 @@ SCRIPTS = {
     "purge": PURGE,
     "delete": DELETE,
     "replay": REPLAY,
+    "extend": EXTEND,
 }

@@ -34,6 +34,8 @@ class RoutedBroker(Broker):
         for flag in ("counts_in_flight", "counts_bytes", "peeks_in_flight", "releases_held"):
             setattr(self, flag, all(getattr(b, flag) for b in self._brokers))
         self.eventually_consistent = any(b.eventually_consistent for b in self._brokers)
+        leases = [b.lease for b in self._brokers if b.lease is not None]
+        self.lease = min(leases) if leases else None
 
     def _index(self, queue: str) -> int:
         return self._routes.get(queue, self._default)
@@ -47,6 +49,7 @@ class RoutedBroker(Broker):
     async def connect(self) -> None:
         for b in self._brokers:
             await b.connect()
+            self.cautions += b.cautions
 
     async def close(self) -> None:
         errors = []
@@ -113,6 +116,15 @@ class RoutedBroker(Broker):
         for i, qs in self._split(queues).items():
             out |= await self._brokers[i].depth(qs)
         return {q: out[q] for q in queues}
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        groups: dict[int, list[Delivery]] = {}
+        for d in deliveries:
+            groups.setdefault(self._index(d.queue), []).append(d)
+        await asyncio.gather(*(self._brokers[i].extend(ds) for i, ds in groups.items()))
+
+    async def check(self) -> list[str]:
+        return [line for b in self._brokers for line in await b.check()]
 
     async def release(self, consumer: str) -> int:
         return sum([await b.release(consumer) for b in self._brokers])

@@ -71,6 +71,7 @@ CHECKPOINT_EVERY = 64
 
 class SQLiteBroker(Broker):
     schemes = ("sqlite",)
+    lease: float = 300.0
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -300,6 +301,14 @@ class SQLiteBroker(Broker):
             ).fetchone()
             for q in queues
         }
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        until = time.time() + self.lease
+        with self._write() as db:
+            db.executemany(
+                "UPDATE messages SET visible_at = ? WHERE seq = ? AND owner = ?",
+                [(until, *d.tag) for d in deliveries],
+            )
 
     async def release(self, consumer: str) -> int:
         with self._write() as db:

@@ -207,6 +207,7 @@ def load_command(spec: Processor, flow: Flow) -> Loaded:
         shlex.join(command.argv),
         command.call,
         is_async=True,
+        concurrent=False,  # one exchange at a time: each message's timeout is its own
         setup=command.start,
         teardown=command.stop,
         instance=command,

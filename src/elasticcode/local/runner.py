@@ -126,6 +126,7 @@ async def _run(
     released = await broker.release_all()
     if released:
         events.append(f"released {released} message(s) held by workers of an earlier run")
+    events += broker.cautions  # what the broker's server may do to accepted messages
     flow_file = write_flow(flow, root)
     supervisor = Supervisor(flow, flow_file, run_id, broker_url, state_url, root / "logs", workers)
     # a processor whose code does not load stays in error; the rest runs, and what is meant
@@ -168,6 +169,10 @@ async def _run(
     return result
 
 
+#: Seconds between asking the broker whether it lost what it held (see ``Broker.check``).
+CHECK_EVERY = 2.0
+
+
 class _Run:
     """A started run: watches its workers and queues until it is done, then stops them."""
 
@@ -198,6 +203,7 @@ class _Run:
         self.received: dict[str, int] = {}
         self.stop = asyncio.Event()
         self.interrupts = 0
+        self._checked = time.monotonic()
 
     def _say(self, event: str) -> None:
         self.events.append(event)
@@ -223,6 +229,10 @@ class _Run:
                 self._say(event)
             for event in await self.switch.check(state):
                 self._say(event)
+            if time.monotonic() - self._checked >= CHECK_EVERY:  # the broker lost nothing?
+                self._checked = time.monotonic()
+                for event in await self.broker.check():
+                    self._say(event)
             # read before the depths: a source records that it is done only after it has
             # published everything, so all it published is in the depths read after this
             sources_finished = state.sources_done(self.run_id, self.sources)

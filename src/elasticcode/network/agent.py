@@ -41,6 +41,8 @@ SUPERVISE_EVERY = 0.5
 RETRY_MAX = 15.0
 #: Seconds between tries to start instances that could not start (e.g. the broker is away).
 RETRY_START = 5.0
+#: Seconds between asking each broker whether it lost what it held.
+CHECK_EVERY = 5.0
 
 
 class ServerGone(ElasticCodeError):
@@ -278,9 +280,14 @@ class Agent:
         return sorted(self.documents)
 
     async def _supervise(self) -> None:
-        retry_at = 0.0
+        retry_at = checked = 0.0
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
+            if time.monotonic() - checked >= CHECK_EVERY:  # did a broker lose its messages?
+                checked = time.monotonic()
+                for b in list(self.brokers.values()):
+                    with contextlib.suppress(ElasticCodeError):
+                        await b.check()  # a loss is logged by the broker, loudly
             if self.errors and self._last is not None and time.monotonic() >= retry_at:
                 retry_at = time.monotonic() + RETRY_START  # instances that could not start
                 with contextlib.suppress(ElasticCodeError):
