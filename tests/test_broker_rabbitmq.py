@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -128,6 +129,110 @@ def test_quorum_queues_count_redeliveries() -> None:
         finally:
             await survivor.delete([q])
             await survivor.close()
+
+    asyncio.run(scenario())
+
+
+def _queues_as_declared(prefix: str) -> dict[str, tuple[str, str]]:
+    """name -> (type, arguments) of the server's queues whose names start with ``prefix``."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("reading queue arguments needs rabbitmqctl on this host")
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "type", "arguments"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    return {r[0]: (r[1], r[2]) for r in rows if len(r) == 3 and r[0].startswith(prefix)}
+
+
+def test_queues_dead_letter_at_least_once_and_never_drop_past_a_limit() -> None:
+    """The default: quorum queues, whose delayed retries come back at least once and whose
+    delivery limit sends a message to the dead-letter queue, not away; dead-letter queues
+    are classic, which reading never counts against a limit."""
+    url = service_url("rabbitmq")
+    q = f"rabbit.{uuid.uuid4().hex[:10]}.limit"
+
+    async def scenario() -> None:
+        url2 = with_options(url, delivery_limit=2)
+        b = await opened(url2, q)
+        try:
+            declared = _queues_as_declared(q)
+            main, dead, delay = declared[q], declared[f"{q}.dead"], declared[f"{q}.delay"]
+            assert main[0] == "quorum" and "x-delivery-limit" in main[1]
+            assert f"{q}.dead" in main[1] and "at-least-once" in main[1]
+            assert delay[0] == "quorum" and "at-least-once" in delay[1]
+            assert dead[0] == "classic"
+            # handed out past the limit without being settled: dead-lettered by RabbitMQ
+            await b.publish([(q, b"never settled")])
+            for _ in range(3):
+                c = await opened(url2, q)
+                assert await c.fetch([q], 1, "dies", timeout=5)
+                await c.close()  # its connection gone, RabbitMQ hands it out again
+            deadline = time.monotonic() + 10
+            while not (letters := await b.dead_letters(q)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert [d.body for d in letters] == [b"never settled"]
+            assert "delivery limit" in letters[0].error
+            assert await b.depth([q]) == {q: (0, 0)}
+        finally:
+            await b.delete([q])
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_listing_dead_letters_loses_none_and_replay_goes_in_parts() -> None:
+    url = service_url("rabbitmq")
+    q = f"rabbit.{uuid.uuid4().hex[:10]}.dead"
+
+    async def scenario() -> None:
+        b = await opened(url, q)
+        try:
+            await b.publish([(q, str(i).encode()) for i in range(1200)])
+            dead = 0
+            while dead < 1200:
+                got = await b.fetch([q], 500, "c", timeout=5)
+                await b.settle(Settlement(dead=[(d, f"bad {d.body.decode()}") for d in got]))
+                dead += len(got)
+            for _ in range(30):  # listing is reading: the same letters, thirty times, all kept
+                assert len(await b.dead_letters(q, limit=20)) == 20
+            letters = await b.dead_letters(q, limit=1200)
+            some = {d.id for d in letters if int(d.body) % 100 == 7}  # 12, all over the queue
+            assert await b.replay(list(some), q) == 12  # three parts of 500, round the queue
+            left = await b.dead_letters(q, limit=1200)
+            assert len(left) == 1188 and not {d.id for d in left} & some
+            assert {d.error for d in left} == {f"bad {d.body.decode()}" for d in left}
+            back = await b.fetch([q], 20, "c", timeout=5)
+            assert sorted(int(d.body) for d in back) == sorted(
+                i for i in range(1200) if i % 100 == 7
+            )
+            await b.ack(back)
+            assert await b.replay(queue=q) == 1188
+        finally:
+            await b.delete([q])
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_queue_of_an_earlier_version_keeps_its_settings_and_says_so() -> None:
+    url = service_url("rabbitmq")
+    q = f"rabbit.{uuid.uuid4().hex[:10]}.old"
+
+    async def scenario() -> None:
+        old = await opened(with_options(url, queue_type="classic"), q)
+        assert any("at most once" in c for c in old.cautions)
+        await old.close()
+        new = await opened(url, q)  # quorum now: the classic queue stays, and it says so
+        try:
+            assert any(f"queue '{q}' exists with other settings" in c for c in new.cautions)
+            await new.publish([(q, b"still works")])
+            assert [d.body for d in await new.fetch([q], 1, "c", timeout=5)] == [b"still works"]
+        finally:
+            await new.delete([q])
+            await new.close()
 
     asyncio.run(scenario())
 

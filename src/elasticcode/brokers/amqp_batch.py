@@ -37,6 +37,8 @@ class Outgoing(NamedTuple):
     body: bytes
     headers: dict[str, Any] | None = None
     expiration: str | None = None  # milliseconds
+    #: kept where a message moves and keeps its identity (a dead letter); else a new one
+    message_id: str | None = None
 
 
 def missing(channel: Any) -> list[str]:
@@ -73,7 +75,7 @@ async def publish_batch(
         first = ch.delivery_tag
         try:
             for out in outs:
-                message_id = uuid.uuid4().hex
+                message_id = out.message_id or uuid.uuid4().hex
                 props = properties(
                     delivery_mode=2,
                     headers=out.headers,

@@ -351,13 +351,20 @@ class NATSBroker(Broker):
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """An in-progress acknowledgement of each: the server's ack wait starts over."""
+        await self._tell("extend", [d.tag[0] for d in deliveries], b"+WPI")
+
+    async def _tell(self, what: str, replies: list[str], payload: bytes) -> None:
+        """Send ``payload`` to each ack subject without waiting for the server to confirm: for
+        what may no longer be pending (the server answers nothing then), and where the ack
+        wait is the backstop."""
 
         async def attempt() -> None:
-            for d in deliveries:
-                await self.nc.publish(d.tag[0], b"+WPI")
+            for reply in replies:
+                await self.nc.publish(reply, payload)
             await self.nc.flush(timeout=REQUEST_TIMEOUT)
 
-        await self._retrying("extend", attempt)
+        if replies:
+            await self._retrying(what, attempt)
 
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         depths = await self.depth(queues)
@@ -398,7 +405,7 @@ class NATSBroker(Broker):
         # a lease older than the ack wait may be someone else's by now: the server redelivered it
         since = time.time_ns() - int(self.ack_wait * 1e9)
         fresh = [reply for reply, at in held.items() if at > since]
-        await self._acknowledge("release", [(reply, b"-NAK") for reply in fresh])
+        await self._tell("release", fresh, b"-NAK")  # a dead consumer's: some may be settled
         with suppress(Exception):
             await self.nc.publish(subject, _encode(keep))  # what is left of the record
         return len(fresh)

@@ -1,7 +1,7 @@
 """RabbitMQ queues (AMQP 0-9-1) through aio-pika.
 
 Features
-    Durable queues (classic, or replicated quorum queues), persistent messages, publisher
+    Durable queues (quorum queues by default, or classic), persistent messages, publisher
     confirms with all of a batch in flight at once. One consumer per input queue pushes up to
     ``prefetch`` messages ahead into a local buffer; acks go several at once where contiguous.
     Delayed retries through ``{queue}.delay`` (per-message TTL, then dead-lettered back);
@@ -19,8 +19,14 @@ Features
     * A retry delay is a minimum: RabbitMQ expires per-message TTLs only at the head of a
       queue, so a short delay queued behind a longer one waits for it.
     * ``dead_letters``/``replay`` without a queue cover the queues this object declared.
-    * At-least-once: a settlement cut off by a connection loss is redelivered; classic queues
-      dead-letter expired delay messages at most once, quorum queues at least once.
+      Dead-letter queues are classic queues, so that listing them (``basic.get``, then
+      requeue) never counts against a delivery limit; replay goes through a queue in parts
+      of ``REPLAY_PART``, so it holds no more than that unacknowledged.
+    * At-least-once: a settlement cut off by a connection loss is redelivered. Quorum queues
+      (the default) hand expired delay messages back at least once, with a delivery limit
+      declared (``delivery_limit``) whose overflow goes to the dead-letter queue, never
+      dropped; classic queues hand delay messages back at most once (a broker crash at that
+      moment can lose one), which the broker says at start.
 
 Connection string
     ``amqp://user:password@host:5672/vhost``, or ``amqps://`` for TLS (with aio-pika's
@@ -28,7 +34,10 @@ Connection string
     or logs.
 
 Options (URL query; durations in seconds, or written as 30s, 500ms, 2m)
-    ``queue_type=classic|quorum`` -- the type of the queues declared (default classic).
+    ``queue_type=quorum|classic`` -- the type of the queues declared (default quorum: see
+    At-least-once). ``delivery_limit=N`` -- deliveries after which a quorum queue moves a
+    message to its dead-letter queue by itself (default 100: a backstop; workers give up
+    after a processor's retries).
     ``prefetch=N`` -- messages pushed ahead to each consumer (default: the fetch limit).
     ``retry_for=SECONDS`` -- how long an operation waits for a lost connection (default 30).
     Others (``heartbeat``, ``reconnect_interval`` (default 1), ...) go to aio-pika.
@@ -67,6 +76,7 @@ ERROR = "x-ec-error"
 FAILED_AT = "x-ec-failed-at"  # milliseconds since the epoch
 LINGER = 0.002  # after a first delivery, gather those right behind it for this long
 MAX_ERROR_CHARS = 16_000  # headers travel in one frame (128 KiB by default)
+REPLAY_PART = 500  # dead letters a replay holds unacknowledged at a time
 
 
 def delay_queue(queue: str) -> str:
@@ -106,7 +116,8 @@ class RabbitMQBroker(Broker):
         aiormq = require("aiormq", "rabbitmq")
         self._errors, self._properties = aiormq.exceptions, aiormq.spec.Basic.Properties
         self._options = options = BrokerURL("rabbitmq", url)
-        self.queue_type = options.choice("queue_type", "classic", ("classic", "quorum"))
+        self.queue_type = options.choice("queue_type", "quorum", ("classic", "quorum"))
+        self.delivery_limit = options.integer("delivery_limit", 100, low=1)
         self.prefetch = options.integer("prefetch", 0, low=0)
         self.retry_for = options.seconds("retry_for", 30)
         secure = options.parts.scheme == "amqps"
@@ -144,6 +155,29 @@ class RabbitMQBroker(Broker):
                 )
             except Exception as exc:
                 raise BrokerError(f"cannot connect to {self.where} ({self._scrub(exc)})") from None
+            self._read_cautions()
+
+    def _read_cautions(self) -> None:
+        """What this server does with the queues as declared, from its version."""
+        transport = self._conn.transport if self._conn is not None else None
+        wire = transport.connection if transport is not None else None
+        properties = getattr(wire, "server_properties", None) or {}
+        version = str(properties.get("version", ""))
+        major_minor = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+        self.cautions = []
+        if self.queue_type == "classic":
+            self.cautions.append(
+                f"{self.where}: classic queues hand delayed retries back at most once (a "
+                "broker crash at that moment can lose one); queue_type=quorum does it at "
+                "least once"
+            )
+        elif major_minor and major_minor < (3, 10):
+            self.cautions.append(
+                f"{self.where} is RabbitMQ {version}: its quorum queues dead-letter at most "
+                "once (at-least-once needs 3.10); upgrade it"
+            )
+        for caution in self.cautions:
+            log.warning("%s", caution)
 
     async def close(self) -> None:
         conn, self._conn, self._cons = self._conn, None, None
@@ -236,21 +270,57 @@ class RabbitMQBroker(Broker):
         return out
 
     # -- declaring and publishing ------------------------------------------------------------
-    def _arguments(self, delay_for: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {} if self.queue_type == "classic" else {"x-queue-type": "quorum"}
-        if delay_for is not None:
-            args |= {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": delay_for}
-            if self.queue_type == "quorum":  # dead-letter the delayed copies at least once
-                args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    def _arguments(self, q: str, kind: str) -> dict[str, Any]:
+        """The arguments of the queue (``kind``: main, delay or dead) that serves ``q``."""
+        if kind == "dead":  # classic: reading it (get, requeue) counts against no limit
+            return {}
+        if self.queue_type == "classic":
+            return (
+                {}
+                if kind == "main"
+                else {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q}
+            )
+        # quorum: dead-letter at least once, to the dead-letter queue from the main queue
+        # past the delivery limit, back to the main queue from the delay queue
+        target = dead_queue(q) if kind == "main" else q
+        args: dict[str, Any] = {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": target,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        if kind == "main":
+            args["x-delivery-limit"] = self.delivery_limit
         return args
 
     async def declare(self, queues: Sequence[str]) -> None:
         async def declare(ch: Wire, q: str) -> None:
-            for name, args in ((q, None), (dead_queue(q), None), (delay_queue(q), q)):
-                await ch.queue_declare(name, durable=True, arguments=self._arguments(args))
+            for name, kind in ((dead_queue(q), "dead"), (q, "main"), (delay_queue(q), "delay")):
+                try:
+                    await ch.queue_declare(name, durable=True, arguments=self._arguments(q, kind))
+                except self._errors.ChannelPreconditionFailed as exc:
+                    ch = await self._keep_as_it_is(name, exc)
 
         await self._each("declare", queues, declare)
         self._known.update(dict.fromkeys(queues))
+
+    async def _keep_as_it_is(self, name: str, exc: BaseException) -> Wire:
+        """A queue declared before with other settings (by an earlier version, or by hand):
+        it stays as it is, and the broker says what that means. Returns a channel to go on
+        with (the refusal closed the one it came on)."""
+        ch = await self._channel("ops")
+        await ch.queue_declare(name, passive=True)
+        caution = (
+            f"{self.where}: queue {name!r} exists with other settings than this version "
+            f"declares ({self._scrub(exc)}); it keeps them. For quorum queues' at-least-once "
+            "retries and delivery limit, delete it when it is empty and run again; or set "
+            "queue_type=classic to match an older classic queue"
+        )
+        if caution not in self.cautions:
+            self.cautions.append(caution)
+            log.warning("%s", caution)
+        return ch
 
     async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
         for _, body in items:
@@ -447,45 +517,37 @@ class RabbitMQBroker(Broker):
         for q in queues:
             self._known.pop(q, None)
 
-    async def _borrow(
-        self, queue: str, limit: int, to: str | None = None, ids: set[str] | None = None
-    ) -> list[DeliveredMessage]:
-        """Read up to ``limit`` messages with ``basic.get`` and requeue them in place; but with
-        ``to``, move those named in ``ids`` (all if None) there instead, and return those."""
+    async def _look(self, queue: str, limit: int) -> list[DeliveredMessage]:
+        """Up to ``limit`` messages at the head of a queue, read with ``basic.get`` and put
+        back in place (``nack``, requeue)."""
 
         async def go() -> list[DeliveredMessage]:
             async with self._get_lock:
                 ch = await self._channel("ops")
-                taken: list[DeliveredMessage] = []
-                try:
-                    while len(taken) < limit:
-                        m = await ch.basic_get(queue)
-                        if m.delivery_tag is None:  # Basic.GetEmpty
-                            break
-                        taken.append(m)
-                    if to is None:
-                        return taken
-                    chosen = [m for m in taken if ids is None or _id(m) in ids]
-                    await self._send([Outgoing(to, m.body) for m in chosen])  # delivery count reset
-                    for m in chosen:
-                        await ch.basic_ack(m.delivery_tag or 0)
-                    taken = [m for m in taken if m not in chosen]
-                    return chosen
-                finally:
-                    if taken and not ch.is_closed:
-                        last = taken[-1].delivery_tag or 0
-                        await ch.basic_nack(last, multiple=True, requeue=True)
+                taken = await self._get(ch, queue, limit)
+                if taken and not ch.is_closed:
+                    await ch.basic_nack(taken[-1].delivery_tag or 0, multiple=True, requeue=True)
+                return taken
 
         return await self._retry("read", go, queue)
 
+    async def _get(self, ch: Wire, queue: str, limit: int) -> list[DeliveredMessage]:
+        taken: list[DeliveredMessage] = []
+        while len(taken) < limit:
+            m = await ch.basic_get(queue)
+            if m.delivery_tag is None:  # Basic.GetEmpty
+                break
+            taken.append(m)
+        return taken
+
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
-        return [m.body for m in await self._borrow(queue, limit)]
+        return [m.body for m in await self._look(queue, limit)]
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         letters = [
             _letter(q, m)
             for q in ([queue] if queue is not None else list(self._known))
-            for m in await self._borrow(dead_queue(q), limit)
+            for m in await self._look(dead_queue(q), limit)
         ]
         return sorted(letters, key=lambda letter: letter.failed_at)[:limit]
 
@@ -493,13 +555,49 @@ class RabbitMQBroker(Broker):
         wanted = None if ids is None else {str(i) for i in ids}
         replayed = 0
         for q in [queue] if queue is not None else list(self._known):
-            moved = await self._borrow(dead_queue(q), 2**31, q, wanted)
-            replayed += len(moved)
-            if wanted is not None:
-                wanted -= {_id(m) for m in moved}
-                if not wanted:
-                    break
+            replayed += await self._replay(q, wanted)
+            if wanted is not None and not wanted:
+                break
         return replayed
+
+    async def _replay(self, q: str, wanted: set[str] | None) -> int:
+        """Once round ``q``'s dead-letter queue, a part at a time: the wanted letters (all,
+        for None) go to ``q`` with their delivery count reset, the others to the back of the
+        dead-letter queue as they were; each part published (confirmed), then acknowledged.
+        The round ends where the first letter put back comes round again, or the queue ends."""
+        dead = dead_queue(q)
+        moved, first_back = 0, None
+
+        async def part() -> tuple[bool, str | None]:
+            nonlocal moved
+            async with self._get_lock:
+                ch = await self._channel("ops")
+                taken = await self._get(ch, dead, REPLAY_PART)
+                ids = [_id(m) for m in taken]
+                end = ids.index(first_back) if first_back in ids else len(taken)
+                ahead, again = taken[:end], taken[end:]
+                chosen = [m for m in ahead if wanted is None or _id(m) in wanted]
+                back = [
+                    Outgoing(dead, m.body, m.header.properties.headers, None, _id(m))
+                    for m in ahead
+                    if m not in chosen
+                ]
+                await self._send([Outgoing(q, m.body) for m in chosen] + back)
+                if ahead:
+                    await ch.basic_ack(ahead[-1].delivery_tag or 0, multiple=True)
+                if again:  # round the whole queue: those go back where they were
+                    await ch.basic_nack(again[-1].delivery_tag or 0, multiple=True, requeue=True)
+                if wanted is not None:
+                    wanted.difference_update(_id(m) for m in chosen)
+                moved += len(chosen)
+                done = not taken or bool(again) or (wanted is not None and not wanted)
+                return done, (back[0].message_id if back else None)
+
+        while True:
+            done, put_back = await self._retry("replay", part, dead)
+            first_back = first_back or put_back
+            if done:
+                return moved
 
 
 def _id(m: DeliveredMessage) -> str:
@@ -518,6 +616,9 @@ def _letter(queue: str, m: DeliveredMessage) -> DeadLetter:
     headers = m.header.properties.headers or {}
     error, failed, count = headers.get(ERROR, ""), headers.get(FAILED_AT), headers.get(COUNT)
     error = error.decode() if isinstance(error, bytes) else str(error)
+    if not error and headers.get("x-death"):  # moved by RabbitMQ itself, past the limit
+        error = "handed out more often than the queue's delivery limit, never settled"
+        count = headers.get("x-delivery-count", count)
     count, at = (
         count if isinstance(count, int) else 0,
         failed / 1000 if isinstance(failed, int) else 0.0,
