@@ -434,3 +434,27 @@ def test_credentials_guard_the_server_and_agents_enrol(net: Network) -> None:
     finally:
         stranger.terminate()
         stranger.wait(20)
+
+
+def test_a_source_that_is_done_gives_its_slot_back(net: Network) -> None:
+    """One agent, two slots, three processors: the source and the sink run first; once the
+    source is done, its slot goes to the processor that waited, and everything arrives."""
+    net.start_server()
+    net.start_agent("one", capacity=2)
+    (net.root / "gen.py").write_text(
+        "def numbers(count):\n    for n in range(count):\n        yield {'n': n}\n"
+    )
+    flow = net.flow_file(
+        """
+processors:
+  - {name: gen, code: gen:numbers, source: true, config: {count: 300}}
+  - {name: work, code: steps:inc, instances: 1}
+  - {name: sink, code: steps:sink, instances: 1}
+connections:
+  - {from: gen, to: work}
+  - {from: work, to: sink}
+"""
+    )
+    net.cli("apply", str(flow))
+    net.account(range(300), timeout=60, label="a done source's slot reused")
+    assert {r["processor"] for r in net.workers()} == {"work", "sink"}

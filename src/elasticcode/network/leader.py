@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..store.db import insert
-from ..store.tables import agents, flows, leases, placements, processor_controls
+from ..store.tables import agents, flows, leases, placements, processor_controls, sources
 from .cluster import LEADER, Cluster, Who, record_event
 from .scheduler import AgentSlot, Demand, place
 
@@ -124,16 +124,27 @@ class Leader:
                     processor_controls.c.flow, processor_controls.c.processor
                 )
             ).all()
+            # a source that is done (or gave up) needs no worker: its slot goes to others
+            done = {
+                (r.run_id, r.processor)
+                for r in db.execute(
+                    sa.select(sources.c.run_id, sources.c.processor).where(
+                        sources.c.done.is_(True),
+                        sources.c.run_id.in_([f.run_id for f in flow_rows]),
+                    )
+                )
+            }
             inputs = (
                 tuple(tuple(a) for a in up),
                 tuple((f.name, f.revision, f.running) for f in flow_rows),
                 tuple(tuple(c) for c in control_rows),
+                tuple(sorted(done)),
             )
             if inputs == self._inputs:
                 return notes
             controls = {(c.flow, c.processor): c for c in control_rows}
             slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
-            demands, specs = self._demands(db, flow_rows, controls, slots)
+            demands, specs = self._demands(db, flow_rows, controls, slots, done)
             rows = db.execute(
                 sa.select(
                     placements.c.flow,
@@ -176,6 +187,7 @@ class Leader:
         flow_rows: Sequence[Any],
         controls: dict[tuple[str, str], Any],
         slots: list[AgentSlot],
+        done: set[tuple[int, str]],
     ) -> tuple[list[Demand], dict[tuple[str, str], str]]:
         """What every processor of every flow wants, and the spec of each processor."""
         demands, specs = [], {}
@@ -191,7 +203,7 @@ class Leader:
                 if not f.running or (c is not None and c.paused):
                     count = 0
                 elif p.is_source:
-                    count = 1
+                    count = 0 if (f.run_id, p.name) in done else 1
                 elif isinstance(p.instances, int):
                     count = p.instances
                 else:  # auto: one on every agent that may run it
