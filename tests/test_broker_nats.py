@@ -18,7 +18,7 @@ import pytest
 
 from elasticcode.brokers import Broker, Settlement, open_broker
 from elasticcode.brokers.nats import NATSBroker, _stream
-from elasticcode.errors import BrokerError
+from elasticcode.errors import BrokerError, BrokerUnreachable
 
 from .services import service_url
 
@@ -87,6 +87,7 @@ def test_connection_failure_names_the_server_but_no_secrets() -> None:
         asyncio.run(broker.connect())
     assert re.match(r"cannot connect to the NATS server at 127\.0\.0\.1:1: ", str(err.value))
     assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
+    assert isinstance(err.value, BrokerUnreachable)  # a worker waits for it to come
 
 
 def test_unknown_queue_fails_fast(url: str) -> None:

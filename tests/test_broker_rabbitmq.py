@@ -16,7 +16,7 @@ import pytest
 
 from elasticcode.brokers import Broker, Settlement, open_broker
 from elasticcode.brokers.rabbitmq import RabbitMQBroker
-from elasticcode.errors import BrokerError
+from elasticcode.errors import BrokerError, BrokerUnreachable
 
 from .services import in_ci, service_url
 
@@ -45,6 +45,7 @@ def test_options_and_connection_errors_hide_the_password() -> None:
     with pytest.raises(BrokerError, match=f"cannot connect to RabbitMQ at 127.0.0.1:{port}") as err:
         asyncio.run(b.connect())
     assert "hunter2secret" not in str(err.value)
+    assert isinstance(err.value, BrokerUnreachable)  # a worker waits for it to come
 
 
 def test_the_installed_aiormq_lets_batches_go_out_in_one_write() -> None:

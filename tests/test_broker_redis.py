@@ -9,9 +9,10 @@ import time
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
 from elasticcode.brokers import open_broker
-from elasticcode.errors import BrokerError
+from elasticcode.errors import BrokerError, BrokerUnreachable
 
 from .services import service_url
 
@@ -34,6 +35,7 @@ def test_unreachable_server_is_named_without_the_password() -> None:
     ) as err:
         asyncio.run(b.connect())
     assert "hunter2" not in str(err.value)
+    assert isinstance(err.value, BrokerUnreachable)  # a worker waits for it to come
 
 
 def test_expired_lease_is_handed_out_again() -> None:
@@ -77,6 +79,40 @@ def _start_redis() -> None:
 
 
 @pytest.mark.slow
+def test_a_fetch_whose_answer_was_lost_is_handed_out_again_at_once() -> None:
+    """The connection drops after Redis ran a fetch and before its answer arrived: the
+    entries it took are pending for the consumer, which never saw them. The retried fetch
+    hands them out at once instead of after the lease; what the consumer holds stays its."""
+    queue = f"lost.{uuid.uuid4().hex[:10]}.q"
+
+    async def scenario() -> None:
+        b = open_broker(service_url("redis"))  # lease 300 s: waiting it out would fail
+        await b.connect()
+        try:
+            await b.declare([queue])
+            await b.publish([(queue, b"held"), (queue, b"lost")])
+            (held,) = await b.fetch([queue], 1, "c", timeout=1)
+            # a fetch for "c" that Redis ran, whose answer nobody read
+            r = b._client  # type: ignore[attr-defined]
+            stream = b._stream(queue)  # type: ignore[attr-defined]
+            await r.xreadgroup("elasticcode", "c", {stream: ">"}, count=1)
+            # and the connection is gone before the next call
+            mine = await r.client_id()
+            other = aioredis.Redis.from_url(service_url("redis"))
+            await other.client_kill_filter(_id=mine)
+            await other.aclose()
+            got = await b.fetch([queue], 10, "c", timeout=1)
+            assert [d.body for d in got] == [b"lost"]
+            assert await b.fetch([queue], 10, "c", timeout=0.1) == []  # "held" stays held
+            await b.ack([held, *got])
+            assert await b.depth([queue]) == {queue: (0, 0)}
+        finally:
+            await b.delete([queue])
+            await b.close()
+
+    asyncio.run(scenario())
+
+
 def test_reconnects_after_a_server_restart() -> None:
     """Redis is shut down while the broker is in use and started again 1.5s later.
 

@@ -1,11 +1,12 @@
 """A broker restarted under a running network (PostgreSQL, a server, two agents): RabbitMQ,
-Redis (one of the test's own that writes every message to disk) and NATS, each stopped
+Redis and NATS (each one of the test's own that writes every message to disk), each stopped
 mid-stream and started again; every message arrives, none twice beyond at-least-once."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -74,9 +75,45 @@ def _restarter(broker: str, folder: Path) -> tuple[str, Callable[[], None], Call
             asyncio.run(rabbitmqctl("start_app"))
 
         return service_url("rabbitmq"), restart_rabbit, lambda: None
-    from .test_broker_nats import restart_server
+    return _own_nats(folder)
 
-    return service_url("nats"), restart_server, lambda: None
+
+def _own_nats(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """A nats-server of the test's own with JetStream on disk. Messages a fetch was answered
+    with as the server went down reach no worker: the server hands them out again after the
+    ack wait, kept short here so that the test sees them."""
+    server = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(server).exists():
+        unavailable("nats-server is not installed")
+    port = free_port()
+    cmd = [server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "nats")]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        while not _answers(port):
+            assert time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.05)
+
+    def stop() -> None:
+        for p in procs:
+            p.terminate()
+            p.wait(20)
+
+    def restart() -> None:
+        stop()
+        time.sleep(2)
+        start()
+
+    start()
+    return f"nats://127.0.0.1:{port}?ack_wait=30", restart, stop
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.slow

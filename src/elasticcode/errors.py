@@ -65,6 +65,10 @@ class BrokerError(ElasticCodeError):
     """A broker operation failed."""
 
 
+class BrokerUnreachable(BrokerError):
+    """The broker does not answer (for now: it may come back)."""
+
+
 class DiskFull(BrokerError):
     """The disk holding the embedded queues (or state) is full; nothing was changed."""
 

@@ -31,6 +31,7 @@ from .brokers import Broker, Delivery, Settlement
 from .code import load
 from .errors import (
     BrokerError,
+    BrokerUnreachable,
     ElasticCodeError,
     MessageError,
     ProcessorError,
@@ -135,7 +136,7 @@ class Worker:
         except Exception as exc:
             return self._fatal(f"processor {self.name!r}: setup() failed: {exc!r}")
         try:
-            await self.broker.connect()
+            await self._connect()
             await self.broker.declare(list(self.inputs) + list(self.limits))
             self.report.status = "running"
             self._publish_report(force=True)
@@ -153,6 +154,18 @@ class Worker:
             self._publish_report(force=True)
             await self.broker.close()
         return 0
+
+    async def _connect(self) -> None:
+        """Connect to the broker; while it does not answer (it is restarting, say), wait for
+        it: the supervisor stops this worker if it should give up."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.broker.connect()
+            except BrokerUnreachable as exc:
+                log.warning("waiting for the broker: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _work(self) -> None:
         """What the worker does between setup and teardown: consume, or produce."""

@@ -6,6 +6,8 @@ Features
     retries (NAK with a delay; the server counts deliveries); a dead-letter stream with replay;
     what each consumer holds is recorded, so ``release`` hands a dead worker's messages out
     again at once (the ack wait stays the backstop); operations ride out a server restart.
+    Messages the server sent to a connection that dropped before they arrived reach no one:
+    the server hands them out again when their ack wait runs out.
 
 Connection string
     ``nats://[user:password@]host[:port]`` (or ``nats://token@host:port``); ``tls://...``
@@ -34,13 +36,14 @@ import re
 import ssl
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlunsplit
 
-from ..errors import BrokerError
+from ..errors import BrokerError, BrokerUnreachable
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 from .retry import Retrying
 from .url import BrokerURL
@@ -56,8 +59,7 @@ LEASE_STREAM, LEASE_SUBJECTS = "EC_LEASES", "ec.lease"
 OVERHEAD = {"file": 30, "memory": 16}
 LEASES = {"max_msgs_per_subject": 1, "max_age": 86400 * 10**9}  # one record per consumer
 REQUEST_TIMEOUT = 5.0
-GRACE = 1.0  # how long a fetch waits past its expiry for the end-of-request status
-SLICE = 0.05  # how long a fetch waits on each of several input queues in turn
+GRACE = 1.0  # how long past its expiry a pull request may take to end (after that: lost)
 WINDOW = 1000  # publishes in flight at once
 MAX_ERROR = 8192
 OPTIONS = ("ack_wait", "max_deliver", "retry_for", "creds", "tls_ca")
@@ -94,9 +96,16 @@ class NATSBroker(Broker):
         )
         self._nc: Any = None
         self._no_responders: type[Exception] = LookupError
+        self._no_stream: type[Exception] = LookupError
+        self._stalled: type[Exception] = LookupError
         self._transient: tuple[type[BaseException], ...] = (TimeoutError, OSError)
         self._last_error = ""
+        self._last_exc: BaseException | None = None
         self._rotation = itertools.count()
+        self._js: Any = None
+        #: queue -> its pull requests and what they delivered (see _Puller)
+        self._pullers: dict[str, _Puller] = {}
+        self._arrival = asyncio.Event()
         self._declared: set[str] = set()
         self._queues: dict[str, str] = {}  # subject -> queue
         #: consumer -> {ack subject: when fetched (ns)} of the deliveries it holds
@@ -107,8 +116,13 @@ class NATSBroker(Broker):
         if self._nc is not None:
             return
         nats, errors = require("nats", "nats"), require("nats.errors", "nats")
-        self._last_error = ""
+        self._last_error, self._last_exc = "", None
         self._no_responders = errors.NoRespondersError
+        js_errors = require("nats.js.errors", "nats")
+        self._no_stream, self._stalled = (
+            js_errors.NoStreamResponseError,
+            js_errors.TooManyStalledMsgsError,
+        )
         transient = (getattr(errors, f"{name}Error") for name in TRANSIENT.split())
         self._transient = (TimeoutError, OSError, *transient)
         options: dict[str, Any] = {
@@ -117,6 +131,7 @@ class NATSBroker(Broker):
             "max_reconnect_attempts": 1,  # at first; once connected, reconnect for ever
             "reconnect_time_wait": 0.5,
             "error_cb": self._on_error,
+            "reconnected_cb": self._on_reconnected,
         }
         if self._creds:
             options["user_credentials"] = self._creds
@@ -127,9 +142,11 @@ class NATSBroker(Broker):
         except Exception as exc:
             msg = f"cannot connect to the NATS server at {self._where}: "
             why = self._options.mask(self._last_error or _describe(exc))
-            raise BrokerError(msg + why) from None
+            away = isinstance(self._last_exc or exc, OSError | TimeoutError)
+            raise (BrokerUnreachable if away else BrokerError)(msg + why) from None
         nc.options["max_reconnect_attempts"] = -1
         self._nc = nc
+        self._js = nc.jetstream(publish_async_max_pending=WINDOW)
         try:
             await self._api("INFO")
         except Exception as exc:
@@ -142,6 +159,11 @@ class NATSBroker(Broker):
         await self._ensure(LEASE_STREAM, f"{LEASE_SUBJECTS}.>", **LEASES)
 
     async def close(self) -> None:
+        buffered = [m.reply for p in self._pullers.values() for m in p.ready]
+        if buffered and self._nc is not None:  # delivered here, never handed out: give back
+            with suppress(Exception):
+                await self._tell("close", buffered, b"-NAK")
+        self._pullers.clear()
         nc, self._nc = self._nc, None
         if nc is not None:
             with suppress(Exception):
@@ -153,8 +175,14 @@ class NATSBroker(Broker):
             raise BrokerError(f"NATS broker at {self._where} is not connected")
         return self._nc
 
+    async def _on_reconnected(self) -> None:
+        """The server forgot the pull requests of the old connection."""
+        for puller in self._pullers.values():
+            puller.forget()
+        self._arrival.set()
+
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = _describe(exc)
+        self._last_error, self._last_exc = _describe(exc), exc
         log.debug("NATS broker at %s: %s", self._where, self._last_error)
 
     def _is_transient(self, exc: BaseException) -> bool:
@@ -185,46 +213,58 @@ class NATSBroker(Broker):
                 raise BrokerError(f"queue {queue!r} does not exist; declare it first") from None
             raise
 
-    async def _send(self, subject: str, data: bytes, headers: Any = None, js: bool = True) -> None:
-        """A JetStream publish (``js``), or an acknowledgement the server confirms."""
-        try:
-            msg = await self.nc.request(subject, data, REQUEST_TIMEOUT, headers=headers)
-        except self._no_responders:
-            if not js:
-                return  # the consumer is gone, and with it what there was to settle
-            if (queue := self._queues.get(subject)) is not None:
-                await self._call("publish", "STREAM.INFO", queue=queue)  # raises if it is gone
-            raise
-        if js and "error" in (resp := json.loads(msg.data or b"{}")):
-            raise _APIError(self._where, resp["error"])
-
     async def _publish(self, what: str, items: list[tuple[str, bytes, Any]]) -> None:
-        """Publish, many in flight; retry those that fail while the server is away."""
+        """Publish to JetStream with every acknowledgement in flight at once (``WINDOW`` at
+        most); publish again what failed while the server was away."""
         todo = items
 
         async def attempt() -> None:
             nonlocal todo
-            results: list[Any] = []
-            for i in range(0, len(todo), WINDOW):
-                sends = (self._send(*item) for item in todo[i : i + WINDOW])
-                results += await asyncio.gather(*sends, return_exceptions=True)
-            failed = [(item, e) for item, e in zip(todo, results, strict=True) if e is not None]
+            futures: list[Any] = []
+            for subject, data, headers in todo:
+                try:
+                    futures.append(
+                        await self._js.publish_async(
+                            subject, data, headers=headers, wait_stall=REQUEST_TIMEOUT
+                        )
+                    )
+                except self._stalled:  # WINDOW unanswered for that long: the server is away
+                    break
+            if futures:
+                await asyncio.wait(futures, timeout=REQUEST_TIMEOUT)
+            failed = [(item, _failure(f)) for item, f in zip(todo, futures, strict=False)]
+            failed = [(item, e) for item, e in failed if e is not None]
+            unsent = TimeoutError("no acknowledgement from JetStream")
+            failed += [(item, unsent) for item in todo[len(futures) :]]
             todo = [item for item, _ in failed]
-            if failed:
-                raise next((e for _, e in failed if isinstance(e, BrokerError)), failed[0][1])
+            if not failed:
+                return
+            nothing = (self._no_responders, self._no_stream)  # no stream takes that subject
+            gone = [item for item, e in failed if isinstance(e, nothing)]
+            if gone:
+                if (queue := self._queues.get(gone[0][0])) is not None:
+                    await self._call("publish", "STREAM.INFO", queue=queue)  # raises if gone
+                # the stream is there: JetStream was not taking messages yet (a restart)
+                raise ConnectionError("JetStream did not answer for the stream (starting up?)")
+            raise failed[0][1]
 
         if todo:
             await self._retrying(what, attempt)
 
     async def _acknowledge(self, what: str, acks: list[tuple[str, bytes]]) -> None:
-        """Send acknowledgements at once and confirm the last to each consumer only: the server
-        handles a consumer's acknowledgements in order."""
+        """Send acknowledgements at once and have the server confirm the last to each
+        consumer: it handles a consumer's acknowledgements in order, so once that answers,
+        every one is in (the queues' depths count without them)."""
         last = set({_origin(reply): i for i, (reply, _) in enumerate(acks)}.values())
+
+        async def confirmed(reply: str, payload: bytes) -> None:
+            with suppress(self._no_responders):  # the consumer is gone, and what it held
+                await self.nc.request(reply, payload, REQUEST_TIMEOUT)
 
         async def attempt() -> None:
             for reply, payload in (ack for i, ack in enumerate(acks) if i not in last):
                 await self.nc.publish(reply, payload)
-            await asyncio.gather(*(self._send(*acks[i], js=False) for i in last))
+            await asyncio.gather(*(confirmed(*acks[i]) for i in last))
 
         if acks:
             await self._retrying(what, attempt)
@@ -268,60 +308,59 @@ class NATSBroker(Broker):
     async def fetch(
         self, queues: Sequence[str], limit: int, consumer: str, timeout: float
     ) -> list[Delivery]:
-        qs = rotate(list(queues), self._rotation)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        got: list[tuple[str, Any]] = []
-        for turn in itertools.count():
-            for q in qs:  # one queue: wait on it; several: a quick look at each, then turns
-                left = max(0.0, deadline - loop.time())
-                wait = left if len(qs) == 1 else min(SLICE, left) if turn else 0.0
-                pull = partial(self._pull, q, limit - len(got), wait if wait >= 0.001 else 0.0)
-                got += [(q, m) for m in await self._retrying("fetch", pull)]
-                if len(got) >= limit:
-                    break
-            if got or (left := deadline - loop.time()) <= 0:
-                break
-            if len(qs) == 1:  # answered early without messages (requests pending): ask again
-                await asyncio.sleep(min(0.01, left))
+        """What the input queues have (up to ``limit``), asked of each at once; if none has
+        anything, the first to come on any of them within ``timeout``."""
+        pullers = [await self._puller(q) for q in rotate(list(queues), self._rotation)]
+        got = await self._retrying("fetch", partial(self._gather, pullers, limit, timeout))
         if got:
             now = time.time_ns()
-            self._held.setdefault(consumer, {}).update((m.reply, now) for _, m in got)
+            held = self._held.setdefault(consumer, {})
+            held.update((m.reply, now) for _, m in got)
+            for p in pullers:  # delivered to this process, not handed out yet: ours too
+                held.update((m.reply, now) for m in p.ready)
             await self._record([consumer])
-            with suppress(Exception):  # the record must be out before the processor runs
-                await self.nc.flush(timeout=1)
         return [Delivery(q, m.data, (m.reply, consumer), m.metadata.num_delivered) for q, m in got]
 
-    async def _pull(self, queue: str, n: int, wait: float) -> list[Any]:
-        """What is there at once, else the first to come within ``wait`` and what is there
-        by then. (A waiting request for ``n`` would wait until ``n`` have come.)"""
-        if not wait or n == 1:
-            return await self._pull_once(queue, n, wait)
-        first = await self._pull_once(queue, 1, wait)
-        return first + await self._pull_once(queue, n - 1, 0.0) if first else []
+    async def _puller(self, queue: str) -> _Puller:
+        puller = self._pullers.get(queue)
+        if puller is None:
+            puller = self._pullers[queue] = _Puller(self.nc, queue, self._arrival.set)
+            await puller.start()
+        return puller
 
-    async def _pull_once(self, queue: str, n: int, wait: float) -> list[Any]:
-        """One pull request: what is there at once, else the first to come within ``wait``."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        request = {"batch": n, "no_wait": True} | ({"expires": int(wait * 1e9)} if wait else {})
-        deadline = time.monotonic() + wait + GRACE
-        msgs: list[Any] = []
-        try:
-            subject = f"$JS.API.CONSUMER.MSG.NEXT.{_stream(queue)}.{CONSUMER}"
-            await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+    async def _gather(
+        self, pullers: list[_Puller], limit: int, timeout: float
+    ) -> list[tuple[str, Any]]:
+        got = _take(pullers, limit)
+        if not got:  # what is there now, on every queue
+            asked = [p for p in pullers if not p.open]
+            for p in asked:
+                await p.ask(limit)
+            await _ended(asked, REQUEST_TIMEOUT)
+            await self._gone(pullers)
+            got = _take(pullers, limit)
+        if got or timeout <= 0:
+            return got
+        deadline = time.monotonic() + timeout
+        while True:  # nothing: wait on every queue at once for the first to come
+            self._arrival.clear()
+            if got := _take(pullers, limit):
+                return got
+            if (left := deadline - time.monotonic()) <= 0:
+                return []
+            for p in pullers:  # one open request each: those that ended are asked again
+                if not p.open:
+                    await p.ask(limit, expires=left)
             with suppress(TimeoutError):
-                while len(msgs) < n and (left := deadline - time.monotonic()) > 0:
-                    msg = await sub.next_msg(timeout=left)
-                    if not msg.reply:  # a status ends the request: 404/408 no (more) messages
-                        if (msg.headers or {}).get("Status") == "503":  # no consumer: no queue?
-                            await self._call("fetch", "STREAM.INFO", queue=queue)
-                        break
-                    msgs.append(msg)
-        finally:
-            with suppress(Exception):
-                await sub.unsubscribe()
-        return msgs
+                await asyncio.wait_for(self._arrival.wait(), left)
+            await self._gone(pullers)
+
+    async def _gone(self, pullers: list[_Puller]) -> None:
+        """A queue whose consumer the server does not know: say so if its stream is gone."""
+        for p in pullers:
+            if p.missing:
+                p.missing = False
+                await self._call("fetch", "STREAM.INFO", queue=p.queue)  # raises if it is gone
 
     async def _record(self, consumers: Iterable[str]) -> None:
         """Record what each consumer holds (fire and forget), for ``release`` to hand back."""
@@ -361,7 +400,10 @@ class NATSBroker(Broker):
         async def attempt() -> None:
             for reply in replies:
                 await self.nc.publish(reply, payload)
-            await self.nc.flush(timeout=REQUEST_TIMEOUT)
+            # a request answered means the server read all of the above (one connection is
+            # read in order); not nc.flush(), whose timeout leaves a cancelled PONG waiter
+            # that later stops the client's reader
+            await self._api("INFO")
 
         if replies:
             await self._retrying(what, attempt)
@@ -524,3 +566,85 @@ def _dead(seq: int, body: bytes, headers: dict[str, str]) -> DeadLetter:
     meta = json.loads(headers.get("Ec-Dead", "{}"))
     error, at = meta.get("error", ""), float(meta.get("failed_at", 0))
     return DeadLetter(seq, meta.get("queue", ""), body, error, int(meta.get("deliveries", 0)), at)
+
+
+class _Puller:
+    """One queue's pull requests, their deliveries received by this connection on one inbox
+    (by callback, into ``ready``), as the raw client does it: no subscription, and no wait,
+    per request. At most one request is open at a time; the server ends one by filling it
+    or with a status (404 no messages, 408 expired, 409)."""
+
+    def __init__(self, nc: Any, queue: str, arrived: Callable[[], None]) -> None:
+        self.nc, self.queue, self._arrived_cb = nc, queue, arrived
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{_stream(queue)}.{CONSUMER}"
+        self.inbox = nc.new_inbox()
+        self.ready: deque[Any] = deque()
+        self.left = 0  # deliveries the open request may still bring (0: none open)
+        self.until = 0.0  # when the server must have ended it (later: lost, as in a restart)
+        self.ended = asyncio.Event()
+        self.ended.set()
+        self.missing = False  # the server said it has no such consumer
+
+    @property
+    def open(self) -> bool:
+        return self.left > 0 and time.monotonic() < self.until
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.inbox, cb=self._arrived)
+
+    def forget(self) -> None:
+        self.left = 0
+        self.ended.set()
+
+    async def _arrived(self, msg: Any) -> None:
+        if msg.reply:
+            self.ready.append(msg)
+            self.left = max(0, self.left - 1)
+        else:
+            status = (msg.headers or {}).get("Status")
+            if status == "100":  # an idle heartbeat
+                return
+            self.missing = status == "503"
+            self.left = 0
+        if not self.left:
+            self.ended.set()
+        self._arrived_cb()
+
+    async def ask(self, batch: int, expires: float | None = None) -> None:
+        request: dict[str, Any] = {"batch": batch}
+        request |= {"no_wait": True} if expires is None else {"expires": int(expires * 1e9)}
+        self.left = batch
+        self.until = time.monotonic() + (expires or 0.0) + GRACE
+        self.ended.clear()
+        await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.inbox)
+
+
+def _take(pullers: list[_Puller], limit: int) -> list[tuple[str, Any]]:
+    got: list[tuple[str, Any]] = []
+    for p in pullers:
+        while p.ready and len(got) < limit:
+            got.append((p.queue, p.ready.popleft()))
+    return got
+
+
+async def _ended(pullers: list[_Puller], timeout: float) -> None:
+    """Until each of ``pullers``' requests is ended (a request the server lost, as on a
+    reconnection, counts as ended after ``timeout``)."""
+    waits = [p.ended.wait() for p in pullers if not p.ended.is_set()]
+    if not waits:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+    except TimeoutError:
+        for p in pullers:
+            p.forget()
+
+
+def _failure(future: Any) -> Any:
+    """What became of one publish: None (stored), the error, or TimeoutError (no answer)."""
+    if not future.done():
+        future.cancel()
+        return TimeoutError("no acknowledgement from JetStream")
+    if future.cancelled():
+        return TimeoutError("publish cancelled")
+    return future.exception()

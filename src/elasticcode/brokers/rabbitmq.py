@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import BrokerError
+from ..errors import BrokerError, BrokerUnreachable
 from . import amqp_batch
 from .amqp_batch import Outgoing, publish_batch
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
@@ -154,7 +154,10 @@ class RabbitMQBroker(Broker):
                     self._url, timeout=15, client_properties={"connection_name": "elasticcode"}
                 )
             except Exception as exc:
-                raise BrokerError(f"cannot connect to {self.where} ({self._scrub(exc)})") from None
+                auth = type(exc).__name__ == "ProbableAuthenticationError"
+                away = isinstance(exc, OSError | TimeoutError) and not auth
+                error = BrokerUnreachable if away else BrokerError
+                raise error(f"cannot connect to {self.where} ({self._scrub(exc)})") from None
             self._read_cautions()
 
     def _read_cautions(self) -> None:

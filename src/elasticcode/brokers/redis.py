@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from ..errors import BrokerError
+from ..errors import BrokerError, BrokerUnreachable
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement, require, rotate
 from .redis_scripts import GROUP, RELEASED, SCRIPTS
 from .retry import Retrying
@@ -91,6 +91,8 @@ class RedisBroker(Broker):
         self._declared: dict[str, None] = {}  # an ordered set
         self._epoch: Any = None  # the server's mark when this broker declared (see check)
         self._rotation = itertools.count()
+        #: consumer -> queue -> entry ids fetched and not yet settled (see ``_return_lost``)
+        self._held: dict[str, dict[str, set[str]]] = {}
 
     def _mask(self, text: object) -> str:
         return self._options.mask(text)
@@ -146,7 +148,10 @@ class RedisBroker(Broker):
                 raise BrokerError(
                     f"Redis at {self._where} refused the credentials: {self._mask(exc)}"
                 ) from None
-            raise BrokerError(
+            away = isinstance(
+                exc, self._errors.ConnectionError | self._errors.TimeoutError | OSError
+            )
+            raise (BrokerUnreachable if away else BrokerError)(
                 f"cannot reach Redis at {self._where}: {self._mask(exc).rstrip('.')}; "
                 "is it running?"
             ) from None
@@ -277,13 +282,28 @@ class RedisBroker(Broker):
         keys = [k for q in queues for k in self._keys(q, "", "delayed")]
         args = [GROUP, consumer, limit, int(self.lease * 1000)]
         deadline = time.monotonic() + timeout
+        lost = False
+
+        async def fetch() -> Any:
+            nonlocal lost
+            if lost:  # the answer to the last try may never have arrived, with what it took
+                await self._return_lost(consumer, queues)
+            try:
+                return await self._scripts["fetch"](keys=keys, args=args)
+            except Exception:
+                lost = True
+                raise
+
         while True:
-            got, *idle = await self._script("fetch", keys, args)
+            got, *idle = await self._call(fetch)
             if got:
-                return [
-                    Delivery(queues[i - 1], bytes(body), (_text(eid), consumer), int(n))
-                    for i, eid, body, n in got
-                ]
+                held = self._held.setdefault(consumer, {})
+                out = []
+                for i, eid, body, n in got:
+                    queue, entry = queues[i - 1], _text(eid)
+                    held.setdefault(queue, set()).add(entry)
+                    out.append(Delivery(queue, bytes(body), (entry, consumer), int(n)))
+                return out
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
@@ -330,6 +350,22 @@ class RedisBroker(Broker):
         keys = [self._seq, self._index]
         keys += [k for q in numbers for k in self._keys(q, "", "bytes", "delayed", "dead")]
         await self._write("settle", keys, args)
+        settled = [*settlement.ack, *(d for d, _ in settlement.dead)]
+        for d in settled + [d for d, _, _ in settlement.retry]:
+            self._held.get(d.tag[1], {}).get(d.queue, set()).discard(d.tag[0])
+
+    async def _return_lost(self, consumer: str, queues: Sequence[str]) -> None:
+        """Release what is pending for ``consumer`` in ``queues`` beyond what it was handed:
+        entries a fetch took whose answer was lost with the connection (else they would wait
+        out the lease). Runs inside a retried operation, so it does not retry by itself."""
+        held = self._held.get(consumer, {})
+        args: list[Any] = [GROUP, RELEASED, consumer]
+        for q in queues:
+            args += [len(held.get(q, ())), *held.get(q, ())]
+        keys = [self._stream(q) for q in queues]
+        n = await self._scripts["return_lost"](keys=keys, args=args)
+        if n:
+            log.info("%s: %d message(s) of a fetch whose answer was lost released", self._where, n)
 
     async def _depth(self, queues: Sequence[str], stats: bool) -> list[list[int]]:
         keys = [k for q in queues for k in self._keys(q, "", "delayed", "bytes")]
@@ -357,6 +393,10 @@ class RedisBroker(Broker):
             await self._script("extend", [self._stream(q) for q in queues], args)
 
     async def release(self, consumer: str) -> int:
+        if consumer:
+            self._held.pop(consumer, None)
+        else:
+            self._held.clear()
         keys = [self._stream(q) for q in self._declared]
         return int(await self._script("release", keys, [GROUP, RELEASED, consumer]))
 

@@ -292,6 +292,28 @@ end
 return done
 """
 
+# KEYS: streams. ARGV: group, neutral owner, consumer, then per stream: count, the entry ids
+# the consumer holds. What else is pending for the consumer was handed to a fetch whose answer
+# never arrived (the connection dropped): released, so the next fetch takes it at once.
+RETURN_LOST = """
+local group, neutral, consumer, i, done = ARGV[1], ARGV[2], ARGV[3], 4, 0
+for _, s in ipairs(KEYS) do
+  local n = tonumber(ARGV[i])
+  local held, lost = {}, {s, group, neutral, 0}
+  for k = i + 1, i + n do held[ARGV[k]] = true end
+  i = i + n + 1
+  for _, e in ipairs(redis.call('XPENDING', s, group, '-', '+', 100000, consumer)) do
+    if not held[e[1]] then lost[#lost + 1] = e[1] end
+  end
+  if #lost > 4 then
+    done = done + #lost - 4
+    lost[#lost + 1] = 'TIME'; lost[#lost + 1] = 1; lost[#lost + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(lost))
+  end
+end
+return done
+"""
+
 SCRIPTS = {
     "fetch": FETCH,
     "settle": SETTLE,
@@ -302,4 +324,5 @@ SCRIPTS = {
     "delete": DELETE,
     "replay": REPLAY,
     "extend": EXTEND,
+    "return_lost": RETURN_LOST,
 }
