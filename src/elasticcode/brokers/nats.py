@@ -106,6 +106,9 @@ class NATSBroker(Broker):
         #: queue -> its pull requests and what they delivered (see _Puller)
         self._pullers: dict[str, _Puller] = {}
         self._arrival = asyncio.Event()
+        self._fetching = 0  # fetches under way (each records what it took when it ends)
+        self._consumer: str | None = None  # the last to fetch: what arrives later is its
+        self._recorder: asyncio.Task[None] | None = None
         self._declared: set[str] = set()
         self._queues: dict[str, str] = {}  # subject -> queue
         #: consumer -> {ack subject: when fetched (ns)} of the deliveries it holds
@@ -311,7 +314,12 @@ class NATSBroker(Broker):
         """What the input queues have (up to ``limit``), asked of each at once; if none has
         anything, the first to come on any of them within ``timeout``."""
         pullers = [await self._puller(q) for q in rotate(list(queues), self._rotation)]
-        got = await self._retrying("fetch", partial(self._gather, pullers, limit, timeout))
+        self._consumer = consumer
+        self._fetching += 1
+        try:
+            got = await self._retrying("fetch", partial(self._gather, pullers, limit, timeout))
+        finally:
+            self._fetching -= 1
         if got:
             now = time.time_ns()
             held = self._held.setdefault(consumer, {})
@@ -319,41 +327,71 @@ class NATSBroker(Broker):
             for p in pullers:  # delivered to this process, not handed out yet: ours too
                 held.update((m.reply, now) for m in p.ready)
             await self._record([consumer])
+            with suppress(Exception):  # the record must be in before the processor runs
+                await self._barrier()
         return [Delivery(q, m.data, (m.reply, consumer), m.metadata.num_delivered) for q, m in got]
 
     async def _puller(self, queue: str) -> _Puller:
         puller = self._pullers.get(queue)
         if puller is None:
-            puller = self._pullers[queue] = _Puller(self.nc, queue, self._arrival.set)
+            puller = self._pullers[queue] = _Puller(self.nc, queue, self._delivered)
             await puller.start()
         return puller
+
+    def _delivered(self, msg: Any) -> None:
+        """A puller received a delivery (``msg``) or the end of a request (None): wake the
+        fetch that waits. A delivery that comes after its fetch returned (a request stays
+        open until filled or expired) is this process's to hand out: into the lease record,
+        so that ``release`` gives it back if this process dies."""
+        self._arrival.set()
+        if msg is None or self._consumer is None:
+            return
+        self._held.setdefault(self._consumer, {})[msg.reply] = time.time_ns()
+        if not self._fetching and (self._recorder is None or self._recorder.done()):
+            self._recorder = asyncio.ensure_future(self._record_soon())
+
+    async def _record_soon(self) -> None:
+        await asyncio.sleep(0)  # what else arrives with it goes into the same record
+        if self._consumer is not None:
+            await self._record([self._consumer])
 
     async def _gather(
         self, pullers: list[_Puller], limit: int, timeout: float
     ) -> list[tuple[str, Any]]:
-        got = _take(pullers, limit)
-        if not got:  # what is there now, on every queue
-            asked = [p for p in pullers if not p.open]
-            for p in asked:
-                await p.ask(limit)
-            await _ended(asked, REQUEST_TIMEOUT)
-            await self._gone(pullers)
-            got = _take(pullers, limit)
-        if got or timeout <= 0:
-            return got
+        """Deliveries arrive while a fetch runs: a request that waits asks for one message,
+        what comes with it is asked for without waiting, and those requests end before the
+        fetch returns. (A waiting request for more would go on delivering while the
+        processor runs.) Only the waiting request of another input queue may still bring
+        its one message later; ``_delivered`` records it."""
+        if not any(p.ready for p in pullers):  # what is there now, on every queue
+            await self._ask_now(pullers, limit)
+        if any(p.ready for p in pullers) or timeout <= 0:
+            return _take(pullers, limit)
         deadline = time.monotonic() + timeout
         while True:  # nothing: wait on every queue at once for the first to come
             self._arrival.clear()
-            if got := _take(pullers, limit):
-                return got
+            if have := sum(len(p.ready) for p in pullers):
+                await self._ask_now(pullers, limit - have)  # and what came with it
+                return _take(pullers, limit)
             if (left := deadline - time.monotonic()) <= 0:
                 return []
             for p in pullers:  # one open request each: those that ended are asked again
                 if not p.open:
-                    await p.ask(limit, expires=left)
+                    await p.ask(1, expires=left)
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), left)
             await self._gone(pullers)
+
+    async def _ask_now(self, pullers: list[_Puller], n: int) -> None:
+        """Ask each queue without a request open for up to ``n`` of what it has now, and
+        wait until each of those requests has ended."""
+        if n <= 0:
+            return
+        asked = [p for p in pullers if not p.open]
+        for p in asked:
+            await p.ask(n)
+        await _ended(asked, REQUEST_TIMEOUT)
+        await self._gone(pullers)
 
     async def _gone(self, pullers: list[_Puller]) -> None:
         """A queue whose consumer the server does not know: say so if its stream is gone."""
@@ -400,13 +438,18 @@ class NATSBroker(Broker):
         async def attempt() -> None:
             for reply in replies:
                 await self.nc.publish(reply, payload)
-            # a request answered means the server read all of the above (one connection is
-            # read in order); not nc.flush(), whose timeout leaves a cancelled PONG waiter
-            # that later stops the client's reader
-            await self._api("INFO")
+            await self._barrier()
 
         if replies:
             await self._retrying(what, attempt)
+
+    async def _barrier(self) -> None:
+        """Until the server has read all this connection sent before: a request to a subject
+        nobody takes comes back at once as "no responders", and a connection is read in order.
+        (Not ``nc.flush()``: its PING overtakes what waits in the client's buffer, and its
+        timeout leaves a cancelled waiter behind that later stops the client's reader.)"""
+        with suppress(self._no_responders):
+            await self.nc.request(self.nc.new_inbox(), b"", timeout=REQUEST_TIMEOUT)
 
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         depths = await self.depth(queues)
@@ -574,7 +617,7 @@ class _Puller:
     per request. At most one request is open at a time; the server ends one by filling it
     or with a status (404 no messages, 408 expired, 409)."""
 
-    def __init__(self, nc: Any, queue: str, arrived: Callable[[], None]) -> None:
+    def __init__(self, nc: Any, queue: str, arrived: Callable[[Any], None]) -> None:
         self.nc, self.queue, self._arrived_cb = nc, queue, arrived
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{_stream(queue)}.{CONSUMER}"
         self.inbox = nc.new_inbox()
@@ -597,9 +640,11 @@ class _Puller:
         self.ended.set()
 
     async def _arrived(self, msg: Any) -> None:
+        delivered = None
         if msg.reply:
             self.ready.append(msg)
             self.left = max(0, self.left - 1)
+            delivered = msg
         else:
             status = (msg.headers or {}).get("Status")
             if status == "100":  # an idle heartbeat
@@ -608,7 +653,7 @@ class _Puller:
             self.left = 0
         if not self.left:
             self.ended.set()
-        self._arrived_cb()
+        self._arrived_cb(delivered)
 
     async def ask(self, batch: int, expires: float | None = None) -> None:
         request: dict[str, Any] = {"batch": batch}
