@@ -23,77 +23,18 @@ def pg() -> Iterator[str]:
     yield from postgres_database()
 
 
-def _own_redis(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
-    """A redis-server of the test's own, persisting every write (appendfsync always)."""
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed")
-    port = free_port()
-    cmd = [
-        *("redis-server", "--port", str(port), "--dir", str(folder), "--save", ""),
-        *("--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"),
-    ]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
-        ping = ["redis-cli", "-p", str(port), "ping"]
-        deadline = time.monotonic() + 20
-        while subprocess.run(ping, capture_output=True).stdout.strip() != b"PONG":
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop() -> None:
-        for p in procs:
-            p.terminate()
-            p.wait(20)
-
-    start()
-    return f"redis://127.0.0.1:{port}/0", start, stop
-
-
-def _restarter(broker: str, folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
-    """The broker's URL, how to restart it (stopped, then back a little later), and a
-    clean-up."""
-    if broker == "redis":
-        url, start, stop = _own_redis(folder)
-
-        def restart() -> None:
-            stop()
-            time.sleep(2)
-            start()
-
-        return url, restart, stop
-    if broker == "rabbitmq":
-        from .test_broker_rabbitmq import rabbitmqctl
-
-        if shutil.which("rabbitmqctl") is None:
-            unavailable("restarting RabbitMQ needs rabbitmqctl")
-
-        def restart_rabbit() -> None:
-            asyncio.run(rabbitmqctl("stop_app"))
-            time.sleep(2)
-            asyncio.run(rabbitmqctl("start_app"))
-
-        return service_url("rabbitmq"), restart_rabbit, lambda: None
-    return _own_nats(folder)
-
-
-def _own_nats(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
-    """A nats-server of the test's own with JetStream on disk. Messages a fetch was answered
-    with as the server went down reach no worker: the server hands them out again after the
-    ack wait, kept short here so that the test sees them."""
-    server = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(server).exists():
-        unavailable("nats-server is not installed")
-    port = free_port()
-    cmd = [server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "nats")]
+def _own_server(
+    cmd: list[str], answers: Callable[[], bool], what: str
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Start a server of the test's own; return how to restart it (stopped, then back a
+    little later) and how to stop it."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 20
-        while not _answers(port):
-            assert time.monotonic() < deadline, "nats-server did not start"
+        while not answers():
+            assert time.monotonic() < deadline, f"{what} did not start"
             time.sleep(0.05)
 
     def stop() -> None:
@@ -107,6 +48,35 @@ def _own_nats(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]
         start()
 
     start()
+    return restart, stop
+
+
+def _own_redis(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """A redis-server of the test's own, persisting every write (appendfsync always)."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    port = free_port()
+    cmd = [
+        *("redis-server", "--port", str(port), "--dir", str(folder), "--save", ""),
+        *("--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"),
+    ]
+    ping = ["redis-cli", "-p", str(port), "ping"]
+    restart, stop = _own_server(
+        cmd, lambda: subprocess.run(ping, capture_output=True).stdout.strip() == b"PONG", "redis"
+    )
+    return f"redis://127.0.0.1:{port}/0", restart, stop
+
+
+def _own_nats(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """A nats-server of the test's own with JetStream on disk. Messages a fetch was answered
+    with as the server went down reach no worker: the server hands them out again after the
+    ack wait, kept short here so that the test sees them."""
+    server = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(server).exists():
+        unavailable("nats-server is not installed")
+    port = free_port()
+    cmd = [server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "nats")]
+    restart, stop = _own_server(cmd, lambda: _answers(port), "nats-server")
     return f"nats://127.0.0.1:{port}?ack_wait=30", restart, stop
 
 
@@ -114,6 +84,26 @@ def _answers(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _restarter(broker: str, folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """The broker's URL, how to restart it (stopped, then back a little later), and a
+    clean-up."""
+    if broker == "redis":
+        return _own_redis(folder)
+    if broker == "nats":
+        return _own_nats(folder)
+    from .test_broker_rabbitmq import rabbitmqctl
+
+    if shutil.which("rabbitmqctl") is None:
+        unavailable("restarting RabbitMQ needs rabbitmqctl")
+
+    def restart_rabbit() -> None:
+        asyncio.run(rabbitmqctl("stop_app"))
+        time.sleep(2)
+        asyncio.run(rabbitmqctl("start_app"))
+
+    return service_url("rabbitmq"), restart_rabbit, lambda: None
 
 
 @pytest.mark.slow

@@ -320,12 +320,7 @@ class NATSBroker(Broker):
             got = await self._retrying("fetch", partial(self._gather, pullers, limit, timeout))
         finally:
             self._fetching -= 1
-        if got:
-            now = time.time_ns()
-            held = self._held.setdefault(consumer, {})
-            held.update((m.reply, now) for _, m in got)
-            for p in pullers:  # delivered to this process, not handed out yet: ours too
-                held.update((m.reply, now) for m in p.ready)
+        if got:  # each delivery went into what the consumer holds as it came (_delivered)
             await self._record([consumer])
             with suppress(Exception):  # the record must be in before the processor runs
                 await self._barrier()
