@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
 from elasticcode.errors import StateError
 from elasticcode.store import StateStore, schema
@@ -19,8 +21,12 @@ from .network import ELASTICCODE, postgres_database
 def test_an_embedded_state_from_before_migrations_is_upgraded_and_kept(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
     engine = sa.create_engine(url)
-    old = [metadata.tables[name] for name in schema.FIRST]
-    metadata.create_all(engine, tables=old)  # as the state of an earlier version was made
+    config = Config()
+    config.set_main_option("script_location", "elasticcode.store:migrations")
+    with engine.begin() as db:  # the first schema, with no version: as an early version made it
+        config.attributes["connection"] = db
+        command.upgrade(config, "0001")
+        db.execute(sa.text("DROP TABLE alembic_version"))
     with engine.begin() as db:
         db.execute(metadata.tables["runs"].insert().values(flow="f", status="running", started=1.0))
     assert schema.current(engine) == "0001"

@@ -35,6 +35,9 @@ ROUTES: dict[str, str | None] = {
     "POST /api/v1/flows": "user",  # then flow.deploy (and code.deploy) on the document's flow
     "GET /api/v1/flows/{name}": "flow.read",
     "GET /api/v1/flows/{name}/export": "flow.read",
+    "GET /api/v1/flows/{name}/metrics": "flow.read",
+    "GET /api/v1/flows/{name}/stats": "flow.read",
+    "GET /api/v1/metrics": "user",  # only the flows the caller may read
     "DELETE /api/v1/flows/{name}": "flow.remove",
     "POST /api/v1/flows/{name}/start": "flow.operate",
     "POST /api/v1/flows/{name}/stop": "flow.operate",
@@ -140,7 +143,10 @@ def add_user(net: Network, name: str, role: str, flows: str = "*") -> str:
 def test_every_route_declares_the_privilege_it_needs(db: str) -> None:
     declared = {f"{m} {path}": p for m, path, p in routes() if m != "WS"}
     assert declared == ROUTES
-    assert [r for r in routes() if r[0] == "WS"] == [("WS", "/api/v1/stream", "user")]
+    assert [r for r in routes() if r[0] == "WS"] == [
+        ("WS", "/api/v1/stream", "user"),
+        ("WS", "/api/v1/metrics/stream", "user"),
+    ]
     # the documentation's table says the same
     docs = Path(__file__).parents[1] / "docs" / "security.md"
     assert privilege_table() in docs.read_text(), (
@@ -295,6 +301,16 @@ def test_the_event_stream_wants_a_credential(net: Network) -> None:
             ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     with websockets.sync.client.connect(f"{ws_url}?token={net.token}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    # the metrics stream: a credential, and a flow the caller may read
+    metrics_url = server.url.replace("http", "ws") + "/api/v1/metrics/stream"
+    viewer = add_user(net, "viewer", "viewer", flows="b*")
+    for query, code in ((f"?flow={A}", 4401), (f"?flow={A}&token={viewer}", 4403)):
+        with websockets.sync.client.connect(metrics_url + query, open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    with websockets.sync.client.connect(f"{metrics_url}?token={viewer}", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
 
 

@@ -1,8 +1,9 @@
 """The message envelope and its wire encoding.
 
 A message carries an id, the flow it belongs to, the processor that emitted it, its creation
-time, the ids of its lineage parents, free-form attributes and a payload. The payload is any
-JSON-like value (dict, list, str, int, float, bool, None) or raw ``bytes``.
+time, the ids of its lineage parents, free-form attributes, a payload, and the creation time of
+the source message it descends from (``born``: how old a message's data is, end to end). The
+payload is any JSON-like value (dict, list, str, int, float, bool, None) or raw ``bytes``.
 
 Ids are derived, not random, wherever the engine can: a source's n-th message and a
 processor's n-th output for a given input always get the same id. A redelivered input
@@ -40,6 +41,12 @@ class Message:
     attributes: dict[str, Any] = field(default_factory=dict)
     #: How many times the broker has handed this message out, this delivery included.
     delivery: int = 1
+    #: When the source message this one descends from was created (0: this one's ``created``).
+    born: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.born:
+            self.born = self.created
 
 
 def derive_id(*parts: object) -> str:
@@ -60,6 +67,7 @@ def encode(message: Message, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
                 list(message.parents),
                 message.attributes,
                 message.payload,
+                message.born,
             ]
         )
     except (TypeError, ValueError, OverflowError) as exc:
@@ -82,16 +90,20 @@ def decode(body: bytes, delivery: int = 1) -> Message:
         fields = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise MessageError(f"malformed message body ({len(body)} bytes): {exc}") from None
-    if not isinstance(fields, list) or len(fields) != 8 or fields[0] != WIRE_VERSION:
+    # an envelope of 8 fields is from before ``born`` was added; its creation time stands in
+    if not isinstance(fields, list) or len(fields) not in (8, 9) or fields[0] != WIRE_VERSION:
         raise MessageError(
             f"malformed message body ({len(body)} bytes): not an ElasticCode v{WIRE_VERSION} "
             "envelope"
         )
-    _, id_, flow, origin, created, parents, attributes, payload = fields
+    _, id_, flow, origin, created, parents, attributes, payload = fields[:8]
+    born = fields[8] if len(fields) == 9 else created
     if not isinstance(attributes, dict) or not isinstance(parents, list):
         raise MessageError("malformed message body: attributes or parents have the wrong type")
     if isinstance(created, bool) or not isinstance(created, int | float):
         raise MessageError(f"malformed message body: its creation time is {describe(created)}")
+    if isinstance(born, bool) or not isinstance(born, int | float):
+        raise MessageError(f"malformed message body: its source's time is {describe(born)}")
     return Message(
         payload=payload,
         id=str(id_),
@@ -101,6 +113,7 @@ def decode(body: bytes, delivery: int = 1) -> Message:
         parents=tuple(parents),
         attributes=attributes,
         delivery=delivery,
+        born=float(born),
     )
 
 

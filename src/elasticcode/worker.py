@@ -39,6 +39,7 @@ from .errors import (
 )
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
+from .metrics import Histogram
 from .processor import PART, Context, Loaded, Output, parts, parts_sync
 from .secret import SecretMissing, names_in, resolve
 from .store import StateStore, WorkerReport
@@ -50,6 +51,8 @@ ROOM_FRESH = 0.1  # how long a queue depth reading stands for back pressure (s)
 EXIT_CONFIG = 3
 EXIT_MEMORY = 4  # over max_memory: to be restarted at once
 EXIT_DISK_FULL = 5  # the embedded queues' disk is full
+#: The host name a worker reports (its agent's ``--host-name``; default: the machine's).
+HOST_ENV = "ELASTICCODE_HOST_NAME"
 
 
 class OutputError(ElasticCodeError):
@@ -98,6 +101,12 @@ class Worker:
         }
         self.max_bytes = flow.settings.max_message_bytes
         self.report = WorkerReport(self.consumer, run_id, processor, instance, os.getpid())
+        self.report.host = os.environ.get(HOST_ENV) or os.uname().nodename
+        #: per message: time in the processor, time in the queue, age since its source message
+        self.process, self.wait, self.latency = Histogram(), Histogram(), Histogram()
+        #: messages received per input queue; per output queue, the last depth read
+        self.received_from: dict[str, int] = {}
+        self.depths: dict[str, list[float]] = {}
         self.stopping = False
         #: set when the worker outgrew max_memory and stops to be restarted
         self.recycle = False
@@ -185,6 +194,13 @@ class Worker:
             if os.getppid() != self._parent:  # the supervisor is gone: do not run unsupervised
                 log.warning("supervisor process is gone; stopping")
                 self.stopping = True
+            self.report.metrics = {
+                "process": self.process.to_wire(),
+                "wait": self.wait.to_wire(),
+                "latency": self.latency.to_wire(),
+                "queues": self.received_from,
+                "depths": self.depths,
+            }
             try:
                 self.state.report(self.report)
             except Exception as exc:  # reporting must never stop the data plane
@@ -202,6 +218,9 @@ class Worker:
             return self._room  # less what this worker published since
         while self.limits and not self.stopping:
             depths = await self.broker.depth(list(self.limits))
+            at = round(time.time(), 3)
+            for q, (n, size) in depths.items():
+                self.depths[q] = [n, size, at]
             room = min(
                 self.limits[q][0] - n if size < self.limits[q][1] else 0
                 for q, (n, size) in depths.items()
@@ -256,12 +275,14 @@ class Worker:
                 now,
                 (parent.id,) if parent is not None else (),
                 attributes,
+                born=parent.born if parent is not None else now,
             )
             try:
                 body = encode(child, self.max_bytes)
             except MessageError as exc:
                 raise OutputError(f"output on port {out.port!r}: {exc}") from None
             items.extend((q, body) for q in queues)
+            self.report.bytes_out += len(body) * len(queues)
         return items
 
 
@@ -342,7 +363,10 @@ class Consumer(Worker):
         self, d: Delivery, settlement: Settlement, deferred: list[Any], isolated: bool = False
     ) -> None:
         assert self.loaded is not None
-        self.report.received += 1
+        report = self.report
+        report.received += 1
+        report.bytes_in += len(d.body)
+        self.received_from[d.queue] = self.received_from.get(d.queue, 0) + 1
         try:
             msg = decode(d.body, d.delivery)
         except MessageError as exc:
@@ -366,9 +390,13 @@ class Consumer(Worker):
                     retry=False,
                 )
                 return
+        now = time.time()
+        self.wait.observe(max(0.0, now - msg.created))
+        self.latency.observe(max(0.0, now - msg.born))
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         limit = self.spec.timeout
         staged = _Staged(self, msg)
+        started = time.perf_counter()
         try:
             if self.loaded.is_async:
                 await asyncio.wait_for(staged.run_async(self.loaded.call, msg.payload, ctx), limit)
@@ -387,8 +415,10 @@ class Consumer(Worker):
         else:
             settlement.publish.extend(staged.items)
             settlement.ack.append(d)
-            self.report.emitted += staged.emitted
+            report.emitted += staged.emitted
             deferred.extend(ctx.deferred)
+        finally:
+            self.process.observe(time.perf_counter() - started)
 
     def _failed(
         self,
@@ -428,6 +458,7 @@ class Consumer(Worker):
                 time.time(),
                 (msg.id,),
                 attrs,
+                born=msg.born,
             )
             try:
                 body = encode(child, self.max_bytes)

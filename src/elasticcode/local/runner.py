@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -24,11 +25,15 @@ from ..code.pinning import pin
 from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
 from ..flow import Flow, Processor
 from ..launch import write_flow
+from ..metrics.history import History
+from ..metrics.hub import INTERVAL, MetricsHub
 from ..store import StateStore, WorkerReport
 from ..supervisor import Supervisor
 from .paths import RunLock, state_paths
 from .progress import Progress
 from .result import ProcessorTotals, RunResult, totals
+
+log = logging.getLogger("elasticcode.run")
 
 
 def pin_code(
@@ -204,6 +209,9 @@ class _Run:
         self.stop = asyncio.Event()
         self.interrupts = 0
         self._checked = time.monotonic()
+        #: the run's metrics, recorded in its state store's history every interval
+        self.metrics = MetricsHub(History(state.engine))
+        self._measured = 0.0
 
     def _say(self, event: str) -> None:
         self.events.append(event)
@@ -240,6 +248,7 @@ class _Run:
             self.received = {r.id: r.received + r.holding for r in reports}
             depths = await self.broker.depth(self.queues)
             self.progress.update(totals(self.flow, sup.instances, reports, self.broken), depths)
+            self._measure(reports, depths)
             if self.stop.is_set():
                 return "interrupted"
             if sup.disk_full:
@@ -256,6 +265,17 @@ class _Run:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 0.1)
 
+    def _measure(self, reports: list[WorkerReport], depths: dict[str, tuple[int, int]]) -> None:
+        """Every interval: the flow's view, recorded in the history (never fatal)."""
+        now = time.monotonic()
+        if now - self._measured < INTERVAL:
+            return
+        self._measured = now
+        try:
+            self.metrics.publish(self.metrics.tick([(self.flow, reports)], depths=depths))
+        except (StateError, sa.exc.OperationalError) as exc:
+            log.warning("cannot record the run's metrics: %s", exc)
+
     async def finish(self, status: str) -> tuple[dict[str, ProcessorTotals], dict[str, int], int]:
         """Stop the workers, record how the run ended; return its counts, what is left in
         each queue and the dead letters stored."""
@@ -270,6 +290,11 @@ class _Run:
         reports = state.worker_reports(self.run_id)
         counts = totals(self.flow, self.supervisor.instances, reports, self.broken)
         depths = await broker.depth(self.queues)
+        self._measured = 0.0
+        self._measure(reports, depths)  # the last of it, and what is left of the minute
+        with contextlib.suppress(StateError, sa.exc.OperationalError):
+            if self.metrics.history is not None:
+                self.metrics.history.flush(everything=True)
         dead = await broker.dead_letter_count(self.queues)
         await broker.close()
         state.close()

@@ -33,6 +33,7 @@ from ..flow import Flow
 from ..launch import write_flow
 from ..secret import names_of_flow, resolve
 from ..supervisor import Instance, Supervisor
+from ..worker import HOST_ENV
 from .client import detail, verify
 
 log = logging.getLogger("elasticcode.agent")
@@ -75,6 +76,7 @@ class Agent:
         self.server = 0
         self.state_dir = state_dir.resolve()
         self.host = host or socket.gethostname()
+        os.environ[HOST_ENV] = self.host  # the host its workers report
         self.name = name or self.host
         self.labels = labels or {}
         self.cores = os.cpu_count() or 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,40 @@ class Api:
             )
             raise kind(f"the server refused: {said}")
         return resp.json()
+
+    def stream(self, path: str, **params: str) -> Iterator[dict[str, Any]]:
+        """The JSON messages of one of the server's websockets, as they come."""
+        from urllib.parse import urlencode
+
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        from websockets.sync.client import connect
+
+        url = "ws" + self.base[4:] + f"/api/v1{path}"
+        if params:
+            url += "?" + urlencode(params)
+        context = None
+        if self.base.startswith("https"):
+            checked = verify(self.ca)
+            context = (
+                checked if isinstance(checked, ssl.SSLContext) else ssl.create_default_context()
+            )
+        try:
+            with connect(url, additional_headers=self.headers, ssl=context, open_timeout=10) as ws:
+                for raw in ws:
+                    yield json.loads(raw)
+                code, reason = ws.close_code, ws.close_reason
+        except (OSError, TimeoutError, InvalidStatus) as exc:
+            raise ElasticCodeError(
+                f"cannot reach the server at {self.base} ({exc}); start one with "
+                "`elasticcode server start`, or give --server URL"
+            ) from None
+        except ConnectionClosed as exc:
+            code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (1006, "")
+        if code == 4401:
+            raise AuthError(
+                f"{self.base} wants a credential: {reason}. Log in with `elasticcode login "
+                f"--server {self.base}` (or set {TOKEN_ENV})"
+            )
+        if code in (4403, 4429):
+            raise (Forbidden if code == 4403 else ElasticCodeError)(f"the server refused: {reason}")
+        raise ElasticCodeError(f"the server closed the stream ({code} {reason})".strip())

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from ..errors import FlowError, NotFound
 from ..flow import Flow
+from ..store import WorkerReport, as_report
 from ..store.db import open_engine, upsert
 from ..store.tables import (
     agents,
@@ -455,6 +456,12 @@ class Cluster:
             ).scalar_one()
             self._documents[key] = json.loads(text)
         return self._documents[key]
+
+    def reports(self, run_id: int) -> list[WorkerReport]:
+        """The reports of every worker a flow's run has had (those stopped included)."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(workers).where(workers.c.run_id == run_id)).mappings()
+            return [as_report(r) for r in rows]
 
     def instances(self, flow: str | None = None) -> list[dict[str, Any]]:
         """Every placed instance (of ``flow``, or of all): its agent, the state its agent

@@ -7,8 +7,9 @@ take the same code. Nothing here is on the per-message hot path except processor
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -49,6 +50,13 @@ class WorkerReport:
     #: Messages fetched and not yet settled.
     holding: int = 0
     last_error: str | None = None
+    host: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Histograms (``elasticcode.metrics.Histogram.to_wire``) ``process``, ``wait`` and
+    #: ``latency``; ``queues``: messages received per input queue; ``depths``: per output
+    #: queue, [messages, bytes, when] as last read for back pressure.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore:
@@ -191,6 +199,10 @@ class StateStore:
             "holding": r.holding,
             "updated": time.time(),
             "last_error": r.last_error,
+            "host": r.host,
+            "bytes_in": r.bytes_in,
+            "bytes_out": r.bytes_out,
+            "metrics": json.dumps(r.metrics, separators=(",", ":")) if r.metrics else None,
         }
         with self.engine.begin() as db:
             db.execute(upsert(self.engine, workers, values, ["id"]))
@@ -198,7 +210,7 @@ class StateStore:
     def worker_reports(self, run_id: int) -> list[WorkerReport]:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(workers).where(workers.c.run_id == run_id)).mappings().all()
-        return [WorkerReport(**{k: v for k, v in row.items() if k != "updated"}) for row in rows]
+        return [as_report(row) for row in rows]
 
     # -- attempts at redelivered messages ----------------------------------------------------
     def bump_attempt(self, processor: str, message_id: str) -> int:
@@ -270,3 +282,11 @@ class KeyValue:
                     )
                 ).scalar_one()
             )
+
+
+def as_report(row: Any) -> WorkerReport:
+    """A ``workers`` row (a mapping) as a report."""
+    values = {k: v for k, v in row.items() if k != "updated"}
+    values["metrics"] = json.loads(values["metrics"]) if values.get("metrics") else {}
+    values["host"] = values.get("host") or ""
+    return WorkerReport(**values)

@@ -49,6 +49,10 @@ workers = sa.Table(
     sa.Column("holding", sa.Integer, nullable=False, default=0),
     sa.Column("updated", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text),
+    sa.Column("host", sa.String(200)),
+    sa.Column("bytes_in", sa.BigInteger, nullable=False, default=0),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False, default=0),
+    sa.Column("metrics", sa.Text),  # JSON: histograms, per-queue counts, depths read
 )
 
 attempts = sa.Table(
@@ -245,4 +249,27 @@ worker_roles = sa.Table(
     sa.Column("role", sa.String(63), nullable=False, unique=True),
     sa.Column("password", sa.String(64), nullable=False),
     sa.Column("created", sa.Float, nullable=False),
+)
+
+# -- metrics history --------------------------------------------------------------------------
+
+metric_points = sa.Table(
+    "metric_points",
+    metadata,
+    sa.Column("flow", sa.String(200), primary_key=True),
+    sa.Column("resolution", sa.Integer, primary_key=True),  # seconds: 1, 60 or 3600
+    sa.Column("at", sa.BigInteger, primary_key=True),  # start of the interval, epoch seconds
+    sa.Column("kind", sa.String(20), primary_key=True),  # processor | connection
+    sa.Column("name", sa.String(400), primary_key=True),
+    sa.Column("received", sa.BigInteger, nullable=False),
+    sa.Column("emitted", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("retried", sa.BigInteger, nullable=False),
+    sa.Column("dead", sa.BigInteger, nullable=False),
+    sa.Column("bytes_in", sa.BigInteger, nullable=False),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False),
+    sa.Column("busy", sa.Float, nullable=False),  # seconds spent in the processor
+    sa.Column("instances", sa.Integer, nullable=False),  # most seen in the interval
+    sa.Column("depth", sa.BigInteger, nullable=False),  # most seen in the interval
+    sa.Column("hists", sa.Text),  # JSON: process, wait, latency histograms of the interval
 )

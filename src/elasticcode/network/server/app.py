@@ -31,6 +31,8 @@ from fastapi.routing import APIWebSocketRoute
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import AuthError, Conflict, ElasticCodeError, Forbidden, NotFound, StateUnreachable
+from ...metrics.history import History
+from ...metrics.hub import MetricsHub
 from .. import workerdb
 from ..cluster import Cluster
 from ..identity import Identities
@@ -42,6 +44,7 @@ from . import (
     connections,
     events,
     flows,
+    metrics,
     processors,
     secrets,
     status,
@@ -52,7 +55,7 @@ from . import (
 from .changes import Changes
 from .context import Server, privilege_of
 from .guard import Guard, local_names
-from .loops import lead, pump_events
+from .loops import lead, pump_events, watch_metrics
 from .settings import ServerSettings
 
 log = logging.getLogger("elasticcode.server")
@@ -67,6 +70,7 @@ ROUTERS = (
     agents,
     workers,
     events,
+    metrics,
     users,
     tokens,
     secrets,
@@ -109,11 +113,12 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         Identities(cl.engine),
         Vault(cl.engine, settings.secret_key),
         Changes(cl),
+        metrics=MetricsHub(History(cl.engine, settings.history_retention)),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loops = (lead(srv), srv.changes.watch(), pump_events(srv))
+        loops = (lead(srv), srv.changes.watch(), pump_events(srv), watch_metrics(srv))
         tasks = [asyncio.create_task(t) for t in loops]
         try:
             yield

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ...errors import AuthError
+from ...metrics.hub import MetricsHub
 from ..cluster import Cluster, Who
 from ..identity import Identities
 from ..leader import Leader
@@ -34,6 +35,8 @@ class Server:
     subscribers: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     #: whether this server held the lease at its last round
     leading: bool = False
+    #: the flows' metrics: newest views, subscribers, the history (written by the leader)
+    metrics: MetricsHub = field(default_factory=MetricsHub)
 
 
 def server_of(conn: HTTPConnection) -> Server:

@@ -9,6 +9,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from ...metrics.hub import INTERVAL
 from ..cluster import Cluster
 from .context import Server
 
@@ -59,3 +60,26 @@ def _last_event_id(cl: Cluster) -> int:
     while batch := cl.events(last, 5000):
         last = batch[-1]["id"]
     return last
+
+
+async def watch_metrics(srv: Server) -> None:
+    """Every interval: each flow's view and events to the metrics subscribers; the leader
+    records the interval in the history (one server writes it, whichever leads)."""
+    hub = srv.metrics
+    while True:
+        started = asyncio.get_running_loop().time()
+        try:
+            messages = await run_in_threadpool(_tick, srv)
+            hub.publish(messages)
+        except Exception as exc:
+            log.warning("cannot gather metrics: %s", exc)
+        elapsed = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(max(0.05, INTERVAL - elapsed))
+
+
+def _tick(srv: Server) -> list[dict[str, object]]:
+    cl = srv.cluster
+    flows = []
+    for info in cl.flows():
+        flows.append((cl.parsed(info.name, info.revision, info.document), cl.reports(info.run_id)))
+    return srv.metrics.tick(flows, record=srv.leading)

@@ -21,5 +21,7 @@ class ServerSettings:
     secret_key: str | None = None
     #: host names the server answers to (and web pages it takes requests from); ``*``: any
     hosts: tuple[str, ...] = ()
+    #: how long the metrics history keeps each resolution: {seconds: seconds}; None: defaults
+    history_retention: dict[int, int] | None = None
     #: how long a login's token lasts, in seconds
     login_lifetime: float = 30 * 86400.0

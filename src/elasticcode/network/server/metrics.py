@@ -1,0 +1,111 @@
+"""The flows' metrics: the newest view of a flow, its history, the Prometheus scrape, and a
+websocket that pushes a view every interval with the events it shows (``docs/metrics.md``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import AuthError
+from ...metrics.hub import Subscription
+from ...metrics.prometheus import CONTENT_TYPE, exposition
+from ..privileges import Caller
+from .context import Server, Srv, authenticate, needs
+
+router = APIRouter(tags=["metrics"])
+#: Metrics subscribers one server takes; more are refused until some leave.
+MAX_SUBSCRIBERS = 1000
+#: What each websocket of this router needs (it checks that itself).
+WEBSOCKETS = {"/metrics/stream": "user"}
+RESOLUTIONS = {"1s": 1, "1m": 60, "1h": 3600}
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(srv: Srv, caller: Annotated[Caller, needs("user")]) -> Response:
+    """Prometheus' text format, for the flows the caller may see (scrape with a bearer
+    token: ``authorization: {credentials: TOKEN}`` in the scrape config)."""
+    hub = srv.metrics
+    reports = {f: r for f, r in hub.reports.items() if caller.may("flow.read", f)}
+    views = [v for f, v in hub.views.items() if caller.may("flow.read", f)]
+    body = await run_in_threadpool(exposition, reports, views)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+@router.get("/flows/{name}/metrics", dependencies=[needs("flow.read")])
+async def flow_metrics(srv: Srv, name: str) -> dict[str, Any]:
+    """The flow's newest view: per processor and connection, the last interval's rates and
+    percentiles, the totals, depths and back pressure."""
+    view = srv.metrics.views.get(name)
+    if view is None:
+        await run_in_threadpool(srv.cluster.flow, name)  # 404 if there is no such flow
+        raise HTTPException(409, f"no metrics of flow {name!r} yet; try again in a second")
+    return view
+
+
+@router.get("/flows/{name}/stats", dependencies=[needs("flow.read")])
+async def flow_stats(
+    srv: Srv,
+    name: str,
+    since: float = Query(3600, ge=0, le=2**40, description="seconds ago, or an epoch time"),
+    until: float | None = Query(None, ge=0, le=2**40, description="epoch time; default: now"),
+    by: Literal["processor", "connection"] = "processor",
+    resolution: Literal["1s", "1m", "1h"] | None = None,
+) -> list[dict[str, Any]]:
+    """The flow's history from ``since`` to ``until``, per processor or connection, at the
+    finest resolution kept that long (or the one asked for)."""
+    await run_in_threadpool(srv.cluster.flow, name)
+    start = since if since > 10**9 else time.time() - since
+    history = srv.metrics.history
+    assert history is not None
+    return await run_in_threadpool(
+        lambda: history.points(
+            name, start, until, RESOLUTIONS[resolution] if resolution else None, kind=by
+        )
+    )
+
+
+@router.websocket("/metrics/stream")
+async def metrics_stream(ws: WebSocket) -> None:
+    """A view every interval and the events as they come, of the flows the caller may see;
+    narrowed by ``?flow=``, ``&processor=``, ``&connection=``. The credential goes in
+    ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
+    srv: Server = ws.app.state.server
+    await ws.accept()
+    try:
+        caller = await authenticate(ws)
+    except AuthError as exc:
+        await ws.close(code=4401, reason=str(exc)[:120])
+        return
+    if caller.kind != "user":
+        await ws.close(code=4403, reason="an agent's credential serves its heartbeat only")
+        return
+    q = ws.query_params
+    flow = q.get("flow")
+    if flow is not None and not caller.may("flow.read", flow):
+        await ws.close(code=4403, reason=f"{caller.who} may not flow.read on flow {flow!r}")
+        return
+    hub = srv.metrics
+    if len(hub.subscribers) >= MAX_SUBSCRIBERS:
+        await ws.close(code=4429, reason="too many subscribers; try again later")
+        return
+    sub = Subscription(
+        flow,
+        q.get("processor"),
+        q.get("connection"),
+        allowed=lambda f: caller.may("flow.read", f),
+    )
+    hub.subscribers.add(sub)
+    try:
+        await ws.send_json({"type": "hello", "v": 1, "server": srv.settings.server_id})
+        for view in list(hub.views.values()):  # what there is now, without waiting
+            sub.put(view)
+        while True:
+            await ws.send_json(await sub.queue.get())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.subscribers.discard(sub)

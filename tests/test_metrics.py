@@ -1,0 +1,312 @@
+"""Metrics: histograms that add up, views from workers' reports (restarts counted from zero),
+the history's rollups and retention, a one-host run measured end to end (`stats`, `top`), and
+a network's websocket stream, Prometheus scrape and history through a real server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from elasticcode.flow import Flow
+from elasticcode.metrics import BUCKETS, Histogram
+from elasticcode.metrics.history import History, parse_retention
+from elasticcode.metrics.hub import Subscription
+from elasticcode.metrics.view import FlowMetrics
+from elasticcode.store import StateStore, WorkerReport
+
+from .network import ELASTICCODE, Network, network_for, postgres_database
+
+FLOW = Flow.from_dict(
+    {
+        "name": "m",
+        "processors": [
+            {"name": "src", "code": "steps:gen", "source": True},
+            {"name": "work", "code": "steps:work"},
+        ],
+        "connections": [{"from": "src", "to": "work", "max_messages": 100}],
+    }
+)
+
+
+def test_histograms_add_up_and_their_quantiles_fall_in_the_right_bucket() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(-6, 1.5) for _ in range(5000)]
+    a, b = Histogram(), Histogram()
+    for i, v in enumerate(values):
+        (a if i % 2 else b).observe(v)
+    both = a + b
+    assert both.count == 5000 and abs(both.sum - sum(values)) < 1e-6
+    assert (both - a).counts == b.counts
+    for q in (0.5, 0.9, 0.99):
+        exact = sorted(values)[int(q * len(values)) - 1]
+        got = both.quantile(q)
+        assert got is not None
+        # the estimate lies in the bucket that holds the exact quantile
+        i = next(i for i, bound in enumerate(BUCKETS) if exact <= bound)
+        assert (BUCKETS[i - 1] if i else 0.0) <= got <= BUCKETS[i]
+    assert Histogram.from_wire(both.to_wire()).counts == both.counts
+    assert Histogram().quantile(0.5) is None
+
+
+def _report(pid: int, received: int, status: str = "running", **kw: Any) -> WorkerReport:
+    process = Histogram()
+    for _ in range(received):
+        process.observe(0.002)
+    r = WorkerReport("w1", 1, "work", 0, pid, status, received=received, emitted=received, **kw)
+    r.host = "h1"
+    r.metrics = {"process": process.to_wire(), "queues": {"m.src.success-work.input": received}}
+    return r
+
+
+def test_a_view_counts_each_interval_once_and_a_restarted_worker_from_zero() -> None:
+    fm = FlowMetrics(FLOW)
+    view, events, _ = fm.update([_report(10, 500)], now=100.0)
+    assert view["interval"] == 0 and view["processors"]["work"]["totals"]["received"] == 500
+    assert view["processors"]["work"]["rates"]["in"] == 0.0  # the first reading: no rates
+    view, events, deltas = fm.update([_report(10, 700)], now=102.0)
+    work = view["processors"]["work"]
+    assert work["rates"]["in"] == 100.0 and deltas["work"].counts["received"] == 200
+    assert work["process_ms"]["count"] == 200 and 1.0 <= work["process_ms"]["p50"] <= 2.5
+    assert view["connections"]["src.success->work.input"]["rate"] == 100.0
+    # the worker restarted (another pid): what it reports now is all new
+    view, events, deltas = fm.update([_report(11, 50)], now=103.0)
+    assert deltas["work"].counts["received"] == 50
+    assert [e["kind"] for e in events] == ["started"]
+    view, events, _ = fm.update([_report(11, 60, "back-pressure", dead=2)], now=104.0)
+    assert sorted(e["kind"] for e in events) == ["back-pressure-on", "dead-letter"]
+    assert view["processors"]["work"]["status"] == "back-pressure"
+
+
+def test_a_subscription_gets_only_what_it_asked_for() -> None:
+    fm = FlowMetrics(FLOW)
+    fm.update([_report(10, 1)], now=1.0)
+    view, _, _ = fm.update([_report(10, 5)], now=2.0)
+    sub = Subscription(flow="m", processor="src")
+    assert set(sub.pick(view)["processors"]) == {"src"}  # type: ignore[index]
+    assert Subscription(flow="other").pick(view) is None
+    assert Subscription(allowed=lambda f: f != "m").pick(view) is None
+    conn = Subscription(connection="src.success->work.input").pick(view)
+    assert conn is not None and conn["processors"] == {} and len(conn["connections"]) == 1
+
+
+def test_the_history_rolls_seconds_into_minutes_and_hours_and_forgets_by_retention(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    history = History(store.engine, parse_retention("1s=10m"))
+    fm = FlowMetrics(FLOW)
+    start = 1_800_000_000.0  # a whole hour
+    fm.update([_report(10, 0)], now=start - 1)
+    for s in range(150):  # 2.5 minutes, 10 messages a second
+        view, _, deltas = fm.update([_report(10, 10 * (s + 1))], now=start + s + 0.5)
+        history.record(view, deltas, now=start + s + 0.5)
+    history.flush(start + 151, everything=True)
+    seconds = history.points("m", start, start + 200, resolution=1, names=["work"])
+    minutes = history.points("m", start, start + 200, resolution=60, names=["work"])
+    hours = history.points("m", start, start + 200, resolution=3600, names=["work"])
+    assert len(seconds) == 150 and all(p["received"] == 10 for p in seconds)
+    assert [p["received"] for p in minutes] == [600, 600, 300]
+    assert [p["received"] for p in hours] == [1500]
+    assert minutes[0]["process_ms"]["count"] == 600 and minutes[0]["rate"] == 10.0
+    links = history.points("m", start, start + 200, resolution=60, kind="connection")
+    assert [p["received"] for p in links] == [600, 600, 300]
+    # ten minutes of 1 s rows kept; the minutes and hours stay
+    assert history.prune(start + 150 + 600 + 30) > 0
+    assert history.points("m", start, start + 200, resolution=1) == []
+    assert len(history.points("m", start, start + 200, resolution=60, names=["work"])) == 3
+    store.close()
+
+
+STEPS = """
+import time
+
+def gen(n):
+    for i in range(n):
+        yield {"i": i}
+
+def work(payload):
+    time.sleep(0.001)
+    return payload
+
+def sink(payload):
+    pass
+"""
+
+
+def _flow_dir(tmp_path: Path, n: int) -> Path:
+    (tmp_path / "steps.py").write_text(STEPS)
+    (tmp_path / "flow.yaml").write_text(
+        "name: measured\n"
+        "processors:\n"
+        f"  - {{name: gen, code: steps:gen, source: true, config: {{n: {n}}}}}\n"
+        "  - {name: work, code: steps:work, instances: 2}\n"
+        "  - {name: sink, code: steps:sink, instances: 1}\n"
+        "connections:\n"
+        "  - {from: gen, to: work}\n"
+        "  - {from: work, to: sink}\n"
+    )
+    return tmp_path / "flow.yaml"
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "COLUMNS": "200"}  # a wide terminal: tables unwrapped
+    done = subprocess.run([ELASTICCODE, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_run_is_measured_and_its_history_kept(tmp_path: Path) -> None:
+    n = 3000
+    flow = _flow_dir(tmp_path, n)
+    _cli("run", str(flow), cwd=tmp_path)
+    # every message in the history once, whichever resolution is read
+    for resolution in ("1s", "1m", "1h"):
+        rows = json.loads(
+            _cli(
+                "stats",
+                str(flow),
+                "--since",
+                "1h",
+                "--resolution",
+                resolution,
+                "--json",
+                cwd=tmp_path,
+            )
+        )
+        got = {p: sum(r["received"] for r in rows if r["name"] == p) for p in ("work", "sink")}
+        assert got == {"work": n, "sink": n}, resolution
+        assert sum(r["emitted"] for r in rows if r["name"] == "gen") == n
+    rows = json.loads(_cli("stats", str(flow), "--by", "connection", "--json", cwd=tmp_path))
+    assert sum(r["received"] for r in rows if r["name"] == "work.success->sink.input") == n
+    # what the workers measured: every message timed; its age at least its wait
+    store = StateStore(f"sqlite:///{tmp_path / '.elasticcode/measured/state.db'}")
+    reports = store.worker_reports(1)
+    store.close()
+    sink = next(r for r in reports if r.processor == "sink")
+    process = Histogram.from_wire(sink.metrics["process"])
+    wait = Histogram.from_wire(sink.metrics["wait"])
+    age = Histogram.from_wire(sink.metrics["latency"])
+    assert process.count == wait.count == age.count == n
+    assert age.sum >= wait.sum > 0
+    assert sum(r.bytes_in for r in reports if r.processor == "work") == sum(
+        r.bytes_out for r in reports if r.processor == "gen"
+    )
+    view = json.loads(_cli("top", str(flow), "--json", "--once", cwd=tmp_path).splitlines()[0])
+    assert view["v"] == 1 and view["processors"]["sink"]["totals"]["received"] == n
+    assert view["run"]["status"] == "finished"
+    assert view["connections"]["gen.success->work.input"]["depth"] == 0
+    shown = _cli("top", str(flow), "--once", cwd=tmp_path)
+    assert "work.success->sink.input" in shown and "p99 ms" in shown
+
+
+# -- a network ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    for db in postgres_database():
+        n = network_for(tmp_path, "redis", db)
+        try:
+            yield n
+        finally:
+            n.close()
+
+
+def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them(
+    net: Network,
+) -> None:
+    server = net.start_server()
+    net.start_agent("one", capacity=3)
+    net.start_agent("two", capacity=3)
+    flow = net.flow_file(
+        """
+        processors:
+          - {name: a, code: steps:inc, instances: 2}
+          - {name: sink, code: steps:sink, instances: 1}
+        connections:
+          - {from: a, to: sink}
+        """
+    )
+    net.cli("apply", str(flow))
+    net.wait(lambda: net.running({"a": 2, "sink": 1}), 60, "the flow to run")
+    ws_url = server.url.replace("http", "ws", 1) + "/api/v1/metrics/stream"
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        from websockets.sync.client import connect
+
+        with connect(
+            f"{ws_url}?flow={net.flow_name}&processor=sink", additional_headers=net.headers
+        ) as ws:
+            while not done.is_set():
+                try:
+                    seen.append(json.loads(ws.recv(timeout=0.5)))
+                except TimeoutError:
+                    continue
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    sent = range(4000)
+    started = time.time()
+    net.send("a", sent)
+    net.account(sent, timeout=90)
+    time.sleep(2.5)  # the interval that counts the last of them, pushed
+    done.set()
+    listener.join(10)
+    views = [m for m in seen if m.get("type") == "metrics"]
+    assert seen[0]["type"] == "hello" and len(views) >= 3
+    assert all(set(v["processors"]) == {"sink"} for v in views)  # what was asked for only
+    moving = [v for v in views if v["processors"]["sink"]["rates"]["in"] > 0]
+    assert moving, "no view showed the sink taking messages"
+    assert max(v["processors"]["sink"]["totals"]["received"] for v in views) >= len(sent)
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(views)]
+    print(f"views pushed: {len(views)}, interval median {sorted(gaps)[len(gaps) // 2]:.2f}s")
+    assert sorted(gaps)[len(gaps) // 2] < 1.6
+    # Prometheus: counters per instance and host, summed over the flow's instances
+    text = httpx.get(f"{server.url}/api/v1/metrics", headers=net.headers, timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    received = [
+        s
+        for s in families["elasticcode_messages_received"].samples
+        if s.labels["flow"] == net.flow_name and s.name.endswith("_total")
+    ]
+    assert sum(s.value for s in received if s.labels["processor"] == "a") == len(sent)
+    assert {s.labels["host"] for s in received} <= {"host-one", "host-two"}
+    buckets = [
+        s
+        for s in families["elasticcode_processing_seconds"].samples
+        if s.name.endswith("_count") and s.labels["flow"] == net.flow_name
+    ]
+    assert sum(s.value for s in buckets if s.labels["processor"] == "sink") == len(sent)
+    assert httpx.get(f"{server.url}/api/v1/metrics", timeout=10).status_code == 401
+    # the history, written by the leader, through the API and the CLI
+    rows = net.api(
+        "GET", f"/flows/{net.flow_name}/stats", params={"since": time.time() - started + 5}
+    )
+    assert sum(r["received"] for r in rows if r["name"] == "sink") == len(sent)
+    net.env["COLUMNS"] = "200"  # a wide terminal: tables unwrapped
+    out = net.cli("stats", net.flow_name, "--server", server.url, "--since", "5m").stdout
+    assert "sink" in out and "p99 ms" in out
+    top = net.cli("top", net.flow_name, "--server", server.url, "--json", "--once").stdout
+    view = json.loads(top.splitlines()[0])
+    assert view["processors"]["sink"]["totals"]["received"] >= len(sent)
+    assert view["processors"]["a"]["instances"] == 2
+    engine = sa.create_engine(net.db.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as db:
+        resolutions = db.execute(sa.text("SELECT DISTINCT resolution FROM metric_points")).all()
+    engine.dispose()
+    assert {r[0] for r in resolutions} >= {1, 60}
