@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from elasticcode.flow import Flow
+from elasticcode.local import queues as control
 from elasticcode.metrics import BUCKETS, Histogram
 from elasticcode.metrics.history import History, parse_retention
 from elasticcode.metrics.hub import Subscription
@@ -233,6 +234,7 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     net.start_agent("two", capacity=3)
     flow = net.flow_file(
         """
+        settings: {lineage: full}
         processors:
           - {name: a, code: steps:inc, instances: 2}
           - {name: sink, code: steps:sink, instances: 1}
@@ -262,7 +264,7 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     listener.start()
     sent = range(4000)
     started = time.time()
-    net.send("a", sent)
+    ids = control.send(Flow.load(flow), "a", ({"n": n} for n in sent), broker=net.broker)
     net.account(sent, timeout=90)
     time.sleep(2.5)  # the interval that counts the last of them, pushed
     done.set()
@@ -305,8 +307,109 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     view = json.loads(top.splitlines()[0])
     assert view["processors"]["sink"]["totals"]["received"] >= len(sent)
     assert view["processors"]["a"]["instances"] == 2
-    engine = sa.create_engine(net.db.replace("postgresql://", "postgresql+psycopg://", 1))
+    # lineage, written by the flow's workers as the flow's own database role
+    tree = json.loads(
+        net.cli("trace", ids[7], net.flow_name, "--server", server.url, "--json").stdout
+    )
+    assert tree["id"] == ids[7] and [e["event"] for e in tree["events"]] == ["processed"]
+    assert tree["events"][0]["host"] in ("host-one", "host-two")
+    (child,) = tree["children"]
+    assert [e["event"] for e in child["events"]] == ["routed", "dropped"]
+
+
+# -- lineage ------------------------------------------------------------------------------------
+
+LINEAGE_STEPS = """
+def gen(n):
+    for i in range(n):
+        yield {"i": i}
+
+def split(payload):
+    yield {**payload, "half": 0}
+    yield {**payload, "half": 1}
+
+def picky(payload):
+    if payload["i"] == 3 and payload["half"] == 1:
+        raise ValueError("three is odd")
+    return payload
+
+def sink(payload):
+    pass
+"""
+
+
+def _lineage_flow(tmp_path: Path, lineage: str, n: int) -> Path:
+    (tmp_path / "steps.py").write_text(LINEAGE_STEPS)
+    (tmp_path / "flow.yaml").write_text(
+        "name: lin\n"
+        f"settings: {{lineage: {lineage}}}\n"
+        "processors:\n"
+        f"  - {{name: gen, code: steps:gen, source: true, config: {{n: {n}}}}}\n"
+        "  - {name: split, code: steps:split, instances: 1}\n"
+        "  - {name: picky, code: steps:picky, instances: 1, retries: {max: 1, backoff: 10ms}}\n"
+        "  - {name: sink, code: steps:sink, instances: 1}\n"
+        "connections:\n"
+        "  - {from: gen, to: split}\n"
+        "  - {from: split, to: picky}\n"
+        "  - {from: picky, to: sink}\n"
+    )
+    return tmp_path / "flow.yaml"
+
+
+def _lineage_rows(tmp_path: Path) -> list[Any]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / '.elasticcode/lin/state.db'}")
     with engine.connect() as db:
-        resolutions = db.execute(sa.text("SELECT DISTINCT resolution FROM metric_points")).all()
+        rows = db.execute(sa.text("SELECT * FROM lineage")).all()
     engine.dispose()
-    assert {r[0] for r in resolutions} >= {1, 60}
+    return rows
+
+
+def test_a_message_is_traced_from_its_source_to_every_sink_and_where_it_failed(
+    tmp_path: Path,
+) -> None:
+    flow = _lineage_flow(tmp_path, "full", 10)
+    subprocess.run([ELASTICCODE, "run", str(flow)], cwd=tmp_path, capture_output=True)
+    rows = _lineage_rows(tmp_path)
+    dead = [r for r in rows if r.event == "dead-lettered"]
+    assert len(dead) == 1 and "three is odd" in dead[0].error
+    tree = json.loads(_cli("trace", dead[0].message_id, str(flow), "--json", cwd=tmp_path))
+    # the tree starts at the source's message: created, then forked in two by split
+    assert [e["event"] for e in tree["events"]] == ["created", "processed"]
+    assert tree["events"][1]["processor"] == "split" and tree["events"][1]["outputs"] == 2
+    failed, fine = sorted(tree["children"], key=lambda c: c["id"] != dead[0].message_id)
+    assert [e["event"] for e in failed["events"]] == ["routed", "retried", "dead-lettered"]
+    assert failed["children"] == []
+    assert [e["event"] for e in fine["events"]] == ["routed", "processed"]
+    (end,) = fine["children"]
+    assert [e["event"] for e in end["events"]] == ["routed", "dropped"]
+    assert end["events"][1]["processor"] == "sink" and end["events"][1]["wait"] >= 0
+    # every message of the run: 10 created, each in 2 halves, 19 reaching the sink
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.event] = counts.get(r.event, 0) + 1
+    assert counts == {
+        "created": 10, "processed": 29, "routed": 39, "dropped": 19, "retried": 1,
+        "dead-lettered": 1,
+    }  # fmt: skip
+    shown = _cli("trace", end["id"], str(flow), cwd=tmp_path)
+    assert "(asked)" in shown and "dead-lettered by picky[0]" in shown and "(fork)" in shown
+    missing = subprocess.run(
+        [ELASTICCODE, "trace", "0" * 32, str(flow)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no lineage of message" in missing.stderr
+
+
+def test_sampled_lineage_keeps_whole_trees(tmp_path: Path) -> None:
+    flow = _lineage_flow(tmp_path, "{sampled: 0.25}", 400)
+    subprocess.run([ELASTICCODE, "run", str(flow)], cwd=tmp_path, capture_output=True)
+    rows = _lineage_rows(tmp_path)
+    created = {r.message_id for r in rows if r.event == "created"}
+    assert 50 <= len(created) <= 150  # about a quarter of 400
+    # every traced source message's halves and their ends are there; nothing of the others
+    halves = {r.message_id for r in rows if r.event == "routed" and r.parent in created}
+    assert len(halves) == 2 * len(created)
+    assert {r.parent for r in rows if r.event == "routed" and r.processor == "split"} == created
+    ends = [r for r in rows if r.event == "dropped"]
+    assert len(ends) == 2 * len(created) - (
+        1 if any(r.event == "dead-lettered" for r in rows) else 0
+    )

@@ -226,10 +226,28 @@ class Connection(_Model):
         return src, out or "success", dst, inp or ""
 
 
+class Sampled(_Model):
+    """Lineage of a share of the messages: whole trees, chosen where a message enters."""
+
+    sampled: float = Field(gt=0.0, le=1.0)
+
+
 class Settings(_Model):
     max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
     #: Broker URL for this flow's queues (``--broker`` and ``ELASTICCODE_BROKER`` override it).
     broker: str | None = None
+    #: Lineage records (``elasticcode trace``): ``off``, ``full``, or ``{sampled: 0.01}``.
+    lineage: Literal["off", "full"] | Sampled = "off"
+
+    def traces(self, message_id: str) -> bool:
+        """Whether a message entering the flow with this id has its lineage recorded (the
+        messages that descend from it follow it)."""
+        if self.lineage == "off":
+            return False
+        if self.lineage == "full":
+            return True
+        assert isinstance(self.lineage, Sampled)
+        return int(message_id[:8], 16) < self.lineage.sampled * 2**32
 
 
 class Flow(_Model):

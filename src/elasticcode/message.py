@@ -2,8 +2,8 @@
 
 A message carries an id, the flow it belongs to, the processor that emitted it, its creation
 time, the ids of its lineage parents, free-form attributes, a payload, and the creation time of
-the source message it descends from (``born``: how old a message's data is, end to end). The
-payload is any JSON-like value (dict, list, str, int, float, bool, None) or raw ``bytes``.
+the source message it descends from (``born``: how old a message's data is, end to end) and
+whether its lineage is recorded (``traced``). The payload is any JSON-like value (dict, list, str, int, float, bool, None) or raw ``bytes``.
 
 Ids are derived, not random, wherever the engine can: a source's n-th message and a
 processor's n-th output for a given input always get the same id. A redelivered input
@@ -43,6 +43,8 @@ class Message:
     delivery: int = 1
     #: When the source message this one descends from was created (0: this one's ``created``).
     born: float = 0.0
+    #: Whether its lineage is recorded (chosen where its tree entered the flow).
+    traced: bool = False
 
     def __post_init__(self) -> None:
         if not self.born:
@@ -68,6 +70,7 @@ def encode(message: Message, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
                 message.attributes,
                 message.payload,
                 message.born,
+                message.traced,
             ]
         )
     except (TypeError, ValueError, OverflowError) as exc:
@@ -90,14 +93,14 @@ def decode(body: bytes, delivery: int = 1) -> Message:
         fields = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise MessageError(f"malformed message body ({len(body)} bytes): {exc}") from None
-    # an envelope of 8 fields is from before ``born`` was added; its creation time stands in
-    if not isinstance(fields, list) or len(fields) not in (8, 9) or fields[0] != WIRE_VERSION:
+    # an envelope of 8 fields is from before ``born`` and ``traced``: its creation time stands in
+    if not isinstance(fields, list) or len(fields) not in (8, 10) or fields[0] != WIRE_VERSION:
         raise MessageError(
             f"malformed message body ({len(body)} bytes): not an ElasticCode v{WIRE_VERSION} "
             "envelope"
         )
     _, id_, flow, origin, created, parents, attributes, payload = fields[:8]
-    born = fields[8] if len(fields) == 9 else created
+    born, traced = (fields[8], fields[9]) if len(fields) == 10 else (created, False)
     if not isinstance(attributes, dict) or not isinstance(parents, list):
         raise MessageError("malformed message body: attributes or parents have the wrong type")
     if isinstance(created, bool) or not isinstance(created, int | float):
@@ -114,6 +117,7 @@ def decode(body: bytes, delivery: int = 1) -> Message:
         attributes=attributes,
         delivery=delivery,
         born=float(born),
+        traced=traced is True,
     )
 
 

@@ -40,6 +40,8 @@ from .errors import (
 from .flow import Flow
 from .message import Message, decode, derive_id, encode
 from .metrics import Histogram
+from .metrics.lineage import Recorder
+from .metrics.lineage import write as write_lineage
 from .processor import PART, Context, Loaded, Output, parts, parts_sync
 from .secret import SecretMissing, names_in, resolve
 from .store import StateStore, WorkerReport
@@ -107,6 +109,12 @@ class Worker:
         #: messages received per input queue; per output queue, the last depth read
         self.received_from: dict[str, int] = {}
         self.depths: dict[str, list[float]] = {}
+        #: the lineage of traced messages (None: the flow traces none)
+        self.lineage: Recorder | None = None
+        if flow.settings.lineage != "off":
+            commit = self.spec.git.commit if self.spec.git is not None else None
+            self.lineage = Recorder(flow.name, processor, instance, self.report.host, commit)
+        self._writing: asyncio.Future[None] | None = None
         self.stopping = False
         #: set when the worker outgrew max_memory and stops to be restarted
         self.recycle = False
@@ -161,6 +169,7 @@ class Worker:
             if self.report.status == "running":
                 self.report.status = "stopped"
             self._publish_report(force=True)
+            self._write_lineage(wait=True)
             await self.broker.close()
         return 0
 
@@ -205,6 +214,27 @@ class Worker:
                 self.state.report(self.report)
             except Exception as exc:  # reporting must never stop the data plane
                 log.warning("cannot write worker report: %s", exc)
+            self._write_lineage()
+
+    def _write_lineage(self, wait: bool = False) -> None:
+        """Write the lineage noted since the last time, in a thread (one write at a time; at
+        the end, ``wait``, in this one)."""
+        if self.lineage is None or not self.lineage.rows:
+            return
+        if self._writing is not None and not self._writing.done() and not wait:
+            return  # still writing the last batch: this one waits for the next report
+        rows = self.lineage.take()
+
+        def write() -> None:
+            try:
+                write_lineage(self.state.engine, rows)
+            except Exception as exc:  # lineage is not worth stopping the data plane for
+                log.warning("cannot write %d lineage record(s): %s", len(rows), exc)
+
+        if wait:
+            write()
+        else:
+            self._writing = asyncio.get_running_loop().run_in_executor(None, write)
 
     async def _wait_for_room(self) -> int:
         """Back pressure: wait while any outgoing connection is at its threshold.
@@ -267,6 +297,7 @@ class Worker:
             attributes = parent.attributes if parent is not None else {}
             if out.attributes:
                 attributes = {**attributes, **out.attributes}
+            traced = parent.traced if parent is not None else self.flow.settings.traces(mid)
             child = Message(
                 out.payload,
                 mid,
@@ -276,12 +307,22 @@ class Worker:
                 (parent.id,) if parent is not None else (),
                 attributes,
                 born=parent.born if parent is not None else now,
+                traced=traced,
             )
             try:
                 body = encode(child, self.max_bytes)
             except MessageError as exc:
                 raise OutputError(f"output on port {out.port!r}: {exc}") from None
             items.extend((q, body) for q in queues)
+            if traced and self.lineage is not None:
+                self.lineage.note(
+                    "routed" if parent is not None else "created",
+                    mid,
+                    parent=parent.id if parent is not None else None,
+                    port=out.port,
+                    size=len(body),
+                    attributes=attributes,
+                )
             self.report.bytes_out += len(body) * len(queues)
         return items
 
@@ -389,6 +430,8 @@ class Consumer(Worker):
                     settlement,
                     retry=False,
                 )
+                if msg.traced and self.lineage is not None:
+                    self.lineage.note("dead-lettered", msg.id, attempt=tries, error="crashed")
                 return
         now = time.time()
         self.wait.observe(max(0.0, now - msg.created))
@@ -397,6 +440,7 @@ class Consumer(Worker):
         limit = self.spec.timeout
         staged = _Staged(self, msg)
         started = time.perf_counter()
+        error: str | None = None
         try:
             if self.loaded.is_async:
                 await asyncio.wait_for(staged.run_async(self.loaded.call, msg.payload, ctx), limit)
@@ -404,21 +448,35 @@ class Consumer(Worker):
                 await staged.run_sync(self.loaded.call, msg.payload, ctx, limit)
         except (TimeoutError, _TimedOut):
             error = f"timed out: took longer than {limit:g}s (timeout) over this message"
-            self._failed(d, msg, error, "", settlement, retry=True)
+            outcome = self._failed(d, msg, error, "", settlement, retry=True)
         except Reject as exc:
-            self._failed(d, msg, f"rejected: {exc}", "", settlement, retry=False)
+            error = f"rejected: {exc}"
+            outcome = self._failed(d, msg, error, "", settlement, retry=False)
         except OutputError as exc:
-            self._failed(d, msg, str(exc), "", settlement, retry=False)
+            error = str(exc)
+            outcome = self._failed(d, msg, error, "", settlement, retry=False)
         except Exception as exc:
             tb = traceback.format_exc()
-            self._failed(d, msg, f"{type(exc).__name__}: {exc}", tb, settlement, retry=True)
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = self._failed(d, msg, error, tb, settlement, retry=True)
         else:
             settlement.publish.extend(staged.items)
             settlement.ack.append(d)
             report.emitted += staged.emitted
             deferred.extend(ctx.deferred)
-        finally:
-            self.process.observe(time.perf_counter() - started)
+            outcome = "processed" if staged.emitted else "dropped"
+        took = time.perf_counter() - started
+        self.process.observe(took)
+        if msg.traced and self.lineage is not None:
+            self.lineage.note(
+                outcome,
+                msg.id,
+                wait=round(now - msg.created, 6),
+                duration=round(took, 6),
+                attempt=d.delivery,
+                outputs=staged.emitted if error is None else None,
+                error=error,
+            )
 
     def _failed(
         self,
@@ -428,7 +486,9 @@ class Consumer(Worker):
         tb: str,
         settlement: Settlement,
         retry: bool,
-    ) -> None:
+    ) -> str:
+        """Settle a failed message: retried, routed to ``failure``, or dead-lettered (which
+        of them it was is returned, as lineage names it)."""
         report = self.report
         report.errors += 1
         attempt = d.delivery
@@ -438,7 +498,7 @@ class Consumer(Worker):
             report.retried += 1
             settlement.retry.append((d, retries.delay(attempt), error))
             log.info("processor %s: %s; retry %d of %d", self.name, error, attempt, retries.max)
-            return
+            return "retried"
         log.warning("processor %s: %s; giving up after %d attempt(s)", self.name, error, attempt)
         failure = self.outputs.get("failure")
         if failure and msg is not None:
@@ -459,6 +519,7 @@ class Consumer(Worker):
                 (msg.id,),
                 attrs,
                 born=msg.born,
+                traced=msg.traced,
             )
             try:
                 body = encode(child, self.max_bytes)
@@ -467,9 +528,14 @@ class Consumer(Worker):
             else:
                 settlement.publish.extend((q, body) for q in failure)
                 settlement.ack.append(d)
-                return
+                if msg.traced and self.lineage is not None:
+                    self.lineage.note(
+                        "routed", child.id, parent=msg.id, port="failure", size=len(body)
+                    )
+                return "failed"
         report.dead += 1
         settlement.dead.append((d, f"processor {self.name!r}: {error}" + (f"\n{tb}" if tb else "")))
+        return "dead-lettered"
 
 
 class _Staged:

@@ -1,5 +1,6 @@
-"""``elasticcode top`` and ``elasticcode stats``: a flow's metrics, live and past, on one host
-(read from its state directory) or in a network (from a server, with ``--server``)."""
+"""``elasticcode top``, ``stats`` and ``trace``: a flow's metrics live and past, and a
+message's lineage, on one host (read from its state directory) or in a network (from a
+server, with ``--server``)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.tree import Tree
 
 from ..brokers import flow_broker
 from ..errors import ElasticCodeError
 from ..flow import Flow
 from ..local.paths import state_paths
+from ..metrics import lineage
 from ..metrics.history import History
 from ..metrics.hub import INTERVAL
 from ..metrics.view import FlowMetrics
@@ -38,6 +41,7 @@ EPILOG = (
 def register(main: click.Group) -> None:
     main.add_command(top)
     main.add_command(stats)
+    main.add_command(trace)
 
 
 def _network(server: str | None) -> bool:
@@ -288,3 +292,96 @@ def stats(
             ]
         table.add_row(*cells)
     Console().print(table)
+
+
+@click.command(epilog=EPILOG)
+@click.argument("message_id")
+@click.argument("flow", required=False)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
+)
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="A network's server (FLOW: a deployed flow's name; every flow you may read when not given).",
+)
+@click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
+def trace(
+    message_id: str,
+    flow: str | None,
+    state_dir: str | None,
+    server: str | None,
+    ca: str | None,
+    as_json: bool,
+) -> None:
+    """The lineage of MESSAGE_ID: the tree of messages it belongs to, from the one that entered
+    the flow to every sink, with where each waited, how long it took and where it failed.
+    The flow records lineage when its settings say so (lineage: full, or {sampled: 0.01})."""
+    if _network(server):
+        from ..network.client import Api
+
+        api = Api(server, ca)
+        names = [flow] if flow else [f["name"] for f in api("GET", "/flows")]
+        tree = None
+        for name in names:
+            try:
+                tree = api("GET", f"/flows/{name}/trace/{message_id}")
+                break
+            except ElasticCodeError as exc:
+                if len(names) == 1 or "no lineage" not in str(exc):
+                    raise
+        if tree is None:
+            raise ElasticCodeError(f"no lineage of message {message_id!r} in any flow you may read")
+    else:
+        if flow is None:
+            raise click.UsageError("give the flow (a flow file), or --server URL for a network's")
+        model = load_flow(flow)
+        _, _, state_url = state_paths(model, state_dir)
+        store = StateStore(state_url)
+        try:
+            node = lineage.trace(store.engine, model.name, message_id)
+        finally:
+            store.close()
+        if node is None:
+            raise ElasticCodeError(
+                f"no lineage of message {message_id!r} in {model.name}: its lineage is "
+                "recorded when the flow's settings say lineage: full (or sampled: SHARE)"
+            )
+        tree = node.as_dict()
+    if as_json:
+        click.echo(json.dumps(tree, indent=2))
+    else:
+        Console().print(render_trace(tree, message_id))
+
+
+def render_trace(node: dict[str, Any], asked: str, into: Tree | None = None) -> Tree:
+    """A lineage tree as text: each message with its events, then the messages it led to."""
+    label = f"[bold]{node['id']}[/]" + (" [cyan](asked)[/]" if node["id"] == asked else "")
+    branch = Tree(label) if into is None else into.add(label)
+    for e in node["events"]:
+        branch.add(_describe(e))
+    for child in node["children"]:
+        render_trace(child, asked, branch)
+    return branch
+
+
+def _describe(e: dict[str, Any]) -> str:
+    at = datetime.datetime.fromtimestamp(e["at"]).strftime("%H:%M:%S.%f")[:-3]
+    who = f"{e['processor']}[{e['instance']}] on {e['host']} at {at}"
+    kind = e["event"]
+    if kind in ("created", "routed"):
+        verb = "created by" if kind == "created" else "emitted by"
+        return f"{verb} {who} to port {e.get('port')} ({e.get('size', 0):,} bytes)"
+    timing = f"waited {e.get('wait', 0) * 1000:,.1f} ms, took {e.get('duration', 0) * 1000:,.1f} ms"
+    if kind == "processed":
+        n = e.get("outputs", 0)
+        return f"processed by {who}: {timing}, {n} output(s){' (fork)' if n > 1 else ''}"
+    if kind == "dropped":
+        return f"ended at {who}: {timing}, nothing emitted"
+    attempt = f" (attempt {e['attempt']})" if e.get("attempt") else ""
+    return f"[red]{kind}[/] by {who}{attempt}: {e.get('error', '')}"

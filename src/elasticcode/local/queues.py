@@ -79,7 +79,9 @@ def send(
     ids: list[str] = []
     items = []
     for payload in payloads:
-        msg = Message(payload, uuid.uuid4().hex, flow.name, "send", now, (), dict(attributes or {}))
+        mid = uuid.uuid4().hex
+        msg = Message(payload, mid, flow.name, "send", now, (), dict(attributes or {}))
+        msg.traced = flow.settings.traces(mid)
         items.append((queue, encode(msg, flow.settings.max_message_bytes)))
         ids.append(msg.id)
 

@@ -23,25 +23,28 @@ from ..errors import ElasticCodeError
 from ..store.db import upsert
 from ..store.tables import metric_points
 from ..units import parse_duration
+from . import lineage
 from .histogram import Histogram
 from .view import COUNTS, TIMINGS, Delta, percentiles
 
-#: resolution (seconds) → how long its rows are kept (seconds), unless configured otherwise
-RETENTION = {1: 6 * 3600, 60: 14 * 86400, 3600: 400 * 86400}
-NAMES = {1: "1s", 60: "1m", 3600: "1h"}
+#: resolution (seconds) → how long its rows are kept (seconds), unless configured otherwise;
+#: 0: the lineage records
+RETENTION = {1: 6 * 3600, 60: 14 * 86400, 3600: 400 * 86400, 0: 7 * 86400}
+NAMES = {1: "1s", 60: "1m", 3600: "1h", 0: "lineage"}
 PRUNE_EVERY = 60.0
 
 
 def parse_retention(text: str) -> dict[int, int]:
-    """``1s=6h,1m=14d,1h=400d`` (any of them) → {resolution: seconds}, the rest as default."""
+    """``1s=6h,1m=14d,1h=400d,lineage=7d`` (any of them) → {resolution: seconds} (0: the
+    lineage), the rest as default."""
     out = dict(RETENTION)
     by_name = {v: k for k, v in NAMES.items()}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, keep = part.partition("=")
         if name.strip() not in by_name or not keep:
             raise ElasticCodeError(
-                f"bad history retention {part!r}: write RESOLUTION=DURATION with RESOLUTION "
-                "one of 1s, 1m, 1h, e.g. 1s=6h,1m=14d,1h=400d"
+                f"bad history retention {part!r}: write WHAT=DURATION with WHAT one of 1s, "
+                "1m, 1h, lineage, e.g. 1s=6h,1m=14d,1h=400d,lineage=7d"
             )
         out[by_name[name.strip()]] = int(parse_duration(keep.strip()))
     return out
@@ -100,7 +103,7 @@ class History:
 
     def __init__(self, engine: sa.Engine, retention: dict[int, int] | None = None) -> None:
         self.engine = engine
-        self.retention = retention or dict(RETENTION)
+        self.retention = {**RETENTION, **(retention or {})}
         #: (flow, second) → (kind, name) → point: seconds not yet over
         self._open: dict[tuple[str, int], dict[tuple[str, str], Point]] = {}
         self._pruned = 0.0
@@ -179,11 +182,14 @@ class History:
             db.execute(upsert(self.engine, metric_points, values, list(_KEY)))
 
     def prune(self, now: float | None = None) -> int:
-        """Delete rows past their resolution's retention; return how many."""
+        """Delete rows past their resolution's retention, and lineage past its own; return
+        how many."""
         now = time.time() if now is None else now
-        gone = 0
+        gone = lineage.prune(self.engine, now - self.retention[0])
         with self.engine.begin() as db:
             for resolution, keep in self.retention.items():
+                if not resolution:
+                    continue
                 gone += db.execute(
                     metric_points.delete().where(
                         metric_points.c.resolution == resolution,
@@ -246,10 +252,10 @@ class History:
     def resolution_for(self, since: float, until: float) -> int:
         span = max(until - since, 1.0)
         now = time.time()
-        for resolution in sorted(self.retention):
+        for resolution in sorted(r for r in self.retention if r):
             if since >= now - self.retention[resolution] and span / resolution <= 2000:
                 return resolution
-        return max(self.retention)
+        return max(r for r in self.retention if r)
 
 
 _KEY = ("flow", "resolution", "at", "kind", "name")

@@ -33,6 +33,7 @@ PRIVILEGES = {
     "workers": "SELECT, INSERT, UPDATE",
     "attempts": "SELECT, INSERT, UPDATE, DELETE",
     "kv": "SELECT, INSERT, UPDATE, DELETE",
+    "lineage": "SELECT, INSERT",
     "alembic_version": "SELECT",
 }
 

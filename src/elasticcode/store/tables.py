@@ -273,3 +273,32 @@ metric_points = sa.Table(
     sa.Column("depth", sa.BigInteger, nullable=False),  # most seen in the interval
     sa.Column("hists", sa.Text),  # JSON: process, wait, latency histograms of the interval
 )
+
+# -- lineage ----------------------------------------------------------------------------------
+
+#: One row per event in a traced message's life (see ``metrics.lineage``); no key of its own:
+#: rows are only ever added (by workers), read by message id and parent, and expire by age.
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column("flow", sa.String(200), nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(20), nullable=False),
+    sa.Column("parent", sa.String(64)),
+    sa.Column("processor", sa.String(200), nullable=False),
+    sa.Column("instance", sa.Integer, nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("port", sa.String(200)),
+    sa.Column("wait", sa.Float),  # seconds in its queue before this processor took it
+    sa.Column("duration", sa.Float),  # seconds in the processor
+    sa.Column("size", sa.Integer),  # encoded bytes
+    sa.Column("attempt", sa.Integer),
+    sa.Column("outputs", sa.Integer),  # messages it gave rise to here (>1: a fork)
+    sa.Column("error", sa.Text),
+    sa.Column("attributes", sa.Text),  # JSON: the attribute names (not their values)
+    sa.Column("code", sa.String(64)),  # the processor's code commit, if from git
+    sa.Index("lineage_message", "flow", "message_id"),
+    sa.Index("lineage_parent", "flow", "parent"),
+    sa.Index("lineage_at", "flow", "at"),
+)

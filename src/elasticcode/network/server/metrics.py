@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import AuthError
+from ...metrics import lineage
 from ...metrics.hub import Subscription
 from ...metrics.prometheus import CONTENT_TYPE, exposition
 from ..privileges import Caller
@@ -109,3 +110,18 @@ async def metrics_stream(ws: WebSocket) -> None:
         pass
     finally:
         hub.subscribers.discard(sub)
+
+
+@router.get("/flows/{name}/trace/{message_id}", dependencies=[needs("flow.read")])
+async def flow_trace(srv: Srv, name: str, message_id: str) -> dict[str, Any]:
+    """The lineage tree the message belongs to: from the message that entered the flow to
+    every descendant, each with its events (``docs/metrics.md``)."""
+    await run_in_threadpool(srv.cluster.flow, name)
+    found = await run_in_threadpool(lineage.trace, srv.cluster.engine, name, message_id[:64])
+    if found is None:
+        raise HTTPException(
+            404,
+            f"no lineage of message {message_id[:64]!r} in flow {name!r}: is its lineage "
+            "recorded (settings.lineage: full, or sampled) and not yet expired?",
+        )
+    return found.as_dict()

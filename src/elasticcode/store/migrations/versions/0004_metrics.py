@@ -1,5 +1,6 @@
 """Metrics: what each worker measures besides its counts (host, bytes, histograms, depths
-read) and the metrics history (rollups at 1 s, 1 min and 1 h).
+read), the metrics history (rollups at 1 s, 1 min and 1 h) and the lineage of traced
+messages, which a flow's workers write (on PostgreSQL: their own flow's rows only).
 
 Revision ID: 0004
 Revises: 0003
@@ -41,9 +42,40 @@ def upgrade() -> None:
         sa.Column("depth", sa.BigInteger, nullable=False),
         sa.Column("hists", sa.Text),
     )
+    op.create_table(
+        "lineage",
+        sa.Column("flow", sa.String(200), nullable=False),
+        sa.Column("message_id", sa.String(64), nullable=False),
+        sa.Column("event", sa.String(20), nullable=False),
+        sa.Column("parent", sa.String(64)),
+        sa.Column("processor", sa.String(200), nullable=False),
+        sa.Column("instance", sa.Integer, nullable=False),
+        sa.Column("host", sa.String(200), nullable=False),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("port", sa.String(200)),
+        sa.Column("wait", sa.Float),
+        sa.Column("duration", sa.Float),
+        sa.Column("size", sa.Integer),
+        sa.Column("attempt", sa.Integer),
+        sa.Column("outputs", sa.Integer),
+        sa.Column("error", sa.Text),
+        sa.Column("attributes", sa.Text),
+        sa.Column("code", sa.String(64)),
+    )
+    op.create_index("lineage_message", "lineage", ["flow", "message_id"])
+    op.create_index("lineage_parent", "lineage", ["flow", "parent"])
+    op.create_index("lineage_at", "lineage", ["flow", "at"])
+    if op.get_context().dialect.name == "postgresql":
+        rule = "flow = elasticcode_worker_flow()"
+        op.execute("ALTER TABLE lineage ENABLE ROW LEVEL SECURITY")
+        op.execute(f"CREATE POLICY worker_flow ON lineage USING ({rule}) WITH CHECK ({rule})")
+        # the roles of flows deployed before: what new roles get (``workerdb.PRIVILEGES``)
+        for (role,) in op.get_bind().execute(sa.text("SELECT role FROM worker_roles")):
+            op.execute(f"GRANT SELECT, INSERT ON lineage TO {role}")
 
 
 def downgrade() -> None:
+    op.drop_table("lineage")
     op.drop_table("metric_points")
     with op.batch_alter_table("workers") as t:
         for name in ("metrics", "bytes_out", "bytes_in", "host"):
