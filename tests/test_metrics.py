@@ -4,6 +4,7 @@ a network's websocket stream, Prometheus scrape and history through a real serve
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
@@ -397,6 +398,21 @@ def test_a_message_is_traced_from_its_source_to_every_sink_and_where_it_failed(
         [ELASTICCODE, "trace", "0" * 32, str(flow)], cwd=tmp_path, capture_output=True, text=True
     )
     assert missing.returncode == 2 and "no lineage of message" in missing.stderr
+    # exported for mining: the same rows as CSV and as Parquet
+    import pyarrow.parquet as pq
+
+    for fmt in ("csv", "parquet"):
+        out = _cli(
+            "export-history", str(flow), "--format", fmt, "-o", str(tmp_path / fmt), cwd=tmp_path
+        )
+        assert f"lineage.{fmt}: {len(rows)} lineage rows" in out
+    with open(tmp_path / "csv" / "lineage.csv") as f:
+        exported = list(csv.DictReader(f))
+    assert len(exported) == len(rows) and {r["event"] for r in exported} == set(counts)
+    table = pq.read_table(tmp_path / "parquet" / "lineage.parquet")
+    assert table.num_rows == len(rows) and "duration" in table.column_names
+    points = pq.read_table(tmp_path / "parquet" / "metrics.parquet").to_pylist()
+    assert sum(p["received"] for p in points if p["resolution"] == 1 and p["name"] == "sink") == 19
 
 
 def test_sampled_lineage_keeps_whole_trees(tmp_path: Path) -> None:
@@ -413,3 +429,50 @@ def test_sampled_lineage_keeps_whole_trees(tmp_path: Path) -> None:
     assert len(ends) == 2 * len(created) - (
         1 if any(r.event == "dead-lettered" for r in rows) else 0
     )
+
+
+def test_a_run_serves_its_metrics_when_asked(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    from .network import free_port
+
+    flow = _flow_dir(tmp_path, 4000)
+    port = free_port()
+    proc = subprocess.Popen(
+        [ELASTICCODE, "run", str(flow), "--forever", "--quiet", "--metrics-port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ws = connect(f"ws://127.0.0.1:{port}/metrics/stream?processor=work", open_timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no endpoint"
+                time.sleep(0.2)
+        with ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+            views = []
+            while not views or views[-1]["processors"]["work"]["totals"]["received"] < 4000:
+                m = json.loads(ws.recv(timeout=10))
+                if m["type"] == "metrics":
+                    assert set(m["processors"]) == {"work"}
+                    views.append(m)
+        assert any(v["processors"]["work"]["rates"]["in"] > 0 for v in views)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        received = {
+            s.labels["processor"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "elasticcode_messages_received"
+            for s in f.samples
+            if s.labels["instance"] == "0" and s.name.endswith("_total")
+        }
+        assert received["sink"] == 4000
+    finally:
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

@@ -61,6 +61,13 @@ broker_option = click.option(
 )
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; print only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the run's metrics on 127.0.0.1 at this port: /metrics (Prometheus) and "
+    "/metrics/stream (websocket). Needs the server extra.",
+)
 def run_cmd(
     flow: str,
     state_dir: str | None,
@@ -70,6 +77,7 @@ def run_cmd(
     fresh: bool,
     quiet: bool,
     as_json: bool,
+    metrics_port: int | None,
 ) -> None:
     """Run FLOW until its sources are exhausted and its queues drained.
 
@@ -83,6 +91,7 @@ def run_cmd(
         forever=forever,
         fresh=fresh,
         progress=Progress(None if (quiet or as_json) else Console()),
+        metrics_port=metrics_port,
     )
     if as_json:
         click.echo(json.dumps(summarize(result), indent=2))

@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,6 +43,7 @@ def register(main: click.Group) -> None:
     main.add_command(top)
     main.add_command(stats)
     main.add_command(trace)
+    main.add_command(export_history)
 
 
 def _network(server: str | None) -> bool:
@@ -385,3 +387,75 @@ def _describe(e: dict[str, Any]) -> str:
         return f"ended at {who}: {timing}, nothing emitted"
     attempt = f" (attempt {e['attempt']})" if e.get("attempt") else ""
     return f"[red]{kind}[/] by {who}{attempt}: {e.get('error', '')}"
+
+
+@click.command("export-history")
+@click.argument("flow")
+@click.option("--since", default="1d", show_default=True, help="How far back: 15m, 6h, 7d.")
+@click.option("--until", "until_ago", default="0s", show_default=True, help="Up to how long ago.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="Parquet needs the export extra (pyarrow).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="The folder to write metrics.FORMAT and lineage.FORMAT into.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
+)
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    metavar="URL",
+    help="A network's state store (FLOW: a deployed flow's name) [default: $ELASTICCODE_DB for a flow name].",
+)
+def export_history(
+    flow: str,
+    since: str,
+    until_ago: str,
+    fmt: str,
+    output: str,
+    state_dir: str | None,
+    db_url: str | None,
+) -> None:
+    """Write FLOW's metrics history and lineage of a time range to CSV or Parquet files, for
+    analysis elsewhere (their columns: docs/metrics.md). On one host FLOW is the flow file;
+    for a network, give its state store with --db and FLOW as the deployed flow's name."""
+    from ..metrics.export import export
+
+    db_url = db_url or (os.environ.get("ELASTICCODE_DB") if not Path(flow).exists() else None)
+    if db_url:
+        name, url = flow, db_url
+    else:
+        model = load_flow(flow)
+        name, (_, _, url) = model.name, state_paths(model, state_dir)
+    now = time.time()
+    start, end = now - parse_duration(since), now - parse_duration(until_ago)
+    store = StateStore(url)
+    try:
+        written = export(
+            store.engine,
+            name,
+            start,
+            end,
+            Path(output),
+            fmt,
+            progress=lambda table, n: click.echo(f"{table}: {n:,} rows…", err=True),
+        )
+    finally:
+        store.close()
+    for table, (path, n) in written.items():
+        click.echo(f"{path}: {n:,} {table} rows")

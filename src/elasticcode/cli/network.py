@@ -131,6 +131,13 @@ def server() -> None:
     help="The state store as agents' hosts reach it; each flow's workers log in as a role "
     "of their own [default: --db].",
 )
+@click.option(
+    "--history-retention",
+    default="",
+    metavar="SPEC",
+    help="How long the metrics history and lineage are kept, e.g. 1s=6h,1m=14d,1h=400d,"
+    "lineage=7d (those are the defaults; name only what you change).",
+)
 def server_start(
     url: str | None,
     broker: str | None,
@@ -145,12 +152,14 @@ def server_start(
     agent_timeout: float,
     lease: float,
     worker_db: str | None,
+    history_retention: str,
 ) -> None:
     """Run a server until interrupted. Several may run on one database; one leads.
 
     Every call but a login needs a credential. On a database with no users the first start
     makes one, admin, and prints its password once (or takes $ELASTICCODE_ADMIN_PASSWORD).
     Beyond 127.0.0.1 the server wants --tls-cert and --tls-key."""
+    from ..metrics.history import parse_retention
     from ..network.policy import no_secrets_in_clear
     from ..network.server import ServerSettings, serve
     from ..network.server.app import Listen
@@ -173,6 +182,7 @@ def server_start(
         heartbeat=min(2.0, agent_timeout / 4),
         secret_key=read_key(secret_key_file),
         hosts=allowed,
+        history_retention=parse_retention(history_retention),
     )
     serve(settings, listen)
 

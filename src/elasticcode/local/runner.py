@@ -29,6 +29,7 @@ from ..metrics.history import History
 from ..metrics.hub import INTERVAL, MetricsHub
 from ..store import StateStore, WorkerReport
 from ..supervisor import Supervisor
+from .endpoint import Endpoint
 from .paths import RunLock, state_paths
 from .progress import Progress
 from .result import ProcessorTotals, RunResult, totals
@@ -74,8 +75,10 @@ def run(
     fresh: bool = False,
     progress: Progress | None = None,
     on_start: Callable[[Supervisor], None] | None = None,
+    metrics_port: int | None = None,
 ) -> RunResult:
-    """Run a flow until it is done (or interrupted); return what happened."""
+    """Run a flow until it is done (or interrupted); return what happened. With
+    ``metrics_port``, serve its metrics on 127.0.0.1 at that port (see ``endpoint``)."""
     if not isinstance(flow, Flow):
         flow = Flow.load(flow)
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
@@ -99,6 +102,7 @@ def run(
                 on_start,
                 pinned,
                 broken,
+                metrics_port,
             )
         )
     finally:
@@ -117,6 +121,7 @@ async def _run(
     on_start: Callable[[Supervisor], None] | None,
     pinned: list[str],
     broken: dict[str, str],
+    metrics_port: int | None = None,
 ) -> RunResult:
     state = StateStore(state_url)
     broker = flow_broker(broker_url, flow)
@@ -142,6 +147,12 @@ async def _run(
             f"{problem}. It does not run; its input waits in its queue: fix it and run again"
         )
     one = _Run(flow, root, broker, state, supervisor, progress, run_id, broken, events)
+    if metrics_port is not None:
+        one.endpoint = Endpoint(one.metrics, metrics_port)
+        one.endpoint.start()
+        events.append(
+            f"metrics at {one.endpoint.url}/metrics and ws://127.0.0.1:{metrics_port}/metrics/stream"
+        )
     started = time.monotonic()
     status = "interrupted"
     loop = asyncio.get_running_loop()
@@ -212,6 +223,8 @@ class _Run:
         #: the run's metrics, recorded in its state store's history every interval
         self.metrics = MetricsHub(History(state.engine))
         self._measured = 0.0
+        #: where the run serves its metrics, if asked to
+        self.endpoint: Endpoint | None = None
 
     def _say(self, event: str) -> None:
         self.events.append(event)
@@ -272,9 +285,12 @@ class _Run:
             return
         self._measured = now
         try:
-            self.metrics.publish(self.metrics.tick([(self.flow, reports)], depths=depths))
+            messages = self.metrics.tick([(self.flow, reports)], depths=depths)
         except (StateError, sa.exc.OperationalError) as exc:
             log.warning("cannot record the run's metrics: %s", exc)
+            return
+        if self.endpoint is not None:
+            self.endpoint.publish(messages)
 
     async def finish(self, status: str) -> tuple[dict[str, ProcessorTotals], dict[str, int], int]:
         """Stop the workers, record how the run ended; return its counts, what is left in
@@ -295,6 +311,8 @@ class _Run:
         with contextlib.suppress(StateError, sa.exc.OperationalError):
             if self.metrics.history is not None:
                 self.metrics.history.flush(everything=True)
+        if self.endpoint is not None:
+            self.endpoint.stop()
         dead = await broker.dead_letter_count(self.queues)
         await broker.close()
         state.close()
