@@ -47,6 +47,7 @@ import raw_relay
 
 import elasticcode
 from elasticcode.brokers import open_broker
+from elasticcode.flow import Sampled
 from elasticcode.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
@@ -78,9 +79,18 @@ class Sample:
 
 
 def build_flow(
-    name: str, messages: int, out: Path, prefetch: int | None, rate: float, cpu_ms: float = 0.0
+    name: str,
+    messages: int,
+    out: Path,
+    prefetch: int | None,
+    rate: float,
+    cpu_ms: float = 0.0,
+    lineage: str = "off",
 ) -> elasticcode.Flow:
     flow = elasticcode.Flow(name=name, path=["."], base_dir=HERE)
+    if lineage != "off":
+        share = None if lineage == "full" else float(lineage)
+        flow.settings.lineage = "full" if share is None else Sampled(sampled=share)
     extra = {} if prefetch is None else {"prefetch": prefetch}
     flow.processor(
         "source",
@@ -151,13 +161,14 @@ def run_once(
     rate: float,
     keep: bool,
     cpu_ms: float = 0.0,
+    lineage: str = "off",
 ) -> Sample:
     """One run of the flow; ``url`` None runs it on the embedded default in a fresh folder."""
     tmp = Path(tempfile.mkdtemp(prefix="ec-bench-"))
     # a server is shared: a unique flow name gives the run queues of its own
     name = "bench" if url is None else f"bench_{uuid.uuid4().hex[:12]}"
     out = tmp / "latency"
-    flow = build_flow(name, messages, out, prefetch, rate, cpu_ms)
+    flow = build_flow(name, messages, out, prefetch, rate, cpu_ms, lineage)
     started = time.time()
 
     def watch(agent: Supervisor) -> None:
@@ -400,6 +411,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep each run's temporary folder (state, logs)"
     )
+    parser.add_argument(
+        "--lineage",
+        default="off",
+        metavar="off|full|SHARE",
+        help="the flow's lineage setting: off (default), full, or a share sampled (0.01)",
+    )
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or any(w < 1 for w in args.workers):
         parser.error("--messages, --rounds and --workers must be at least 1")
@@ -476,6 +493,7 @@ def run(args: argparse.Namespace) -> tuple[int, Samples]:
                         rates[label],
                         args.keep,
                         args.cpu_ms,
+                        args.lineage,
                     )
                 samples[(label, system)].append(s)
                 print(
