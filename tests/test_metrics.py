@@ -10,6 +10,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -472,6 +473,16 @@ def test_a_run_serves_its_metrics_when_asked(tmp_path: Path) -> None:
             if s.labels["instance"] == "0" and s.name.endswith("_total")
         }
         assert received["sink"] == 4000
+        # the example client of the documentation, against the same stream
+        client = Path(__file__).parents[1] / "examples" / "metrics" / "client.py"
+        shown = subprocess.run(
+            [sys.executable, str(client), f"ws://127.0.0.1:{port}/metrics/stream", "--views", "2"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "measured.work:" in shown.stdout and "instance(s)" in shown.stdout
     finally:
         proc.send_signal(2)
         _, err = proc.communicate(timeout=60)
