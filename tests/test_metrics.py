@@ -232,8 +232,8 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     net: Network,
 ) -> None:
     server = net.start_server()
-    net.start_agent("one", capacity=3)
-    net.start_agent("two", capacity=3)
+    net.start_agent("one", capacity=4)
+    net.start_agent("two", capacity=4)
     flow = net.flow_file(
         """
         settings: {lineage: full}
@@ -276,7 +276,12 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     assert all(set(v["processors"]) == {"sink"} for v in views)  # what was asked for only
     moving = [v for v in views if v["processors"]["sink"]["rates"]["in"] > 0]
     assert moving, "no view showed the sink taking messages"
-    assert max(v["processors"]["sink"]["totals"]["received"] for v in views) >= len(sent)
+    # the counts match what the sink saw, and the rates show within 2 s of the first message
+    sunk = sum(net.delivered().values())
+    assert max(v["processors"]["sink"]["totals"]["received"] for v in views) == sunk
+    first = min(v["at"] for v in moving) - started
+    print(f"first view with the sink's rate: {first:.2f}s after the first message was sent")
+    assert first < 2.0
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(views)]
     print(f"views pushed: {len(views)}, interval median {sorted(gaps)[len(gaps) // 2]:.2f}s")
     assert sorted(gaps)[len(gaps) // 2] < 1.6
@@ -309,7 +314,25 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     view = json.loads(top.splitlines()[0])
     assert view["processors"]["sink"]["totals"]["received"] >= len(sent)
     assert view["processors"]["a"]["instances"] == 2
-    # lineage, written by the flow's workers as the flow's own database role
+    # lineage, written by the flow's workers as the flow's own database role, across a
+    # fan-out, a retry and a join
+    (net.root / "hops.py").write_text(HOPS.format(out=str(net.root / "hops")))
+    (net.root / "hops").mkdir()
+    hops = net.root / "hops.yaml"
+    hops.write_text(f"name: {net.flow_name}h\n" + HOPS_FLOW)
+    net.cli("apply", str(hops))
+    hop_ids = control.send(Flow.load(hops), "fan", ({"n": n} for n in range(20)), broker=net.broker)
+    joins = net.root / "hops" / "sink.log"
+    net.wait(
+        lambda: joins.exists() and len(joins.read_text().splitlines()) >= 20,
+        90,
+        "20 joined messages at the sink",
+    )
+    time.sleep(1.5)  # the workers write lineage with their reports, twice a second
+    joined = json.loads(net.cli("trace", hop_ids[5], "--server", server.url, "--json").stdout)
+    _check_hops(joined, hop_ids[5])
+    # the simple flow's trace: a message through a and the sink
+
     tree = json.loads(
         net.cli("trace", ids[7], net.flow_name, "--server", server.url, "--json").stdout
     )
@@ -487,3 +510,89 @@ def test_a_run_serves_its_metrics_when_asked(tmp_path: Path) -> None:
         proc.send_signal(2)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+HOPS = """
+import os
+
+from elasticcode import Output
+
+OUT = {out!r}
+
+def fan(payload):
+    yield Output(payload, "left")
+    yield Output(payload, "right")
+
+def flaky(payload, ctx):
+    if ctx.message.delivery == 1:
+        raise RuntimeError("the first try fails")
+    return payload
+
+def sink(payload):
+    with open(os.path.join(OUT, "sink.log"), "a") as f:
+        f.write(f"{{payload['a']['n']}} {{os.getpid()}} -\\n")
+"""
+
+HOPS_FLOW = """
+settings: {lineage: full}
+processors:
+  - {name: fan, code: hops:fan, outputs: [left, right], instances: 1}
+  - {name: flaky, code: hops:flaky, retries: {max: 2, backoff: 10ms}, instances: 1}
+  - {name: join, code: "elasticcode.builtins:Join", inputs: [a, b], config: {key: n}, instances: 1}
+  - {name: sink, code: hops:sink, instances: 1}
+connections:
+  - {from: fan.left, to: flaky}
+  - {from: flaky, to: join.a}
+  - {from: fan.right, to: join.b}
+  - {from: join, to: sink}
+"""
+
+
+def _flat(node: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for e in node["events"]:
+        yield node["id"], e
+    for c in node["children"]:
+        yield from _flat(c)
+
+
+def _check_hops(tree: dict[str, Any], sent_id: str) -> None:
+    """Every hop of a message through a fan-out, a retry and a join is in its trace."""
+    events = list(_flat(tree))
+    assert tree["id"] == sent_id
+    fan = [e for mid, e in events if mid == sent_id and e["event"] == "processed"]
+    assert fan and fan[0]["processor"] == "fan" and fan[0]["outputs"] == 2
+    kinds = [(e["processor"], e["event"]) for _, e in events]
+    assert ("flaky", "retried") in kinds and ("flaky", "processed") in kinds
+    joined = {(mid, e["parent"]) for mid, e in events if e["event"] == "joined"}
+    (child,) = {mid for mid, _ in joined}
+    assert len({p for _, p in joined}) == 2  # one record per part joined
+    ends = [e for mid, e in events if mid == child and e["event"] == "dropped"]
+    assert ends and ends[0]["processor"] == "sink"
+    print("trace events:", sorted({f"{p}:{k}" for p, k in kinds}))
+
+
+def test_a_trace_shows_every_hop_of_a_fan_out_a_retry_and_a_join_on_one_host(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hops.py").write_text(HOPS.format(out=str(tmp_path)))
+    path = tmp_path / "flow.yaml"
+    path.write_text("name: hops\n" + HOPS_FLOW)
+    flow = Flow.load(path)
+    ids = control.send(flow, "fan", ({"n": n} for n in range(20)), state_dir=tmp_path / "s")
+    _cli("run", str(path), "--state-dir", str(tmp_path / "s"), cwd=tmp_path)
+    assert len((tmp_path / "sink.log").read_text().splitlines()) == 20
+    tree = json.loads(
+        _cli("trace", ids[3], str(path), "--state-dir", str(tmp_path / "s"), "--json", cwd=tmp_path)
+    )
+    _check_hops(tree, ids[3])
+
+
+def test_a_replayed_dead_letter_is_in_its_lineage(tmp_path: Path) -> None:
+    flow = _lineage_flow(tmp_path, "full", 5)
+    subprocess.run([ELASTICCODE, "run", str(flow)], cwd=tmp_path, capture_output=True)
+    (dead,) = [r for r in _lineage_rows(tmp_path) if r.event == "dead-lettered"]
+    _cli("dead-letters", "replay", str(flow), "--all", cwd=tmp_path)
+    tree = json.loads(_cli("trace", dead.message_id, str(flow), "--json", cwd=tmp_path))
+    events = [e for mid, e in _flat(tree) if mid == dead.message_id]
+    assert [e["event"] for e in events][-1] == "replayed"
+    assert events[-1]["processor"] == "picky" and "three is odd" in events[-1]["error"]

@@ -33,8 +33,10 @@ class Join:
             return None
         state = ctx.state
         ctx.after_settle(lambda: state.delete(key))
+        joined = [parts[port]["id"] for port in ctx.input_ports]
         return Output(
             {port: parts[port]["payload"] for port in ctx.input_ports},
-            attributes={"joined": [parts[port]["id"] for port in ctx.input_ports]},
+            attributes={"joined": joined},
             key=key,
+            parents=tuple(joined),
         )

@@ -27,13 +27,15 @@ class Output:
 
     ``key``: outputs that carry the same key from the same processor and port get the same
     message id, so downstream duplicates are recognisable (effectively-once with a deduplicating
-    sink).
+    sink). ``parents``: the ids of the messages it comes from, when it is more than the one
+    being handled (a join); lineage records each.
     """
 
     payload: Any
     port: str = "success"
     attributes: dict[str, Any] | None = None
     key: str | None = None
+    parents: tuple[str, ...] | None = None
 
 
 class Context:

@@ -265,6 +265,20 @@ class Worker:
             await asyncio.sleep(0.05)
         return 0 if self.stopping else sys.maxsize
 
+    def _note_output(self, parent: Message | None, child: Message, port: str, size: int) -> None:
+        """Lineage: where an output came from (one row per parent of a join)."""
+        assert self.lineage is not None
+        attrs = child.attributes
+        if parent is None:
+            self.lineage.note("created", child.id, port=port, size=size, attributes=attrs)
+        elif len(child.parents) > 1:
+            for p in child.parents:
+                self.lineage.note("joined", child.id, parent=p, port=port, size=size)
+        else:
+            self.lineage.note(
+                "routed", child.id, parent=parent.id, port=port, size=size, attributes=attrs
+            )
+
     def _encode(
         self,
         parent: Message | None,
@@ -304,7 +318,7 @@ class Worker:
                 self.flow.name,
                 self.name,
                 now,
-                (parent.id,) if parent is not None else (),
+                out.parents or ((parent.id,) if parent is not None else ()),
                 attributes,
                 born=parent.born if parent is not None else now,
                 traced=traced,
@@ -315,14 +329,7 @@ class Worker:
                 raise OutputError(f"output on port {out.port!r}: {exc}") from None
             items.extend((q, body) for q in queues)
             if traced and self.lineage is not None:
-                self.lineage.note(
-                    "routed" if parent is not None else "created",
-                    mid,
-                    parent=parent.id if parent is not None else None,
-                    port=out.port,
-                    size=len(body),
-                    attributes=attributes,
-                )
+                self._note_output(parent, child, out.port, len(body))
             self.report.bytes_out += len(body) * len(queues)
         return items
 
