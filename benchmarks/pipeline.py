@@ -21,6 +21,7 @@ a unique name per run and their queues are deleted afterwards.
     python benchmarks/pipeline.py --broker sqlite redis rabbitmq nats
     python benchmarks/pipeline.py --broker redis nats --rate redis=8000 nats=2000 --rounds 1
     python benchmarks/pipeline.py --messages 5000 --rounds 1 --workers 2 --no-raw
+    python benchmarks/pipeline.py --broker sqlite redis --workers 1 --no-raw --lineage off 0.01 full
 """
 
 from __future__ import annotations
@@ -413,9 +414,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lineage",
-        default="off",
+        nargs="+",
+        default=["off"],
         metavar="off|full|SHARE",
-        help="the flow's lineage setting: off (default), full, or a share sampled (0.01)",
+        help="the flow's lineage setting: off (default), full, or a share sampled (0.01); "
+        "several run side by side as systems of their own",
     )
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or any(w < 1 for w in args.workers):
@@ -436,7 +439,12 @@ def run(args: argparse.Namespace) -> tuple[int, Samples]:
     the exit status (1 if a run lost messages or failed) and the samples."""
     brokers, rates = args.brokers, args.rates
     raw = args.raw and not args.cpu_ms  # the raw relay has no CPU-bound stage
-    systems = (["raw"] if raw else []) + [f"elasticcode {w}w" for w in args.workers]
+    lineages = args.lineage if args.lineage != ["off"] else [None]
+    systems = (["raw"] if raw else []) + [
+        f"elasticcode {w}w" + (f" lin={lin}" if lin else "")
+        for w in args.workers
+        for lin in lineages
+    ]
     systems += [f"celery {w}w" for w in args.workers] if args.celery else []
 
     print(
@@ -470,7 +478,8 @@ def run(args: argparse.Namespace) -> tuple[int, Samples]:
                 waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
                 if waited >= 1:
                     print(f"  (waited {waited:.0f} s for the machine to be idle)", flush=True)
-                w = int(system.split()[-1].rstrip("w")) if system != "raw" else 1
+                w = int(system.split()[1].rstrip("w")) if system != "raw" else 1
+                lineage = system.split("lin=")[1] if "lin=" in system else "off"
                 if system == "raw":
                     prefetch = args.prefetch or 100
                     s = run_raw(
@@ -493,7 +502,7 @@ def run(args: argparse.Namespace) -> tuple[int, Samples]:
                         rates[label],
                         args.keep,
                         args.cpu_ms,
-                        args.lineage,
+                        lineage,
                     )
                 samples[(label, system)].append(s)
                 print(
@@ -540,7 +549,7 @@ def print_table(
     samples: dict[tuple[str, str], list[Sample]], labels: list[str], systems: list[str]
 ) -> None:
     header = (
-        f"{'broker':<10}  {'system':<15}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  "
+        f"{'broker':<10}  {'system':<24}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  "
         f"{'p99 ms':>8}  {'ec/raw':>6}  {'ec/celery':>9}  {'CPU s/1k':>8}  {'RSS MB':>6}  "
         f"{'other':>5}"
     )
@@ -567,7 +576,7 @@ def print_table(
                 cpu_s += f"+{float(cpu.split('+')[1].replace(',', '')) / 1000:.2f}"
             rss = f"{max(mid.rss.values()):.0f}" if mid.rss else "?"
             print(
-                f"{label:<10}  {system:<15}  {spread:>26}  "
+                f"{label:<10}  {system:<24}  {spread:>26}  "
                 f"{statistics.median(s.p50_ms for s in runs):>8.1f}  "
                 f"{statistics.median(s.p99_ms for s in runs):>8.1f}  {ratio:>6}  "
                 f"{vs_celery:>9}  {cpu_s:>8}  {rss:>6}  {other:>5}"
@@ -591,7 +600,7 @@ def print_scaling(
     for label in labels:
         for name in ("elasticcode", "celery"):
             counts = sorted(
-                int(s.split()[-1].rstrip("w"))
+                int(s.split()[1].rstrip("w"))
                 for s in systems
                 if s.startswith(name) and (label, s) in samples
             )
