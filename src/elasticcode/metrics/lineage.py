@@ -11,6 +11,8 @@ second, off its event loop; the events are:
     a source made the message (``port``: where it went, ``size``).
 ``routed``
     a processor emitted it (``parent``: the message it came from, ``port``, ``size``).
+``joined``
+    a join emitted it: one row per part (``parent``) it joined.
 ``processed``
     a processor took it and finished (``wait``: time queued, ``duration``, ``outputs``: how
     many messages it gave rise to, more than one a fork).
@@ -19,6 +21,8 @@ second, off its event loop; the events are:
 ``retried``, ``failed``, ``dead-lettered``
     its processing failed (``error``, ``attempt``): handed back for another attempt, sent to
     the ``failure`` port, or stored as a dead letter.
+``replayed``
+    a dead letter of it was put back on its queue.
 
 ``trace`` reads a message's tree back: up from the message to the one that entered the
 flow, then down to every descendant. Lineage is at least once: a redelivered message is
