@@ -437,6 +437,13 @@ def test_a_message_is_traced_from_its_source_to_every_sink_and_where_it_failed(
     assert table.num_rows == len(rows) and "duration" in table.column_names
     points = pq.read_table(tmp_path / "parquet" / "metrics.parquet").to_pylist()
     assert sum(p["received"] for p in points if p["resolution"] == 1 and p["name"] == "sink") == 19
+    # the documentation's analysis of an export answers its question
+    analyze = Path(__file__).parents[1] / "examples" / "metrics" / "analyze.py"
+    answer = subprocess.run(
+        [sys.executable, str(analyze), str(tmp_path / "parquet")], capture_output=True, text=True
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert "dominates the latency" in answer.stdout and "/s" in answer.stdout
 
 
 def test_sampled_lineage_keeps_whole_trees(tmp_path: Path) -> None:
