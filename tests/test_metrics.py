@@ -494,15 +494,21 @@ def test_a_run_serves_its_metrics_when_asked(tmp_path: Path) -> None:
                     assert set(m["processors"]) == {"work"}
                     views.append(m)
         assert any(v["processors"]["work"]["rates"]["in"] > 0 for v in views)
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        received = {
-            s.labels["processor"]: s.value
-            for f in text_string_to_metric_families(text)
-            if f.name == "elasticcode_messages_received"
-            for s in f.samples
-            if s.labels["instance"] == "0" and s.name.endswith("_total")
-        }
-        assert received["sink"] == 4000
+
+        def received() -> dict[str, float]:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            return {
+                s.labels["processor"]: s.value
+                for f in text_string_to_metric_families(text)
+                if f.name == "elasticcode_messages_received"
+                for s in f.samples
+                if s.labels["instance"] == "0" and s.name.endswith("_total")
+            }
+
+        deadline = time.monotonic() + 30  # the sink, a stage behind, gets there too
+        while received().get("sink") != 4000:
+            assert time.monotonic() < deadline, f"the scrape says {received()}"
+            time.sleep(0.2)
         # the example client of the documentation, against the same stream
         client = Path(__file__).parents[1] / "examples" / "metrics" / "client.py"
         shown = subprocess.run(

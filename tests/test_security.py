@@ -37,6 +37,7 @@ ROUTES: dict[str, str | None] = {
     "GET /api/v1/flows/{name}/export": "flow.read",
     "GET /api/v1/flows/{name}/metrics": "flow.read",
     "GET /api/v1/flows/{name}/stats": "flow.read",
+    "GET /api/v1/flows/{name}/trace/{message_id}": "flow.read",
     "GET /api/v1/metrics": "user",  # only the flows the caller may read
     "DELETE /api/v1/flows/{name}": "flow.remove",
     "POST /api/v1/flows/{name}/start": "flow.operate",
