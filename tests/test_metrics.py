@@ -21,6 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
 
 from elasticcode.flow import Flow
 from elasticcode.local import queues as control
@@ -30,7 +31,7 @@ from elasticcode.metrics.hub import Subscription
 from elasticcode.metrics.view import FlowMetrics
 from elasticcode.store import StateStore, WorkerReport
 
-from .network import ELASTICCODE, Network, network_for, postgres_database
+from .network import ELASTICCODE, Network, free_port, network_for, postgres_database
 
 FLOW = Flow.from_dict(
     {
@@ -232,7 +233,8 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     net: Network,
 ) -> None:
     server = net.start_server()
-    net.start_agent("one", capacity=4)
+    agent_port = free_port()
+    net.start_agent("one", capacity=4, extra=["--metrics-port", str(agent_port)])
     net.start_agent("two", capacity=4)
     flow = net.flow_file(
         """
@@ -251,8 +253,6 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     done = threading.Event()
 
     def listen() -> None:
-        from websockets.sync.client import connect
-
         with connect(
             f"{ws_url}?flow={net.flow_name}&processor=sink", additional_headers=net.headers
         ) as ws:
@@ -302,6 +302,26 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     ]
     assert sum(s.value for s in buckets if s.labels["processor"] == "sink") == len(sent)
     assert httpx.get(f"{server.url}/api/v1/metrics", timeout=10).status_code == 401
+    # one agent: its own scrape, and the server's stream narrowed to it, say the same
+    on_one = sum(
+        s.value for s in received if s.labels["processor"] == "a" and s.labels["host"] == "host-one"
+    )
+    agent_text = httpx.get(f"http://127.0.0.1:{agent_port}/metrics", timeout=10).text
+    own = [
+        s
+        for f in text_string_to_metric_families(agent_text)
+        if f.name == "elasticcode_messages_received"
+        for s in f.samples
+        if s.name.endswith("_total") and s.labels["processor"] == "a"
+    ]
+    assert {s.labels["host"] for s in own} == {"host-one"}
+    assert sum(s.value for s in own) == on_one
+    with connect(f"{ws_url}?flow={net.flow_name}&agent=one", additional_headers=net.headers) as ws:
+        while (m := json.loads(ws.recv(timeout=10)))["type"] != "metrics":
+            pass
+    assert m["host"] == "host-one"
+    assert m["processors"]["a"]["totals"]["received"] == on_one
+    assert m["processors"]["a"]["hosts"] in ([], ["host-one"])
     # the history, written by the leader, through the API and the CLI
     rows = net.api(
         "GET", f"/flows/{net.flow_name}/stats", params={"since": time.time() - started + 5}
@@ -463,10 +483,6 @@ def test_sampled_lineage_keeps_whole_trees(tmp_path: Path) -> None:
 
 
 def test_a_run_serves_its_metrics_when_asked(tmp_path: Path) -> None:
-    from websockets.sync.client import connect
-
-    from .network import free_port
-
     flow = _flow_dir(tmp_path, 4000)
     port = free_port()
     proc = subprocess.Popen(

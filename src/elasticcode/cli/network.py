@@ -238,6 +238,13 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     "$ELASTICCODE_ENROL_TOKEN]; once enrolled, the agent keeps its own credential.",
 )
 @click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this host's workers' metrics on 127.0.0.1 at this port: /metrics (Prometheus) "
+    "and /metrics/stream (websocket).",
+)
 def agent_start(
     servers: tuple[str, ...],
     name: str | None,
@@ -247,6 +254,7 @@ def agent_start(
     state_dir: str | None,
     enrol_token: str | None,
     ca: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run this host's agent until interrupted: it enrols (the first time), registers,
     heartbeats and runs the workers placed on it. With every server away it keeps running
@@ -272,6 +280,7 @@ def agent_start(
             capacity=max_workers,
             enrol_token=enrol_token or os.environ.get(ENROL_ENV),
             ca=ca or os.environ.get(CA_ENV),
+            metrics_port=metrics_port,
         )
     )
 

@@ -25,11 +25,11 @@ from ..code.pinning import pin
 from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
 from ..flow import Flow, Processor
 from ..launch import write_flow
+from ..metrics.endpoint import Endpoint
 from ..metrics.history import History
 from ..metrics.hub import INTERVAL, MetricsHub
 from ..store import StateStore, WorkerReport
 from ..supervisor import Supervisor
-from .endpoint import Endpoint
 from .paths import RunLock, state_paths
 from .progress import Progress
 from .result import ProcessorTotals, RunResult, totals

@@ -31,6 +31,8 @@ class Subscription:
     flow: str | None = None
     processor: str | None = None
     connection: str | None = None
+    #: one host's (an agent's) views and events only
+    host: str | None = None
     #: whether the subscriber may see a flow (by name)
     allowed: Callable[[str], bool] = lambda _: True
     queue: asyncio.Queue[dict[str, Any]] = field(
@@ -44,7 +46,11 @@ class Subscription:
         if flow is None or not self.allowed(flow) or self.flow not in (None, flow):
             return None
         if message["type"] != "metrics":
+            if self.host not in (None, message.get("host")):
+                return None
             return message if self.processor in (None, message.get("processor")) else None
+        if message.get("host") != self.host:
+            return None  # a host's view for that host's subscribers, the flow's for the rest
         if self.processor is None and self.connection is None:
             return message
         procs = message["processors"]
@@ -80,6 +86,8 @@ class MetricsHub:
         self.views: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, list[WorkerReport]] = {}
         self._metrics: dict[str, FlowMetrics] = {}
+        #: (flow, host) → the metrics of one host's workers, while someone asks for them
+        self._hosts: dict[tuple[str, str], FlowMetrics] = {}
 
     def tick(
         self,
@@ -91,6 +99,7 @@ class MetricsHub:
         Blocking (it may write the history): call it off the event loop."""
         out: list[dict[str, Any]] = []
         names = set()
+        hosts = {sub.host for sub in list(self.subscribers) if sub.host}
         for flow, reports in flows:
             names.add(flow.name)
             fm = self._metrics.get(flow.name)
@@ -103,6 +112,16 @@ class MetricsHub:
                 self.history.record(view, deltas)
             out.append(view)
             out.extend(events)
+            for host in hosts:
+                hm = self._hosts.get((flow.name, host))
+                if hm is None:
+                    hm = self._hosts[(flow.name, host)] = FlowMetrics(flow)
+                hm.flow = flow
+                mine = [r for r in reports if r.host == host]
+                host_view, _, _ = hm.update(mine, None)  # its events are in the flow's
+                out.append({**host_view, "host": host})
+        for key in [k for k in self._hosts if k[0] not in names or k[1] not in hosts]:
+            del self._hosts[key]
         for gone in set(self._metrics) - names:  # flows removed
             del self._metrics[gone]
             self.views.pop(gone, None)

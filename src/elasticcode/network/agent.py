@@ -31,9 +31,11 @@ from ..code import envs
 from ..errors import BrokerError, ElasticCodeError
 from ..flow import Flow
 from ..launch import write_flow
+from ..metrics.hub import INTERVAL
 from ..secret import names_of_flow, resolve
 from ..supervisor import Instance, Supervisor
 from ..worker import HOST_ENV
+from .agent_metrics import AgentMetrics
 from .client import detail, verify
 
 log = logging.getLogger("elasticcode.agent")
@@ -69,6 +71,7 @@ class Agent:
         capacity: int | None = None,
         enrol_token: str | None = None,
         ca: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         if not servers:
             raise ElasticCodeError("give the server's URL: --server http://HOST:8750")
@@ -96,6 +99,8 @@ class Agent:
         self.stop = asyncio.Event()
         self._outage: float | None = None
         self._last: dict[str, Any] | None = None
+        #: the metrics endpoint of this agent's workers, if asked for one
+        self.metrics = AgentMetrics(metrics_port) if metrics_port is not None else None
         self._applying = asyncio.Lock()
         #: flow documents by NAME@REVISION, of the instances assigned
         self.documents: dict[str, Any] = {}
@@ -184,6 +189,8 @@ class Agent:
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start()
         self._last = self._load_state()
         if self._last is not None:
             log.info("resuming the last assignment (generation %s)", self._last["generation"])
@@ -192,14 +199,19 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         supervise = asyncio.create_task(self._supervise())
+        measure = asyncio.create_task(self._measure()) if self.metrics is not None else None
         try:
             timeout = httpx.Timeout(10.0, read=75.0)
             async with httpx.AsyncClient(timeout=timeout, verify=self.verify) as client:
                 await self._control(client)
         finally:
-            supervise.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervise
+            for task in (supervise, measure):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self.metrics is not None:
+                self.metrics.close()
             if self.supervisor is not None:
                 await loop.run_in_executor(None, self.supervisor.stop)
             for b in self.brokers.values():
@@ -280,6 +292,15 @@ class Agent:
     def _known(self) -> list[str]:
         """The flow documents this agent has (the server leaves them out of answers)."""
         return sorted(self.documents)
+
+    async def _measure(self) -> None:
+        """Every interval, the views of this agent's workers to its metrics endpoint."""
+        assert self.metrics is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(INTERVAL)
+            instances = list(self.supervisor.instances) if self.supervisor else []
+            await loop.run_in_executor(None, self.metrics.tick, instances)
 
     async def _supervise(self) -> None:
         retry_at = checked = 0.0

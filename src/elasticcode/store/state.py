@@ -207,6 +207,14 @@ class StateStore:
         with self.engine.begin() as db:
             db.execute(upsert(self.engine, workers, values, ["id"]))
 
+    def reports_of(self, ids: list[str]) -> list[WorkerReport]:
+        """The reports of the workers named (by consumer id)."""
+        if not ids:
+            return []
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(workers).where(workers.c.id.in_(ids))).mappings().all()
+        return [as_report(row) for row in rows]
+
     def worker_reports(self, run_id: int) -> list[WorkerReport]:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(workers).where(workers.c.run_id == run_id)).mappings().all()

@@ -72,7 +72,8 @@ async def flow_stats(
 @router.websocket("/metrics/stream")
 async def metrics_stream(ws: WebSocket) -> None:
     """A view every interval and the events as they come, of the flows the caller may see;
-    narrowed by ``?flow=``, ``&processor=``, ``&connection=``. The credential goes in
+    narrowed by ``?flow=``, ``&processor=``, ``&connection=``, ``&agent=`` (that agent's
+    workers only). The credential goes in
     ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
     srv: Server = ws.app.state.server
     await ws.accept()
@@ -93,17 +94,29 @@ async def metrics_stream(ws: WebSocket) -> None:
     if len(hub.subscribers) >= MAX_SUBSCRIBERS:
         await ws.close(code=4429, reason="too many subscribers; try again later")
         return
+    host = None
+    if q.get("agent") is not None:
+        if not caller.may("agent.read"):
+            await ws.close(code=4403, reason=f"{caller.who} may not agent.read")
+            return
+        agents = await run_in_threadpool(srv.cluster.agents)
+        host = next((a.host for a in agents if a.name == q["agent"]), None)
+        if host is None:
+            await ws.close(code=4404, reason=f"no agent named {q['agent'][:60]!r}")
+            return
     sub = Subscription(
         flow,
         q.get("processor"),
         q.get("connection"),
+        host,
         allowed=lambda f: caller.may("flow.read", f),
     )
     hub.subscribers.add(sub)
     try:
         await ws.send_json({"type": "hello", "v": 1, "server": srv.settings.server_id})
         for view in list(hub.views.values()):  # what there is now, without waiting
-            sub.put(view)
+            if host is None:
+                sub.put(view)
         while True:
             await ws.send_json(await sub.queue.get())
     except WebSocketDisconnect:

@@ -1,9 +1,10 @@
-"""The metrics endpoint of a one-host run (``elasticcode run --metrics-port PORT``): the same
-Prometheus scrape (``/metrics``) and websocket stream (``/metrics/stream``, narrowed by
+"""The metrics endpoint of a one-host run (``elasticcode run --metrics-port PORT``) and of an
+agent (``elasticcode agent start --metrics-port PORT``): the same Prometheus scrape
+(``/metrics``) and websocket stream (``/metrics/stream``, narrowed by ``?flow=``,
 ``?processor=`` or ``?connection=``) as a server's, on 127.0.0.1 only, off unless asked.
 
 It needs the ``server`` extra (uvicorn, starlette). It runs in a thread of its own, with its
-own event loop, so that it never holds up the run; the run hands it each interval's views.
+own event loop, so that it never holds up its owner, who hands it each interval's views.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 from typing import Any
 
 from ..errors import ElasticCodeError
-from ..metrics.hub import MetricsHub, Subscription
-from ..metrics.prometheus import CONTENT_TYPE, exposition
+from .hub import MetricsHub, Subscription
+from .prometheus import CONTENT_TYPE, exposition
 
 #: Subscribers the endpoint takes at once.
 MAX_SUBSCRIBERS = 100
@@ -97,10 +98,10 @@ class Endpoint:
             await ws.close(code=4429, reason="too many subscribers; try again later")
             return
         q = ws.query_params
-        sub = Subscription(None, q.get("processor"), q.get("connection"))
+        sub = Subscription(q.get("flow"), q.get("processor"), q.get("connection"))
         self.subscribers.add(sub)
         try:
-            await ws.send_json({"type": "hello", "v": 1, "run": True})
+            await ws.send_json({"type": "hello", "v": 1})
             for view in list(self.hub.views.values()):
                 sub.put(view)
             while True:
