@@ -358,6 +358,7 @@ def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them
     )
     assert tree["id"] == ids[7] and [e["event"] for e in tree["events"]] == ["processed"]
     assert tree["events"][0]["host"] in ("host-one", "host-two")
+    assert tree["events"][0]["revision"] == 1  # the deployed revision its worker runs
     (child,) = tree["children"]
     assert [e["event"] for e in child["events"]] == ["routed", "dropped"]
 

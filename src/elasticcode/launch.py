@@ -43,9 +43,15 @@ def write_flow(flow: Flow, root: Path, name: str = "flow.yaml") -> Path:
 
 
 def command(
-    python: str, flow_file: Path, processor: str, instance: int, run_id: int, consumer: str
+    python: str,
+    flow_file: Path,
+    processor: str,
+    instance: int,
+    run_id: int,
+    consumer: str,
+    revision: int | None = None,
 ) -> list[str]:
-    """The command line of one worker process."""
+    """The command line of one worker process (``revision``: of a deployed flow)."""
     return [
         python,
         "-m",
@@ -60,6 +66,7 @@ def command(
         str(run_id),
         "--consumer",
         consumer,
+        *(["--revision", str(revision)] if revision is not None else []),
     ]
 
 
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "--state", default=os.environ.get(STATE_ENV), help=f"[default: ${STATE_ENV}]"
     )
     parser.add_argument("--consumer", required=True)
+    parser.add_argument("--revision", type=int, default=None, help="a deployed flow's revision")
     args = parser.parse_args(argv)
     if not args.broker or not args.state:
         parser.error(f"give --broker and --state, or set {BROKER_ENV} and {STATE_ENV}")
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     state = _open_state(args.state)
     kind = Source if flow.get(args.processor).is_source else Consumer
     worker = kind(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)
+    if worker.lineage is not None:
+        worker.lineage.common["revision"] = args.revision
 
     async def go() -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)

@@ -70,6 +70,7 @@ class Instance:
     broker_url: str | None = None
     spec: str = ""
     flow_name: str = ""
+    revision: int | None = None
     #: Distributed mode: the state store as the instance's flow's workers log in to it, and
     #: the values of the secrets the flow references.
     state_url: str | None = None
@@ -143,7 +144,9 @@ class Supervisor:
         assert flow is not None and flow_file is not None, "an instance without a flow"
         python = envs.python_for(flow.get(inst.processor), flow)
         run_id = inst.run_id if inst.run_id is not None else self.run_id
-        cmd = launch.command(python, flow_file, inst.processor, inst.index, run_id, inst.consumer)
+        cmd = launch.command(
+            python, flow_file, inst.processor, inst.index, run_id, inst.consumer, inst.revision
+        )
         broker = inst.broker_url or self.broker_url
         env = launch.environment(broker, inst.state_url or self.state_url, inst.secrets)
         inst.process = subprocess.Popen(

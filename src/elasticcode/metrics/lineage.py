@@ -56,6 +56,7 @@ class Recorder:
             "instance": instance,
             "host": host,
             "code": code,
+            "revision": None,
         }
         self.rows: list[dict[str, Any]] = []
         self.dropped = 0
@@ -168,7 +169,7 @@ def _event(r: Any) -> dict[str, Any]:
     out = {
         k: getattr(r, k)
         for k in ("event", "processor", "instance", "host", "at", "parent", "port", "wait",
-                  "duration", "size", "attempt", "outputs", "error", "code")
+                  "duration", "size", "attempt", "outputs", "error", "code", "revision")
         if getattr(r, k) is not None
     }  # fmt: skip
     if r.attributes:

@@ -420,6 +420,7 @@ class Agent:
                 broker_url=_broker_url(flow),
                 spec=item["spec"],
                 flow_name=item["flow"],
+                revision=item["revision"],
                 state_url=state,
                 secrets={n: secrets[n] for n in names_of_flow(flow) if n in secrets},
             )

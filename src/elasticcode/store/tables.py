@@ -298,6 +298,7 @@ lineage = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("attributes", sa.Text),  # JSON: the attribute names (not their values)
     sa.Column("code", sa.String(64)),  # the processor's code commit, if from git
+    sa.Column("revision", sa.Integer),  # the deployed flow's revision (none on one host)
     sa.Index("lineage_message", "flow", "message_id"),
     sa.Index("lineage_parent", "flow", "parent"),
     sa.Index("lineage_at", "flow", "at"),

@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text),
         sa.Column("attributes", sa.Text),
         sa.Column("code", sa.String(64)),
+        sa.Column("revision", sa.Integer),
     )
     op.create_index("lineage_message", "lineage", ["flow", "message_id"])
     op.create_index("lineage_parent", "lineage", ["flow", "parent"])
