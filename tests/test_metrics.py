@@ -626,3 +626,21 @@ def test_a_replayed_dead_letter_is_in_its_lineage(tmp_path: Path) -> None:
     events = [e for mid, e in _flat(tree) if mid == dead.message_id]
     assert [e["event"] for e in events][-1] == "replayed"
     assert events[-1]["processor"] == "picky" and "three is odd" in events[-1]["error"]
+
+
+def test_a_second_written_twice_adds_up(tmp_path: Path) -> None:
+    """A run resumed within the second its last one ended in (or two servers that both
+    thought they led): the second's counts add up, nothing is refused or lost."""
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    at = 1_800_000_000.2
+    for _ in range(2):
+        history, fm = History(store.engine), FlowMetrics(FLOW)
+        fm.update([_report(10, 0)], now=at - 1)
+        view, _, deltas = fm.update([_report(10, 7)], now=at)
+        history.record(view, deltas, now=at)
+        history.flush(at, everything=True)
+    (point,) = history.points("m", at - 5, at + 5, resolution=1, names=["work"])
+    assert point["received"] == 14 and point["process_ms"]["count"] == 14
+    (minute,) = history.points("m", at - 60, at + 60, resolution=60, names=["work"])
+    assert minute["received"] == 14
+    store.close()

@@ -137,13 +137,28 @@ class History:
         over = [k for k in self._open if everything or k[1] < int(now)]
         if not over:
             return
+        points = {
+            (flow, second, kind, name): p
+            for flow, second in sorted(over, key=lambda k: k[1])
+            for (kind, name), p in self._open.pop((flow, second)).items()
+        }
         rows = []
-        for key in sorted(over, key=lambda k: k[1]):
-            flow, second = key
-            for (kind, name), p in self._open.pop(key).items():
-                rows.append(p.row(flow, 1, second, kind, name))
         with self.engine.begin() as db:
-            db.execute(metric_points.insert(), rows)
+            # a second already written (a run resumed within it, two servers that both
+            # thought they led): what is there is added to, not lost
+            t = metric_points.c
+            for flow in {k[0] for k in points}:
+                seconds = sorted({k[1] for k in points if k[0] == flow})
+                for r in db.execute(
+                    sa.select(metric_points).where(
+                        t.flow == flow, t.resolution == 1, t.at >= seconds[0], t.at <= seconds[-1]
+                    )
+                ):
+                    if (key := (flow, int(r.at), r.kind, r.name)) in points:
+                        points[key].add(Point.of_row(r))
+            for (flow, second, kind, name), p in points.items():
+                rows.append(p.row(flow, 1, second, kind, name))
+                db.execute(upsert(self.engine, metric_points, rows[-1], list(_KEY)))
             for flow in {r["flow"] for r in rows}:
                 last = max(r["at"] for r in rows if r["flow"] == flow)
                 self._roll_up(db, flow, 1, 60, last, everything)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from ..flow import Flow
 from ..store import WorkerReport
 from .history import History
 from .view import FlowMetrics
+
+log = logging.getLogger("elasticcode.metrics")
 
 #: How often views are made, in seconds.
 INTERVAL = 1.0
@@ -109,7 +112,10 @@ class MetricsHub:
             view, events, deltas = fm.update(reports, depths)
             self.views[flow.name], self.reports[flow.name] = view, reports
             if record and self.history is not None and view["interval"]:
-                self.history.record(view, deltas)
+                try:
+                    self.history.record(view, deltas)
+                except Exception as exc:  # the views still go out; the next interval tries
+                    log.warning("cannot record the metrics history of %s: %s", flow.name, exc)
             out.append(view)
             out.extend(events)
             for host in hosts:
