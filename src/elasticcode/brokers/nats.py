@@ -96,13 +96,10 @@ class NATSBroker(Broker):
         )
         self._nc: Any = None
         self._no_responders: type[Exception] = LookupError
-        self._no_stream: type[Exception] = LookupError
-        self._stalled: type[Exception] = LookupError
         self._transient: tuple[type[BaseException], ...] = (TimeoutError, OSError)
         self._last_error = ""
         self._last_exc: BaseException | None = None
         self._rotation = itertools.count()
-        self._js: Any = None
         #: queue -> its pull requests and what they delivered (see _Puller)
         self._pullers: dict[str, _Puller] = {}
         self._arrival = asyncio.Event()
@@ -121,11 +118,6 @@ class NATSBroker(Broker):
         nats, errors = require("nats", "nats"), require("nats.errors", "nats")
         self._last_error, self._last_exc = "", None
         self._no_responders = errors.NoRespondersError
-        js_errors = require("nats.js.errors", "nats")
-        self._no_stream, self._stalled = (
-            js_errors.NoStreamResponseError,
-            js_errors.TooManyStalledMsgsError,
-        )
         transient = (getattr(errors, f"{name}Error") for name in TRANSIENT.split())
         self._transient = (TimeoutError, OSError, *transient)
         options: dict[str, Any] = {
@@ -149,7 +141,6 @@ class NATSBroker(Broker):
             raise (BrokerUnreachable if away else BrokerError)(msg + why) from None
         nc.options["max_reconnect_attempts"] = -1
         self._nc = nc
-        self._js = nc.jetstream(publish_async_max_pending=WINDOW)
         try:
             await self._api("INFO")
         except Exception as exc:
@@ -217,42 +208,37 @@ class NATSBroker(Broker):
             raise
 
     async def _publish(self, what: str, items: list[tuple[str, bytes, Any]]) -> None:
-        """Publish to JetStream with every acknowledgement in flight at once (``WINDOW`` at
-        most); publish again what failed while the server was away."""
+        """Publish to JetStream with the acknowledgements of up to ``WINDOW`` in flight at once
+        (each a request on the client's shared reply inbox); publish again what failed while
+        the server was away."""
         todo = items
 
         async def attempt() -> None:
             nonlocal todo
-            futures: list[Any] = []
-            for subject, data, headers in todo:
-                try:
-                    futures.append(
-                        await self._js.publish_async(
-                            subject, data, headers=headers, wait_stall=REQUEST_TIMEOUT
-                        )
-                    )
-                except self._stalled:  # WINDOW unanswered for that long: the server is away
-                    break
-            if futures:
-                await asyncio.wait(futures, timeout=REQUEST_TIMEOUT)
-            failed = [(item, _failure(f)) for item, f in zip(todo, futures, strict=False)]
-            failed = [(item, e) for item, e in failed if e is not None]
-            unsent = TimeoutError("no acknowledgement from JetStream")
-            failed += [(item, unsent) for item in todo[len(futures) :]]
+            results: list[Any] = []
+            for i in range(0, len(todo), WINDOW):
+                sends = (self._store(*item) for item in todo[i : i + WINDOW])
+                results += await asyncio.gather(*sends, return_exceptions=True)
+            failed = [(item, e) for item, e in zip(todo, results, strict=True) if e is not None]
             todo = [item for item, _ in failed]
             if not failed:
                 return
-            nothing = (self._no_responders, self._no_stream)  # no stream takes that subject
-            gone = [item for item, e in failed if isinstance(e, nothing)]
-            if gone:
+            gone = [item for item, e in failed if isinstance(e, self._no_responders)]
+            if gone:  # no stream takes that subject
                 if (queue := self._queues.get(gone[0][0])) is not None:
                     await self._call("publish", "STREAM.INFO", queue=queue)  # raises if gone
                 # the stream is there: JetStream was not taking messages yet (a restart)
                 raise ConnectionError("JetStream did not answer for the stream (starting up?)")
-            raise failed[0][1]
+            raise next((e for _, e in failed if isinstance(e, BrokerError)), failed[0][1])
 
         if todo:
             await self._retrying(what, attempt)
+
+    async def _store(self, subject: str, data: bytes, headers: Any = None) -> None:
+        """One JetStream publish, answered when the stream has stored it."""
+        msg = await self.nc.request(subject, data, REQUEST_TIMEOUT, headers=headers)
+        if "error" in (resp := json.loads(msg.data or b"{}")):
+            raise _APIError(self._where, resp["error"])
 
     async def _acknowledge(self, what: str, acks: list[tuple[str, bytes]]) -> None:
         """Send acknowledgements at once and have the server confirm the last to each
@@ -678,13 +664,3 @@ async def _ended(pullers: list[_Puller], timeout: float) -> None:
     except TimeoutError:
         for p in pullers:
             p.forget()
-
-
-def _failure(future: Any) -> Any:
-    """What became of one publish: None (stored), the error, or TimeoutError (no answer)."""
-    if not future.done():
-        future.cancel()
-        return TimeoutError("no acknowledgement from JetStream")
-    if future.cancelled():
-        return TimeoutError("publish cancelled")
-    return future.exception()
