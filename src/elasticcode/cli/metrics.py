@@ -9,9 +9,9 @@ import datetime
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console, Group
@@ -32,11 +32,33 @@ from ..units import parse_duration
 from .flowref import FLOW_HELP, load_flow
 from .options import CA_HELP
 
+F = TypeVar("F", bound=Callable[..., Any])
 EPILOG = (
     "On one host FLOW is the flow (" + FLOW_HELP.split(" is ", 1)[1] + ") and its state is "
     "read from --state-dir. With --server (or $ELASTICCODE_SERVER), FLOW is the name of a "
     "deployed flow."
 )
+
+
+def where(server_help: str) -> Callable[[F], F]:
+    """``--state-dir`` (one host), ``--server`` and ``--ca`` (a network)."""
+
+    def wrap(f: F) -> F:
+        options = [
+            click.option(
+                "--state-dir",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
+            ),
+            click.option("--server", default=None, metavar="URL", help=server_help),
+            click.option("--ca", default=None, metavar="FILE", help=CA_HELP),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
 
 
 def register(main: click.Group) -> None:
@@ -216,19 +238,7 @@ def render(view: dict[str, Any]) -> Group:
     default=None,
     help="Rows of 1 s, 1 min or 1 h [default: the finest kept that long, at most ~2,000 rows].",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
-)
-@click.option(
-    "--server",
-    default=None,
-    metavar="URL",
-    help="A network's server (FLOW: a deployed flow's name).",
-)
-@click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
+@where("A network's server (FLOW: a deployed flow's name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def stats(
     flow: str,
@@ -299,19 +309,7 @@ def stats(
 @click.command(epilog=EPILOG)
 @click.argument("message_id")
 @click.argument("flow", required=False)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
-)
-@click.option(
-    "--server",
-    default=None,
-    metavar="URL",
-    help="A network's server (FLOW: a deployed flow's name; every flow you may read when not given).",
-)
-@click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
+@where("A network's server (FLOW: a deployed flow's name; every flow you may read when not given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
 def trace(
     message_id: str,

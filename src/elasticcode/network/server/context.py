@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -67,6 +67,21 @@ async def authenticate(conn: HTTPConnection) -> Caller:
             "Authorization: Bearer TOKEN"
         )
     return await run_in_threadpool(server_of(conn).identities.caller, token)
+
+
+async def websocket_user(ws: WebSocket) -> Caller | None:
+    """Accept a websocket and authenticate its user; None (it is closed, with the reason
+    a browser sees: 4401 no valid credential, 4403 an agent's) if there is none."""
+    await ws.accept()  # then refused with a reason, which a browser sees (an HTTP status not)
+    try:
+        caller = await authenticate(ws)
+    except AuthError as exc:
+        await ws.close(code=4401, reason=str(exc)[:120])
+        return None
+    if caller.kind != "user":
+        await ws.close(code=4403, reason="an agent's credential serves its heartbeat only")
+        return None
+    return caller
 
 
 #: What a route may need besides a privilege: any user's credential (``user``), an agent's

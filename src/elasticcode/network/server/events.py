@@ -14,9 +14,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import AuthError
 from ..privileges import Caller
-from .context import Server, Srv, authenticate, needs
+from .context import Server, Srv, needs, websocket_user
 
 router = APIRouter(tags=["server"])
 #: Subscribers one server takes; more are refused until some leave.
@@ -66,14 +65,8 @@ async def event_stream(ws: WebSocket) -> None:
     """Events as they happen, one JSON object per message, those the caller may see. The
     credential goes in ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
     srv: Server = ws.app.state.server
-    await ws.accept()  # then refused with a reason, which a browser sees (an HTTP status not)
-    try:
-        caller = await authenticate(ws)
-    except AuthError as exc:
-        await ws.close(code=4401, reason=str(exc)[:120])
-        return
-    if caller.kind != "user":
-        await ws.close(code=4403, reason="an agent's credential serves its heartbeat only")
+    caller = await websocket_user(ws)
+    if caller is None:
         return
     if len(srv.subscribers) >= MAX_SUBSCRIBERS:
         await ws.close(code=4429, reason="too many subscribers; try again later")

@@ -10,12 +10,11 @@ from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconn
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import AuthError
 from ...metrics import lineage
 from ...metrics.hub import Subscription
 from ...metrics.prometheus import CONTENT_TYPE, exposition
 from ..privileges import Caller
-from .context import Server, Srv, authenticate, needs
+from .context import Server, Srv, needs, websocket_user
 
 router = APIRouter(tags=["metrics"])
 #: Metrics subscribers one server takes; more are refused until some leave.
@@ -76,14 +75,8 @@ async def metrics_stream(ws: WebSocket) -> None:
     workers only). The credential goes in
     ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
     srv: Server = ws.app.state.server
-    await ws.accept()
-    try:
-        caller = await authenticate(ws)
-    except AuthError as exc:
-        await ws.close(code=4401, reason=str(exc)[:120])
-        return
-    if caller.kind != "user":
-        await ws.close(code=4403, reason="an agent's credential serves its heartbeat only")
+    caller = await websocket_user(ws)
+    if caller is None:
         return
     q = ws.query_params
     flow = q.get("flow")
