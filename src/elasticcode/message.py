@@ -1,9 +1,10 @@
 """The message envelope and its wire encoding.
 
 A message carries an id, the flow it belongs to, the processor that emitted it, its creation
-time, the ids of its lineage parents, free-form attributes, a payload, and the creation time of
-the source message it descends from (``born``: how old a message's data is, end to end) and
-whether its lineage is recorded (``traced``). The payload is any JSON-like value (dict, list, str, int, float, bool, None) or raw ``bytes``.
+time, the ids of its lineage parents, free-form attributes, a payload, the creation time of the
+source message it descends from (``born``: how old a message's data is, end to end) and whether
+its lineage is recorded (``traced``). The payload is any JSON-like value (dict, list, str, int,
+float, bool, None) or raw ``bytes``.
 
 Ids are derived, not random, wherever the engine can: a source's n-th message and a
 processor's n-th output for a given input always get the same id. A redelivered input

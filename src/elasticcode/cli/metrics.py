@@ -74,30 +74,18 @@ def _network(server: str | None) -> bool:
 
 @click.command(epilog=EPILOG)
 @click.argument("flow", required=False)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="One host: where the run keeps its state [default: ./.elasticcode/FLOW-NAME].",
-)
+@where("A network's server [default: $ELASTICCODE_SERVER]; without it, one host's run.")
 @click.option(
     "--broker", default=None, metavar="URL", help="One host: the run's broker, if not the flow's."
 )
-@click.option(
-    "--server",
-    default=None,
-    metavar="URL",
-    help="A network's server [default: $ELASTICCODE_SERVER]; without it, one host's run.",
-)
-@click.option("--ca", default=None, metavar="FILE", help=CA_HELP)
 @click.option("--once", is_flag=True, help="Print one view and exit (after one interval).")
 @click.option("--json", "as_json", is_flag=True, help="Print each view as a line of JSON.")
 def top(
     flow: str | None,
     state_dir: str | None,
-    broker: str | None,
     server: str | None,
     ca: str | None,
+    broker: str | None,
     once: bool,
     as_json: bool,
 ) -> None:
@@ -125,25 +113,21 @@ def _local_views(flow: Flow, state_dir: str | None, broker: str | None) -> Itera
     store = StateStore(state_url)
     metrics = FlowMetrics(flow)
     queues = [flow.queue_name(c) for c in flow.connections]
-
-    async def depths() -> dict[str, tuple[int, int]]:
-        b = flow_broker(broker_url, flow)
-        await b.connect()
+    queued = flow_broker(broker_url, flow)
+    with asyncio.Runner() as loop:  # one connection to the broker, asked every interval
+        loop.run(queued.connect())
         try:
-            return await b.depth(queues)
+            while True:
+                last = store.last_run(flow.name)
+                reports = store.worker_reports(last[0]) if last else []
+                depths = loop.run(queued.depth(queues)) if queues else {}
+                view, _, _ = metrics.update(reports, depths)
+                view["run"] = {"id": last[0], "status": last[1]} if last else None
+                yield view
+                time.sleep(INTERVAL)
         finally:
-            await b.close()
-
-    try:
-        while True:
-            last = store.last_run(flow.name)
-            reports = store.worker_reports(last[0]) if last else []
-            view, _, _ = metrics.update(reports, asyncio.run(depths()) if queues else {})
-            view["run"] = {"id": last[0], "status": last[1]} if last else None
-            yield view
-            time.sleep(INTERVAL)
-    finally:
-        store.close()
+            loop.run(queued.close())
+            store.close()
 
 
 def _network_views(api: Any, flow: str | None) -> Iterator[dict[str, Any]]:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ..errors import ElasticCodeError
-from .hub import MetricsHub, Subscription
+from .hub import MetricsHub, Subscription, feed
 from .prometheus import CONTENT_TYPE, exposition
 
 #: Subscribers the endpoint takes at once.
@@ -91,22 +91,11 @@ class Endpoint:
         return Response(body, media_type=CONTENT_TYPE)
 
     async def _stream(self, ws: Any) -> None:
-        from starlette.websockets import WebSocketDisconnect
-
         await ws.accept()
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
             await ws.close(code=4429, reason="too many subscribers; try again later")
             return
         q = ws.query_params
         sub = Subscription(q.get("flow"), q.get("processor"), q.get("connection"))
-        self.subscribers.add(sub)
-        try:
-            await ws.send_json({"type": "hello", "v": 1})
-            for view in list(self.hub.views.values()):
-                sub.put(view)
-            while True:
-                await ws.send_json(await sub.queue.get())
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.subscribers.discard(sub)
+        hello = {"type": "hello", "v": 1}
+        await feed(ws, sub, self.subscribers, hello, list(self.hub.views.values()))

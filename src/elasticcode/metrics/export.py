@@ -37,9 +37,10 @@ def export(
     written = {}
     for name, table in TABLES.items():
         path = out_dir / f"{name}.{fmt}"
-        chunks = _chunks(engine, table, flow, since, until)
-        n = (_csv if fmt == "csv" else _parquet)(path, table, chunks, name, progress)
-        written[name] = (path, n)
+        count = [0]
+        chunks = _counted(_chunks(engine, table, flow, since, until), count, name, progress)
+        (_csv if fmt == "csv" else _parquet)(path, table, chunks)
+        written[name] = (path, count[0])
     return written
 
 
@@ -57,32 +58,29 @@ def _chunks(
             yield [dict(r) for r in rows]
 
 
-def _csv(
-    path: Path,
-    table: sa.Table,
+def _counted(
     chunks: Iterator[list[dict[str, Any]]],
+    count: list[int],
     name: str,
     progress: Callable[[str, int], None] | None,
-) -> int:
-    n = 0
+) -> Iterator[list[dict[str, Any]]]:
+    """``chunks``, their rows added up in ``count[0]`` and reported to ``progress``."""
+    for rows in chunks:
+        yield rows
+        count[0] += len(rows)
+        if progress is not None:
+            progress(name, count[0])
+
+
+def _csv(path: Path, table: sa.Table, chunks: Iterator[list[dict[str, Any]]]) -> None:
     with open(path, "w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=[c.name for c in table.columns])
         out.writeheader()
         for rows in chunks:
             out.writerows(rows)
-            n += len(rows)
-            if progress is not None:
-                progress(name, n)
-    return n
 
 
-def _parquet(
-    path: Path,
-    table: sa.Table,
-    chunks: Iterator[list[dict[str, Any]]],
-    name: str,
-    progress: Callable[[str, int], None] | None,
-) -> int:
+def _parquet(path: Path, table: sa.Table, chunks: Iterator[list[dict[str, Any]]]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -100,13 +98,10 @@ def _parquet(
     schema = pa.schema(
         [pa.field(c.name, kinds[type(c.type)], nullable=c.nullable) for c in table.columns]
     )
-    n = 0
     with pq.ParquetWriter(path, schema) as writer:
+        wrote = False
         for rows in chunks:
             writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-            n += len(rows)
-            if progress is not None:
-                progress(name, n)
-        if n == 0:
+            wrote = True
+        if not wrote:
             writer.write_table(schema.empty_table())
-    return n

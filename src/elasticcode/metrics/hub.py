@@ -139,3 +139,27 @@ class MetricsHub:
         for sub in list(self.subscribers):
             for m in messages:
                 sub.put(m)
+
+
+async def feed(
+    ws: Any,
+    sub: Subscription,
+    subscribers: set[Subscription],
+    hello: dict[str, Any],
+    now: list[dict[str, Any]],
+) -> None:
+    """Serve one subscriber on its websocket (starlette's) until it leaves: ``hello``, the
+    views there are ``now``, then what the hub puts in its queue."""
+    from starlette.websockets import WebSocketDisconnect
+
+    subscribers.add(sub)
+    try:
+        await ws.send_json(hello)
+        for view in now:
+            sub.put(view)
+        while True:
+            await ws.send_json(await sub.queue.get())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        subscribers.discard(sub)

@@ -457,6 +457,12 @@ class Cluster:
             self._documents[key] = json.loads(text)
         return self._documents[key]
 
+    def runs(self) -> list[tuple[str, int, int]]:
+        """(name, revision, run id) of every flow, in one query (no documents)."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(flows.c.name, flows.c.revision, flows.c.run_id)).all()
+        return [(r.name, r.revision, r.run_id) for r in rows]
+
     def reports(self, run_id: int) -> list[WorkerReport]:
         """The reports of every worker a flow's run has had (those stopped included)."""
         with self.engine.connect() as db:

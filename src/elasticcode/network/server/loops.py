@@ -78,8 +78,6 @@ async def watch_metrics(srv: Server) -> None:
 
 
 def _tick(srv: Server) -> list[dict[str, object]]:
-    cl = srv.cluster
-    flows = []
-    for info in cl.flows():
-        flows.append((cl.parsed(info.name, info.revision, info.document), cl.reports(info.run_id)))
+    cl = srv.cluster  # a flow's document is read once per revision (``parsed`` keeps it)
+    flows = [(cl.parsed(name, rev), cl.reports(run)) for name, rev, run in cl.runs()]
     return srv.metrics.tick(flows, record=srv.leading)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Query, WebSocket
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ...metrics import lineage
-from ...metrics.hub import Subscription
+from ...metrics.hub import Subscription, feed
 from ...metrics.prometheus import CONTENT_TYPE, exposition
 from ..privileges import Caller
 from .context import Server, Srv, needs, websocket_user
@@ -104,18 +104,9 @@ async def metrics_stream(ws: WebSocket) -> None:
         host,
         allowed=lambda f: caller.may("flow.read", f),
     )
-    hub.subscribers.add(sub)
-    try:
-        await ws.send_json({"type": "hello", "v": 1, "server": srv.settings.server_id})
-        for view in list(hub.views.values()):  # what there is now, without waiting
-            if host is None:
-                sub.put(view)
-        while True:
-            await ws.send_json(await sub.queue.get())
-    except WebSocketDisconnect:
-        pass
-    finally:
-        hub.subscribers.discard(sub)
+    hello = {"type": "hello", "v": 1, "server": srv.settings.server_id}
+    now = list(hub.views.values()) if host is None else []  # a host's come with the next
+    await feed(ws, sub, hub.subscribers, hello, now)
 
 
 @router.get("/flows/{name}/trace/{message_id}", dependencies=[needs("flow.read")])
