@@ -167,7 +167,9 @@ def test_every_route_answers_each_caller_as_its_privilege_says(net: Network) -> 
     for flow in (A, B):
         net.api("POST", "/flows", json={"document": document(flow, net)})
     net.start_agent("one", capacity=2)
-    agent = json.loads((net.root / "agent-one" / "agent.json").read_text())
+    saved = net.root / "agent-one" / "agent.json"  # written just after it registered
+    net.wait(saved.exists, 10, f"the agent to save {saved}")
+    agent = json.loads(saved.read_text())
     callers: dict[str, tuple[str | None, set[str], str]] = {
         "anonymous": (None, set(), ""),
         "agent": (agent["token"], set(), ""),

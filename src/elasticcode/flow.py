@@ -78,6 +78,31 @@ class Retry(_Model):
         return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
+class Scale(_Model):
+    """Autoscaling of a processor's instances between ``min`` and ``max`` on its backlog (see
+    ``elasticcode.autoscale``): enough instances to clear what waits within
+    ``target_latency`` while keeping up with what arrives, or ``target_backlog`` messages
+    waiting per instance. More at once when the backlog grows (after ``up_after`` since the
+    last change); fewer only when no reading over the last ``down_after`` asked for more."""
+
+    min: int = Field(default=1, ge=0, le=100_000)
+    max: int = Field(ge=1, le=100_000)
+    target_latency: Duration = 2.0
+    target_backlog: int | None = Field(default=None, ge=1)
+    up_after: Duration = 5.0
+    down_after: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scale:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if {"target_latency", "target_backlog"} <= self.model_fields_set:
+            raise ValueError("give target_latency or target_backlog, not both")
+        if self.target_latency <= 0:
+            raise ValueError("target_latency must be greater than zero, e.g. 2s")
+        return self
+
+
 class GitSource(_Model):
     """Where a processor's code comes from: a git repository at a ref, pinned to a commit."""
 
@@ -132,6 +157,8 @@ class Processor(_Model):
         PlainSerializer(lambda s: None if s is None else (s.model_dump(exclude_none=True) or True)),
     ] = None
     instances: int | Literal["auto"] = "auto"
+    #: Autoscaling between a minimum and a maximum (``instances`` is then where it starts).
+    scale: Scale | None = None
     #: Distributed mode: run only on agents carrying every one of these labels (e.g. gpu: "true").
     labels: dict[str, str] = Field(default_factory=dict)
     prefetch: int = Field(default=100, ge=1, le=10_000)
@@ -181,6 +208,14 @@ class Processor(_Model):
                 raise ValueError("a source has no inputs; remove inputs or source")
             if self.instances not in ("auto", 1):
                 raise ValueError("a source runs as a single instance; remove instances")
+            if self.scale is not None:
+                raise ValueError("a source runs as a single instance; remove scale")
+        scale, start = self.scale, self.instances
+        if scale and isinstance(start, int) and not scale.min <= start <= scale.max:
+            raise ValueError(
+                f"instances ({start}) is where scaling starts: it must be between "
+                f"scale min ({scale.min}) and max ({scale.max})"
+            )
         for port_list in (self.inputs or [], self.outputs):
             if len(set(port_list)) != len(port_list):
                 raise ValueError("port names must be unique")

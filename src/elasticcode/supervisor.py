@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from . import launch
+from .autoscale import starting_count
 from .brokers import Broker
 from .code import envs
 from .errors import BrokerError
@@ -63,8 +64,10 @@ class Instance:
     #: The flow (and its flow file) this instance runs; None: the supervisor's.
     flow: Flow | None = field(default=None, repr=False)
     flow_file: Path | None = None
-    #: Asked to finish its batch and exit, replaced by a newer instance.
+    #: Asked to finish its batch and exit, replaced by a newer instance (or scaled down).
     retiring: bool = False
+    #: What happened when a retiring instance's worker has exited.
+    retired: str = "replaced"
     #: Distributed mode: the run and broker of the instance's flow, and its spec digest.
     run_id: int | None = None
     broker_url: str | None = None
@@ -90,6 +93,8 @@ def instance_count(flow: Flow, processor: str, workers: int | None = None) -> in
     spec = flow.get(processor)
     if spec.is_source:
         return 1
+    if spec.scale is not None:
+        return starting_count(spec.scale, spec.instances)
     if isinstance(spec.instances, int):
         return spec.instances
     return workers or os.cpu_count() or 1
@@ -200,7 +205,7 @@ class Supervisor:
             if code == 0 or inst.retiring:
                 inst.finished = True
                 if inst.retiring:
-                    events.append(f"worker {inst.processor}[{inst.index}] replaced ({held})")
+                    events.append(f"worker {inst.processor}[{inst.index}] {inst.retired} ({held})")
                 continue
             if code == EXIT_MEMORY:  # it settled what it held: a fresh one takes over at once
                 inst.next_start = now
@@ -243,6 +248,26 @@ class Supervisor:
                 inst.process.send_signal(signal.SIGTERM)
             else:
                 inst.finished = True
+
+    def resize(self, processor: str, count: int) -> None:
+        """Run ``count`` instances of ``processor``: new ones start; those above ``count``
+        (the highest indices first) finish their batch and exit."""
+        active = sorted(
+            (i for i in self.instances if i.processor == processor and not i.retiring),
+            key=lambda i: i.index,
+        )
+        for inst in active[count:]:
+            inst.retiring, inst.retired = True, "stopped (scaled down)"
+            if inst.alive and inst.process is not None:
+                inst.process.send_signal(signal.SIGTERM)
+            else:
+                inst.finished = True
+        taken = {i.index for i in self.instances if i.processor == processor and not i.finished}
+        free = (n for n in range(1_000_000) if n not in taken)
+        for _ in range(count - len(active)):
+            fresh = Instance(processor, next(free))
+            self._spawn(fresh)
+            self.instances.append(fresh)
 
     def live_consumers(self) -> set[str]:
         """Consumer ids of the workers running now."""

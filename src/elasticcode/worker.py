@@ -347,6 +347,8 @@ class Consumer(Worker):
             # let the loop run its callbacks (SIGTERM's among them) even when every await
             # below completes at once, as on a busy embedded queue
             await asyncio.sleep(0)
+            if self.spec.scale is not None and time.monotonic() - self._reported >= REPORT_EVERY:
+                await self._read_backlog(queues)  # what the autoscaler scales on
             self._publish_report()
             if not await self._wait_for_room():
                 break
@@ -376,6 +378,8 @@ class Consumer(Worker):
                 for d in again:
                     await self._process([d], False, held, isolated=True)
                     held.settled([d])
+            if idle:  # the first counts of a burst at once: live views show them an interval on
+                self._publish_report(force=True)
             if self.spec.max_memory and (rss := _resident()) > self.spec.max_memory:
                 log.warning(
                     "processor %s: worker uses %d MB, over its max_memory of %d MB; restarting",
@@ -385,6 +389,17 @@ class Consumer(Worker):
                 )
                 self.report.last_error = f"restarted at {rss // 2**20} MB (max_memory)"
                 self.recycle = self.stopping = True
+
+    async def _read_backlog(self, queues: list[str]) -> None:
+        """The depth of the input queues, into the report (never fatal)."""
+        try:
+            depths = await self.broker.depth(queues)
+        except ElasticCodeError as exc:
+            log.debug("cannot read the input queues' depth: %s", exc)
+            return
+        at = round(time.time(), 3)
+        for q, (n, size) in depths.items():
+            self.depths[q] = [n, size, at]
 
     async def _process(
         self, batch: list[Delivery], concurrent: bool, held: _Held, isolated: bool = False

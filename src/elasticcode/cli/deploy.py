@@ -177,9 +177,19 @@ def processor_list(flow_name: str, api: Api, as_json: bool) -> None:
 @click.argument("instances")
 @server_option
 def processor_scale(flow_name: str, name: str, instances: str, api: Api) -> None:
-    """Run INSTANCES instances (a number, or auto: one on every agent that may run it)."""
-    value: int | str = instances if instances == "auto" else int(instances)
+    """Run INSTANCES instances (a number, or auto: one on every agent that may run it).
+
+    A processor that scales (scale: in the flow) is held at the number until `release`
+    lets the autoscaler decide again."""
+    if instances not in ("auto", "release") and not instances.isdigit():
+        raise click.BadParameter(f"{instances!r}: give a number, auto or release")
+    value: int | str = instances if instances in ("auto", "release") else int(instances)
     reply = api("POST", f"/flows/{flow_name}/processors/{name}/scale", json={"instances": value})
+    if "pinned" in reply:
+        held = reply["pinned"]
+        what = "scales again" if held is None else f"held at {held} instance(s) until released"
+        click.echo(f"flow {flow_name}: {name} {what}")
+        return
     click.echo(f"flow {flow_name}: revision {reply['revision']}, {name} at {instances} instance(s)")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from ..autoscale import Autoscaler
 from ..brokers import Broker, flow_broker
 from ..code import code_problems, envs
 from ..code.pinning import pin
@@ -225,6 +226,8 @@ class _Run:
         self._measured = 0.0
         #: where the run serves its metrics, if asked to
         self.endpoint: Endpoint | None = None
+        #: the instance counts of the processors that scale (``scale:``)
+        self.scaler = Autoscaler() if any(p.scale for p in flow.processors) else None
 
     def _say(self, event: str) -> None:
         self.events.append(event)
@@ -291,11 +294,18 @@ class _Run:
             return
         if self.endpoint is not None:
             self.endpoint.publish(messages)
+        if self.scaler is not None:
+            view = next(m for m in messages if m.get("type") == "metrics")
+            for d in self.scaler.decide(self.flow, view):
+                if d.processor not in self.broken:
+                    self.supervisor.resize(d.processor, d.after)
+                    self._say(d.text())
 
     async def finish(self, status: str) -> tuple[dict[str, ProcessorTotals], dict[str, int], int]:
         """Stop the workers, record how the run ended; return its counts, what is left in
         each queue and the dead letters stored."""
         self.progress.stopping()
+        self.scaler = None  # stopping: nothing starts now
         await asyncio.get_running_loop().run_in_executor(None, self.supervisor.stop)
         broker, state = self.broker, self.state
         with contextlib.suppress(DiskFull):  # the next run releases them

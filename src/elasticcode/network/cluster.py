@@ -272,6 +272,38 @@ class Cluster:
             db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
             record_event(db, "processor", flow, f"processor {processor}: {action}", who)
 
+    def scaled(self, flow: str) -> dict[str, tuple[int | None, int | None]]:
+        """Each processor of ``flow`` with a recorded count: (decided by the autoscaler, set
+        by hand)."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                sa.select(
+                    processor_controls.c.processor,
+                    processor_controls.c.scaled,
+                    processor_controls.c.pinned,
+                ).where(processor_controls.c.flow == flow)
+            ).all()
+        return {r.processor: (r.scaled, r.pinned) for r in rows}
+
+    def record_scale(self, flow: str, processor: str, count: int, text: str, who: Who) -> None:
+        """The autoscaler's decision: the processor's count, and the event that says why."""
+        with self.engine.begin() as db:
+            values = {"flow": flow, "processor": processor, "scaled": count}
+            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            record_event(db, "scale", flow, text, who)
+
+    def pin(self, flow: str, processor: str, count: int | None, who: Who = SYSTEM) -> None:
+        """Hold a processor that scales at ``count`` instances (None: let it scale again)."""
+        info = self.flow(flow)
+        spec = self.parsed(flow, info.revision, info.document).get(processor)
+        if spec.scale is None:
+            raise FlowError(f"processor {processor!r} does not scale: give it a number")
+        with self.engine.begin() as db:
+            values = {"flow": flow, "processor": processor, "pinned": count}
+            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            what = "released: it scales again" if count is None else f"held at {count} instance(s)"
+            record_event(db, "scale", flow, f"processor {processor}: {what}", who)
+
     def controls(self) -> dict[tuple[str, str], tuple[bool, int]]:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(processor_controls)).all()

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..autoscale import starting_count
 from ..store.db import insert
 from ..store.tables import agents, flows, leases, placements, processor_controls, sources
 from .cluster import LEADER, Cluster, Who, record_event
@@ -204,6 +205,10 @@ class Leader:
                     count = 0
                 elif p.is_source:
                     count = 0 if (f.run_id, p.name) in done else 1
+                elif p.scale is not None:  # held by hand, else as the autoscaler decided
+                    held = c.pinned if c is not None and c.pinned is not None else None
+                    held = held if held is not None else (c.scaled if c is not None else None)
+                    count = starting_count(p.scale, p.instances) if held is None else int(held)
                 elif isinstance(p.instances, int):
                     count = p.instances
                 else:  # auto: one on every agent that may run it

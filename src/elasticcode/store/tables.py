@@ -118,6 +118,10 @@ processor_controls = sa.Table(
     sa.Column("paused", sa.Boolean, nullable=False, default=False),
     #: Bumped by a restart: every instance is replaced, new ones first.
     sa.Column("restarts", sa.Integer, nullable=False, default=0),
+    #: A processor that scales: the count the autoscaler decided last (None: where it starts).
+    sa.Column("scaled", sa.Integer),
+    #: A count set by hand (``processor scale``) that holds until released.
+    sa.Column("pinned", sa.Integer),
 )
 
 agents = sa.Table(

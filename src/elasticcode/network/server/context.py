@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from ...autoscale import Autoscaler
 from ...errors import AuthError
 from ...metrics.hub import MetricsHub
 from ..cluster import Cluster, Who
@@ -37,6 +38,8 @@ class Server:
     leading: bool = False
     #: the flows' metrics: newest views, subscribers, the history (written by the leader)
     metrics: MetricsHub = field(default_factory=MetricsHub)
+    #: the instance counts of the processors that scale (decided while this server leads)
+    scaler: Autoscaler = field(default_factory=Autoscaler)
 
 
 def server_of(conn: HTTPConnection) -> Server:

@@ -9,8 +9,10 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from ...flow import Flow
 from ...metrics.hub import INTERVAL
 from ..cluster import Cluster
+from ..leader import LEADING
 from .context import Server
 
 log = logging.getLogger("elasticcode.server")
@@ -80,4 +82,28 @@ async def watch_metrics(srv: Server) -> None:
 def _tick(srv: Server) -> list[dict[str, object]]:
     cl = srv.cluster  # a flow's document is read once per revision (``parsed`` keeps it)
     flows = [(cl.parsed(name, rev), cl.reports(run)) for name, rev, run in cl.runs()]
-    return srv.metrics.tick(flows, record=srv.leading)
+    messages = srv.metrics.tick(flows, record=srv.leading)
+    if srv.leading:
+        for flow, _ in flows:
+            if any(p.scale is not None for p in flow.processors):
+                _scale(srv, flow)
+    return messages
+
+
+def _scale(srv: Server, flow: Flow) -> None:
+    """The leader's autoscaling of one flow: each decision recorded (placement follows it)
+    with the event that says why; a processor held at a count by hand is left alone."""
+    recorded = srv.cluster.scaled(flow.name)
+    counts, pinned = {}, set()
+    for name, (scaled, pin) in recorded.items():
+        if pin is not None:
+            pinned.add(name)
+            srv.scaler.forget(flow.name, name)
+        elif scaled is not None:
+            counts[name] = scaled
+    for d in srv.scaler.decide(flow, srv.metrics.views[flow.name], counts):
+        if d.processor in pinned:
+            srv.scaler.forget(flow.name, d.processor)
+            continue
+        srv.cluster.record_scale(flow.name, d.processor, d.after, d.text(), LEADING)
+        log.info("%s: %s", flow.name, d.text())

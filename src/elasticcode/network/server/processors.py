@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import NotFound
+from ...errors import FlowError, NotFound
 from ...redact import redact_url
 from ..cluster import Cluster
 from ..privileges import Caller
@@ -78,6 +78,16 @@ async def remove_processor(
 async def scale(
     srv: Srv, request: Request, name: str, processor: str, body: ScaleBody
 ) -> dict[str, Any]:
+    """Set a processor's instance count (a new revision). A processor that scales is held
+    at the count instead, until released (``"release"``); no new revision."""
+    info = await run_in_threadpool(srv.cluster.flow, name)
+    spec = srv.cluster.parsed(name, info.revision, info.document).get(processor)
+    if spec.scale is not None or body.instances == "release":
+        count = body.instances if isinstance(body.instances, int) else None
+        if body.instances == "auto":
+            raise FlowError(f"processor {processor!r} scales: give a number, or release")
+        await run_in_threadpool(srv.cluster.pin, name, processor, count, who(request))
+        return {"name": name, "revision": info.revision, "pinned": count}
     changes = {"instances": body.instances}
     revision = await run_in_threadpool(
         srv.cluster.update_processor, name, processor, changes, who(request)
@@ -104,14 +114,19 @@ def _processors(cl: Cluster, name: str) -> list[dict[str, Any]]:
     flow = cl.parsed(info.name, info.revision, info.document)
     controls = cl.controls()
     placed = cl.instances(name)
+    counts = cl.scaled(name)
     out = []
     for p in flow.processors:
         paused, restarts = controls.get((name, p.name), (False, 0))
         mine = [w for w in placed if w["processor"] == p.name]
+        scaled, pinned = counts.get(p.name, (None, None))
         out.append(
             {
                 "name": p.name,
                 "instances": p.instances,
+                "scale": None if p.scale is None else p.scale.model_dump(mode="json"),
+                "scaled": scaled,
+                "pinned": pinned,
                 "labels": p.labels,
                 "paused": paused,
                 "restarts": restarts,

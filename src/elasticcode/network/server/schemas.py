@@ -35,7 +35,7 @@ class HeartbeatBody(BaseModel):
 
 
 class ScaleBody(BaseModel):
-    instances: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"]
+    instances: Annotated[int, Field(ge=0, le=100_000)] | Literal["auto", "release"]
 
 
 class RollbackBody(BaseModel):

@@ -1,0 +1,197 @@
+"""Autoscaling: how many instances each scaled processor (``scale:`` in the flow) should run.
+
+``Autoscaler.decide`` is called every metrics interval with the flow's view (see
+``metrics.view``) and returns the changes to make, each with its reason. The run on one
+host applies them to its supervisor; in a network, the leading server records them and
+placement follows. The signals, per processor:
+
+- **backlog**: the messages waiting in its input queues (the depths in the view);
+- **arrival**: how fast messages come in (what it took in the interval plus how much the
+  backlog grew, or less what it shrank), smoothed;
+- **per instance**: how many messages one instance works through per second while busy
+  (messages in ÷ time busy), smoothed.
+
+With ``target_latency`` the count wanted is enough instances to keep up with what arrives
+and clear the backlog within the target: ``(arrival + backlog / target_latency) / per
+instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
+
+- **Up at once** (no sooner than ``up_after`` since the last change), at most doubling (or
+  four more) per step, so that one noisy reading cannot jump to the maximum.
+- **Down only when stable**: to the largest count any reading asked for over the last
+  ``down_after`` seconds, so a bursty source does not make instances come and go.
+- Changes within 10 % of the count are ignored (no flapping at large counts).
+- A processor at zero instances (``min: 0``) wakes, to one, when anything waits for it.
+- Until one instance has been measured, a processor with work keeps what it has; one with
+  nothing waiting and nothing coming wants none (then its minimum).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .flow import Flow, Scale
+
+__all__ = ["Autoscaler", "Decision", "starting_count"]
+
+#: Weight of the newest reading in the smoothed rates.
+SMOOTHING = 0.5
+#: Relative change too small to act on.
+TOLERANCE = 0.1
+
+
+def starting_count(scale: Scale, instances: int | str) -> int:
+    """Where a scaled processor starts: ``instances`` if a number, else its minimum."""
+    return instances if isinstance(instances, int) else scale.min
+
+
+@dataclass(frozen=True)
+class Decision:
+    flow: str
+    processor: str
+    before: int
+    after: int
+    reason: str
+
+    def text(self) -> str:
+        return f"scaled {self.processor} {self.before} → {self.after}: {self.reason}"
+
+
+@dataclass
+class _State:
+    count: int
+    changed_at: float
+    since: float
+    per_instance: float | None = None
+    arrival: float | None = None
+    backlog: tuple[float, int] | None = None
+    wanted: deque[tuple[float, int]] = field(default_factory=deque)
+
+
+class Autoscaler:
+    """The counts of one or more flows' scaled processors, decided interval by interval."""
+
+    def __init__(self) -> None:
+        self._state: dict[tuple[str, str], _State] = {}
+
+    def count(self, flow: str, processor: str) -> int | None:
+        st = self._state.get((flow, processor))
+        return None if st is None else st.count
+
+    def forget(self, flow: str, processor: str | None = None) -> None:
+        """Drop what is known of a flow (or one of its processors): removed, pinned."""
+        for key in [k for k in self._state if k[0] == flow and processor in (None, k[1])]:
+            del self._state[key]
+
+    def decide(
+        self,
+        flow: Flow,
+        view: dict[str, Any],
+        counts: dict[str, int] | None = None,
+        now: float | None = None,
+    ) -> list[Decision]:
+        """The changes the view calls for. ``counts``: what each processor runs now, where
+        the caller knows better (a count recorded by another server, or set by hand); else
+        the last decided, or where the processor starts."""
+        now = time.monotonic() if now is None else now
+        counts = counts or {}
+        waiting: dict[str, int | None] = {}
+        for conn in view.get("connections", {}).values():
+            dst, n = str(conn["to"]).split(".", 1)[0], conn.get("depth")
+            before = waiting.get(dst, 0)
+            waiting[dst] = None if n is None or before is None else before + n
+        measured = bool(view.get("interval"))  # the first view has totals, no rates
+        out = []
+        for p in flow.processors:
+            if p.scale is None or p.is_source:
+                continue
+            key = (flow.name, p.name)
+            st = self._state.get(key)
+            known = counts.get(p.name)
+            if st is None:
+                start = known if known is not None else starting_count(p.scale, p.instances)
+                st = self._state[key] = _State(start, now, now)
+            elif known is not None and known != st.count:
+                st.count, st.changed_at = known, now
+            seen = view.get("processors", {}).get(p.name) if measured else None
+            decision = self._one(flow.name, p.name, p.scale, st, seen, waiting.get(p.name), now)
+            if decision is not None:
+                st.count, st.changed_at = decision.after, now
+                out.append(decision)
+        scaled = {p.name for p in flow.processors if p.scale is not None}
+        for key in [k for k in self._state if k[0] == flow.name and k[1] not in scaled]:
+            del self._state[key]
+        return out
+
+    def _one(
+        self,
+        flow: str,
+        name: str,
+        scale: Scale,
+        st: _State,
+        seen: dict[str, Any] | None,
+        backlog: int | None,
+        now: float,
+    ) -> Decision | None:
+        if seen is None or backlog is None:
+            return None  # nothing measured this interval: no decision either way
+        rate_in = float(seen["rates"]["in"])
+        busy, running = float(seen.get("busy", 0.0)), int(seen.get("instances", 0))
+        if busy > 0.02 and rate_in > 0 and running:
+            st.per_instance = _smooth(st.per_instance, rate_in / (busy * running))
+        growth = 0.0  # what came in = what was taken + how much more waits (or less)
+        if st.backlog is not None and now > st.backlog[0]:
+            growth = (backlog - st.backlog[1]) / (now - st.backlog[0])
+        st.backlog = (now, backlog)
+        st.arrival = _smooth(st.arrival, max(0.0, rate_in + growth))
+        per, arrival = st.per_instance, st.arrival or 0.0
+        if scale.target_backlog is not None:
+            need = math.ceil(backlog / scale.target_backlog)
+            basis = f"target {scale.target_backlog:,} waiting per instance"
+        elif per:
+            need = math.ceil((arrival + backlog / scale.target_latency) / per)
+            basis = (
+                f"{_n(per)}/s per instance, {_n(arrival)}/s arriving, "
+                f"target {scale.target_latency:g}s"
+            )
+        elif backlog or rate_in:  # not measured yet: what it has (one if something waits)
+            need = max(st.count, 1) if backlog else st.count
+            basis = "not measured yet"
+        else:  # nothing waits, nothing comes
+            need, basis = 0, "idle"
+        need = min(scale.max, max(scale.min, need))
+        st.wanted.append((now, need))
+        while st.wanted and st.wanted[0][0] < now - scale.down_after:
+            st.wanted.popleft()
+        count = st.count
+        if need > count:
+            if count == 0:  # asleep: the first message wakes it at once
+                return Decision(flow, name, 0, 1, f"backlog {_n(backlog)}, at 0 instances")
+            if now - st.changed_at < scale.up_after or (need - count) / count <= TOLERANCE:
+                return None
+            after = min(need, max(count * 2, count + 4))
+            return Decision(flow, name, count, after, f"backlog {_n(backlog)}, {basis}")
+        if need < count and now - st.since >= scale.down_after:
+            most = max(n for _, n in st.wanted)  # the most asked for over the window
+            if most < count and now - st.changed_at >= scale.down_after:
+                if most and (count - most) / count <= TOLERANCE:
+                    return None
+                why = f"backlog {_n(backlog)}, {basis}; at most {most} asked for over the last"
+                return Decision(flow, name, count, most, f"{why} {scale.down_after:g}s")
+        return None
+
+
+def _smooth(old: float | None, new: float) -> float:
+    return new if old is None else old + SMOOTHING * (new - old)
+
+
+def _n(x: float) -> str:
+    """48213 -> 48.2k, 3100.5 -> 3.1k, 12.34 -> 12.3."""
+    if x >= 10_000:
+        return f"{x / 1000:.0f}k"
+    if x >= 1000:
+        return f"{x / 1000:.1f}k"
+    return f"{x:.1f}".removesuffix(".0") if x < 100 else f"{x:.0f}"

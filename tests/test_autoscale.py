@@ -1,0 +1,183 @@
+"""Autoscaling: the decisions on made-up views (up at once, down only when stable, no
+flapping, waking from zero) and a run on one host that scales a slow processor up and down."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elasticcode.autoscale import Autoscaler
+from elasticcode.errors import FlowError
+from elasticcode.flow import Flow
+from elasticcode.local.runner import run
+
+SCALED = """
+name: burst
+processors:
+  - {name: slow, code: steps:slow, scale: {min: 1, max: 8, target_latency: 2s,
+     up_after: 5s, down_after: 30s}}
+  - {name: sink, code: steps:sink, instances: 1}
+connections:
+  - {from: slow, to: sink}
+"""
+
+
+def view(backlog: int | None, rate_in: float, busy: float, instances: int) -> dict[str, Any]:
+    """What the metrics view of ``SCALED`` would show for one interval."""
+    return {
+        "interval": 1.0,
+        "processors": {
+            "slow": {"rates": {"in": rate_in}, "busy": busy, "instances": instances},
+            "sink": {"rates": {"in": rate_in}, "busy": 0.1, "instances": 1},
+        },
+        "connections": {
+            "slow.success->sink.input": {"to": "sink.input", "depth": 0},
+            "<inbox>": {"to": "slow.input", "depth": backlog},
+        },
+    }
+
+
+def test_a_backlog_scales_up_at_once_at_most_doubling_and_says_why() -> None:
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    # one instance doing 100/s while busy, 48k waiting: wants 241, gets 1 → 5 (double or +4)
+    decisions = scaler.decide(flow, view(48_000, 100, 1.0, 1), now=0.0)
+    assert decisions == []  # not sooner than up_after since it started
+    [d] = scaler.decide(flow, view(48_000, 100, 1.0, 1), now=5.0)
+    assert (d.before, d.after) == (1, 5)
+    assert d.text().startswith("scaled slow 1 → 5: backlog 48k, 100/s per instance")
+    assert "target 2s" in d.text()
+    assert scaler.decide(flow, view(47_000, 500, 1.0, 5), now=6.0) == []  # up_after again
+    [d] = scaler.decide(flow, view(46_000, 500, 1.0, 5), now=11.0)
+    assert (d.before, d.after) == (5, 8)  # its max
+
+
+def test_fewer_only_after_a_whole_window_asked_for_fewer() -> None:
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    counts = {"slow": 8}  # as recorded (e.g. by the server that led before)
+    t = 0.0
+    for _ in range(29):  # idle for 29 s: not yet
+        assert scaler.decide(flow, view(0, 0, 0.0, 8), counts, now=t) == []
+        t += 1.0
+    t = 30.0
+    [d] = scaler.decide(flow, view(0, 0, 0.0, 8), counts, now=t)
+    assert (d.before, d.after) == (8, 1)
+    assert "at most 1 asked for over the last 30s" in d.text()
+
+
+def test_a_bursty_source_does_not_make_instances_come_and_go() -> None:
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    changes, backlog = [], 0
+    for second in range(300):  # a burst of 2,000 every 20 s; one instance does 100/s
+        backlog += 2000 if second % 20 == 0 else 0
+        n = scaler.count("burst", "slow") or 1
+        done = min(backlog, 100 * n)
+        backlog -= done
+        changes += scaler.decide(flow, view(backlog, done, done / (100 * n), n), now=second)
+    ups = [d for d in changes if d.after > d.before]
+    downs = [d for d in changes if d.after < d.before]
+    # up for the first burst; never down while bursts come closer than down_after (30 s)
+    assert 1 <= len(ups) <= 3 and not downs, [d.text() for d in changes]
+
+
+def test_a_processor_at_zero_wakes_on_the_first_message_and_sleeps_again() -> None:
+    flow = Flow.loads(SCALED.replace("min: 1", "min: 0"))
+    scaler = Autoscaler()
+    assert scaler.decide(flow, view(0, 0, 0.0, 0), now=0.0) == []  # starts at min: 0
+    [d] = scaler.decide(flow, view(3, 0, 0.0, 0), now=1.0)
+    assert (d.before, d.after) == (0, 1) and "at 0 instances" in d.text()
+    assert scaler.decide(flow, view(0, 3, 0.01, 1), now=2.0) == []
+    [d] = scaler.decide(flow, view(0, 0, 0.0, 1), now=40.0)
+    assert (d.before, d.after) == (1, 0)
+
+
+def test_a_target_backlog_per_instance() -> None:
+    flow = Flow.loads(SCALED.replace("target_latency: 2s", "target_backlog: 1000"))
+    scaler = Autoscaler()
+    scaler.decide(flow, view(3500, 10, 1.0, 1), now=0.0)
+    [d] = scaler.decide(flow, view(3500, 10, 1.0, 1), now=5.0)
+    assert (d.before, d.after) == (1, 4) and "target 1,000 waiting per instance" in d.text()
+
+
+def test_unknown_depths_decide_nothing() -> None:
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    for t in range(0, 100, 5):
+        assert scaler.decide(flow, view(None, 100, 1.0, 1), now=float(t)) == []
+
+
+@pytest.mark.parametrize(
+    "scale, error",
+    [
+        ("{min: 4, max: 2}", r"scale: min \(4\) is above max \(2\)"),
+        ("{max: 4, target_latency: 1s, target_backlog: 10}", "not both"),
+        ("{max: 4, target_latency: 0s}", "greater than zero"),
+        ("{min: 1}", "max"),
+    ],
+)
+def test_bad_scale_settings_say_what_to_fix(scale: str, error: str) -> None:
+    text = f"name: f\nprocessors:\n  - {{name: p, code: m:f, scale: {scale}}}\n"
+    with pytest.raises(FlowError, match=error):
+        Flow.loads(text)
+
+
+def test_instances_is_where_scaling_starts_within_its_bounds() -> None:
+    ok = "name: f\nprocessors:\n  - {name: p, code: m:f, instances: 3, scale: {max: 4}}\n"
+    assert Flow.loads(ok).get("p").instances == 3
+    with pytest.raises(FlowError, match=r"instances \(9\) is where scaling starts"):
+        Flow.loads(ok.replace("instances: 3", "instances: 9"))
+    source = "name: f\nprocessors:\n  - {name: p, code: m:f, source: true, scale: {max: 4}}\n"
+    with pytest.raises(FlowError, match="remove scale"):
+        Flow.loads(source)
+
+
+# -- one host ----------------------------------------------------------------------------------
+LOCAL_STEPS = """
+import time
+
+def gen():
+    yield from range(3000)   # a burst
+    time.sleep(12)           # then quiet, while the source still runs
+    yield from range(3000, 3010)
+
+def slow(payload):
+    time.sleep(0.004)
+    return payload
+
+def sink(payload, ctx):
+    with open("sunk.txt", "a") as f:
+        f.write(f"{payload}\\n")
+"""
+
+
+def test_a_run_scales_a_slow_processor_up_for_a_burst_and_down_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "steps.py").write_text(LOCAL_STEPS)
+    (tmp_path / "flow.yaml").write_text(
+        textwrap.dedent(
+            """
+            name: burst
+            processors:
+              - {name: gen, code: steps:gen, source: true}
+              - {name: slow, code: steps:slow,
+                 scale: {min: 1, max: 4, target_latency: 1s, up_after: 1s, down_after: 4s}}
+              - {name: sink, code: steps:sink, instances: 1}
+            connections:
+              - {from: gen, to: slow}
+              - {from: slow, to: sink}
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = run(tmp_path / "flow.yaml", state_dir=tmp_path / "state")
+    print("\n".join(result.events))
+    assert result.status == "finished"
+    scaled = [e for e in result.events if e.startswith("scaled slow")]
+    assert any("scaled slow 1 → " in e and "backlog" in e for e in scaled), scaled
+    assert any(e.startswith("scaled slow") and e.endswith("over the last 4s") for e in scaled)
+    assert any("stopped (scaled down)" in e for e in result.events)
+    sunk = [int(line) for line in (tmp_path / "sunk.txt").read_text().split()]
+    assert sorted(set(sunk)) == list(range(3010))  # every message, whatever the count did
+    assert result.dead_letters == 0
