@@ -81,11 +81,6 @@ class Autoscaler:
         st = self._state.get((flow, processor))
         return None if st is None else st.count
 
-    def forget(self, flow: str, processor: str | None = None) -> None:
-        """Drop what is known of a flow (or one of its processors): removed, pinned."""
-        for key in [k for k in self._state if k[0] == flow and processor in (None, k[1])]:
-            del self._state[key]
-
     def decide(
         self,
         flow: Flow,

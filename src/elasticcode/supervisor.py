@@ -9,6 +9,7 @@ so that processors use every core and a crash in user code takes down only its o
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import signal
@@ -263,7 +264,7 @@ class Supervisor:
             else:
                 inst.finished = True
         taken = {i.index for i in self.instances if i.processor == processor and not i.finished}
-        free = (n for n in range(1_000_000) if n not in taken)
+        free = (n for n in itertools.count() if n not in taken)
         for _ in range(count - len(active)):
             fresh = Instance(processor, next(free))
             self._spawn(fresh)

@@ -236,6 +236,12 @@ class Worker:
         else:
             self._writing = asyncio.get_running_loop().run_in_executor(None, write)
 
+    def _note_depths(self, depths: dict[str, tuple[int, int]]) -> None:
+        """Queue depths as read now, for the report: [messages, bytes, when]."""
+        at = round(time.time(), 3)
+        for q, (n, size) in depths.items():
+            self.depths[q] = [n, size, at]
+
     async def _wait_for_room(self) -> int:
         """Back pressure: wait while any outgoing connection is at its threshold.
 
@@ -248,9 +254,7 @@ class Worker:
             return self._room  # less what this worker published since
         while self.limits and not self.stopping:
             depths = await self.broker.depth(list(self.limits))
-            at = round(time.time(), 3)
-            for q, (n, size) in depths.items():
-                self.depths[q] = [n, size, at]
+            self._note_depths(depths)
             room = min(
                 self.limits[q][0] - n if size < self.limits[q][1] else 0
                 for q, (n, size) in depths.items()
@@ -397,9 +401,7 @@ class Consumer(Worker):
         except ElasticCodeError as exc:
             log.debug("cannot read the input queues' depth: %s", exc)
             return
-        at = round(time.time(), 3)
-        for q, (n, size) in depths.items():
-            self.depths[q] = [n, size, at]
+        self._note_depths(depths)
 
     async def _process(
         self, batch: list[Delivery], concurrent: bool, held: _Held, isolated: bool = False

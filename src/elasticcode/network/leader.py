@@ -206,9 +206,8 @@ class Leader:
                 elif p.is_source:
                     count = 0 if (f.run_id, p.name) in done else 1
                 elif p.scale is not None:  # held by hand, else as the autoscaler decided
-                    held = c.pinned if c is not None and c.pinned is not None else None
-                    held = held if held is not None else (c.scaled if c is not None else None)
-                    count = starting_count(p.scale, p.instances) if held is None else int(held)
+                    held = _held(c)
+                    count = starting_count(p.scale, p.instances) if held is None else held
                 elif isinstance(p.instances, int):
                     count = p.instances
                 else:  # auto: one on every agent that may run it
@@ -271,3 +270,12 @@ class Leader:
                 .values(digest=sa.bindparam("d"), assigned=agents.c.assigned + 1),
                 changed,
             )
+
+
+def _held(control: Any) -> int | None:
+    """A scaling processor's count: set by hand, else decided by the autoscaler (None:
+    neither yet)."""
+    if control is None:
+        return None
+    count = control.pinned if control.pinned is not None else control.scaled
+    return None if count is None else int(count)

@@ -93,17 +93,14 @@ def _tick(srv: Server) -> list[dict[str, object]]:
 def _scale(srv: Server, flow: Flow) -> None:
     """The leader's autoscaling of one flow: each decision recorded (placement follows it)
     with the event that says why; a processor held at a count by hand is left alone."""
-    recorded = srv.cluster.scaled(flow.name)
-    counts, pinned = {}, set()
-    for name, (scaled, pin) in recorded.items():
-        if pin is not None:
-            pinned.add(name)
-            srv.scaler.forget(flow.name, name)
-        elif scaled is not None:
-            counts[name] = scaled
+    recorded = srv.cluster.scaled(flow.name)  # name -> (decided, held by hand)
+    pinned = {name for name, (_, pin) in recorded.items() if pin is not None}
+    counts = {
+        name: count
+        for name, (scaled, pin) in recorded.items()
+        if (count := pin if pin is not None else scaled) is not None
+    }
     for d in srv.scaler.decide(flow, srv.metrics.views[flow.name], counts):
-        if d.processor in pinned:
-            srv.scaler.forget(flow.name, d.processor)
-            continue
-        srv.cluster.record_scale(flow.name, d.processor, d.after, d.text(), LEADING)
-        log.info("%s: %s", flow.name, d.text())
+        if d.processor not in pinned:  # held: the count stays what the hand set
+            srv.cluster.record_scale(flow.name, d.processor, d.after, d.text(), LEADING)
+            log.info("%s: %s", flow.name, d.text())
