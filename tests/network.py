@@ -35,11 +35,16 @@ PG_ADMIN = os.environ.get(
 
 STEPS = """
 import os
+import time
 
 OUT = {out!r}
 
 def inc(payload):
     return {{**payload, "hops": payload.get("hops", 0) + 1}}
+
+def slow(payload):
+    time.sleep(0.003)
+    return payload
 
 def sink(payload, ctx):
     line = f"{{payload['n']}} {{os.getpid()}} {{payload.get('version', '-')}}\\n"

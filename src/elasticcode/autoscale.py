@@ -5,7 +5,8 @@
 host applies them to its supervisor; in a network, the leading server records them and
 placement follows. The signals, per processor:
 
-- **backlog**: the messages waiting in its input queues (the depths in the view);
+- **backlog**: the messages waiting in its input queues, its inbox too (``waiting`` in the
+  view);
 - **arrival**: how fast messages come in (what it took in the interval plus how much the
   backlog grew, or less what it shrank), smoothed;
 - **per instance**: how many messages one instance works through per second while busy
@@ -93,11 +94,6 @@ class Autoscaler:
         the last decided, or where the processor starts."""
         now = time.monotonic() if now is None else now
         counts = counts or {}
-        waiting: dict[str, int | None] = {}
-        for conn in view.get("connections", {}).values():
-            dst, n = str(conn["to"]).split(".", 1)[0], conn.get("depth")
-            before = waiting.get(dst, 0)
-            waiting[dst] = None if n is None or before is None else before + n
         measured = bool(view.get("interval"))  # the first view has totals, no rates
         out = []
         for p in flow.processors:
@@ -112,7 +108,8 @@ class Autoscaler:
             elif known is not None and known != st.count:
                 st.count, st.changed_at = known, now
             seen = view.get("processors", {}).get(p.name) if measured else None
-            decision = self._one(flow.name, p.name, p.scale, st, seen, waiting.get(p.name), now)
+            backlog = None if seen is None else seen.get("waiting")
+            decision = self._one(flow.name, p.name, p.scale, st, seen, backlog, now)
             if decision is not None:
                 st.count, st.changed_at = decision.after, now
                 out.append(decision)

@@ -142,14 +142,21 @@ class FlowMetrics:
                 if q not in read or reading[2] > read[q][2]:
                     read[q] = reading
         self._last, self._at = seen, now
+
+        def depth_of(queue: str) -> int | None:
+            return depths[queue][0] if depths and queue in depths else _reading(read.get(queue))[0]
+
         processors = {}
         for name in names:
             d, t = deltas[name], totals[name]
+            # what waits for it in all its input queues, its inbox too (None: not read)
+            known = [n for q in flow.inputs_of(name) if (n := depth_of(q)) is not None]
             processors[name] = {
                 "status": status_of(statuses[name]),
                 "instances": instances[name],
                 "hosts": sorted(hosts[name]),
                 "holding": holding[name],
+                "waiting": sum(known) if known else None,
                 "totals": dict(t.counts),
                 "rates": _rates(d, interval),
                 "busy": _share(d.busy, interval, instances[name]),

@@ -133,6 +133,13 @@ class Cluster:
         """Deploy a flow document as its next revision; return (revision, changed). A document
         equal to the current revision makes none."""
         flow = Flow.from_document(document)  # validated before anything is written
+        for p in flow.processors:
+            if p.scale is not None and p.scale.min == 0:
+                # nothing would read its queue while it sleeps, so nothing would wake it
+                raise FlowError(
+                    f"processor {p.name!r}: scale min 0 (asleep until a message waits) works "
+                    "in `elasticcode run` only; in a network give it min: 1 or more"
+                )
         text = json.dumps(flow.to_dict(), sort_keys=True)
         now = time.time()
         with self.engine.begin() as db:
