@@ -4,6 +4,9 @@ flapping, waking from zero) and a run on one host that scales a slow processor u
 from __future__ import annotations
 
 import textwrap
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +257,60 @@ def test_the_leader_scales_a_slow_processor_over_three_agents_without_loss(net: 
     )
     refused = net.cli("apply", str(asleep), check=False)
     assert refused.returncode != 0 and "min 0" in refused.stderr + refused.stdout
+
+
+def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
+    net: Network,
+) -> None:
+    net.start_server()
+    work = {"role": "work"}
+    net.start_agent("one", capacity=4, labels=work)
+    net.start_agent("two", capacity=4, labels=work)
+    flow = net.flow_file(
+        """
+        processors:
+          - {name: a, code: steps:slow, instances: 6, labels: {role: work}}
+          - {name: sink, code: steps:sink, instances: 1, labels: {role: work}}
+        connections:
+          - {from: a, to: sink}
+        """
+    )
+    net.cli("apply", str(flow))
+    net.wait(lambda: net.running({"a": 6, "sink": 1}), 60, "the flow to run")
+    sent = range(12_000)
+
+    def feed() -> None:  # messages keep coming while the instances move
+        for part in range(12):
+            net.send("a", sent[part * 1000 : (part + 1) * 1000])
+            time.sleep(0.5)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(1.0)
+    net.start_agent("three", capacity=4, labels=work)
+
+    def shared() -> bool:
+        rows = [r for r in net.workers() if r["state"] == "running" and r["pid"]]
+        per = Counter(r["agent"] for r in rows)
+        return len(rows) == 7 and per["three"] >= 2 and max(per.values()) <= 3
+
+    net.wait(shared, 60, "agent three to take a share of the instances")
+    feeder.join()
+    net.account(sent, label="an agent joins while messages flow")
+    moved = [e["text"] for e in net.api("GET", "/events") if "rebalancing" in e["text"]]
+    print("rebalancing:", *moved, sep="\n  ")
+    assert moved and all("to three" in m for m in moved), moved
+    # an agent that may run none of them stays idle, and leaving moves nothing
+    before = net.pids()
+    four = net.start_agent("four", capacity=4)
+    time.sleep(3.0)
+    assert net.pids() == before
+    four.stop()
+    net.wait(
+        lambda: all(a["status"] != "up" for a in net.api("GET", "/agents") if a["name"] == "four"),
+        30,
+        "agent four to leave",
+    )
+    time.sleep(2.0)
+    assert net.pids() == before and net.running({"a": 6, "sink": 1})
+    assert [e["text"] for e in net.api("GET", "/events") if "rebalancing" in e["text"]] == moved

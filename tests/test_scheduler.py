@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elasticcode.network.scheduler import AgentSlot, Demand, Placement, place
+from elasticcode.network.scheduler import AgentSlot, Demand, Placement, place, rebalance
 
 Current = Mapping[str, Sequence[str | None]]
 
@@ -429,3 +429,68 @@ def test_property_matches_the_plain_rules(
         for host in new_hosts:
             for a in room:
                 assert on_host[host] - 1 <= on_host[a.host]
+
+
+# -- pack and rebalancing ---------------------------------------------------------------------
+
+
+def test_pack_fills_the_busiest_agent_first() -> None:
+    agents = agents_on({"h1": [4], "h2": [4], "h3": [4]})
+    other = Demand("f/other", 1)
+    packed = Demand("f/packed", 5, strategy="pack")
+    plan = place([other, packed], agents)
+    # other takes h1-0 (the smallest id); packed fills it, then the next agent
+    assert Counter(plan.assign["f/packed"]) == {"h1-0": 3, "h2-0": 2}
+    assert rebalance([other, packed], agents, plan.assign, limit=10) == []  # pack stays
+    with pytest.raises(ValueError, match="spread or pack"):
+        Demand("f/x", 1, strategy="fill")
+
+
+def test_a_new_agent_takes_a_share_a_few_moves_at_a_time() -> None:
+    three = agents_on({"h1": [3], "h2": [3], "h3": [3]})
+    demands = [Demand("f/a", 6), Demand("f/b", 3)]
+    plan = place(demands, three)
+    before = {k: list(v) for k, v in plan.assign.items()}
+    four = [*three, AgentSlot("h4-0", "h4", 3)]
+    again = place(demands, four, before)
+    assert again.assign == before and again.moved == 0  # placement alone keeps them all
+    moves = rebalance(demands, four, again.assign, limit=1)
+    assert len(moves) == 1 and moves[0].target == "h4-0"
+    rounds = [moves]
+    while moves := rebalance(demands, four, again.assign, limit=1):
+        rounds.append(moves)
+    spread = Counter(aid for where in again.assign.values() for aid in where)
+    assert spread["h4-0"] == 2 and max(spread.values()) - min(spread.values()) <= 1, spread
+    assert len(rounds) == 2  # two moves give h4 its share (9 instances over 4 agents)
+    assert all(len({m.key for m in r}) == len(r) for r in rounds)
+    for d in demands:  # every instance still placed, on agents in capacity
+        check_invariants(Placement(again.assign, {}, 0), demands, four)
+        assert None not in again.assign[d.key]
+
+
+def test_rebalancing_evens_a_demand_over_hosts_and_then_stops() -> None:
+    agents = agents_on({"h1": [4], "h2": [4]})
+    assign: dict[str, list[str | None]] = {"f/a": ["h1-0"] * 4}  # all on one host
+    demands = [Demand("f/a", 4)]
+    moves = rebalance(demands, agents, assign, limit=10)
+    assert [m.reason for m in moves] == ["spread"]  # one instance of a demand at a time
+    rebalance(demands, agents, assign, limit=10)
+    assert Counter(assign["f/a"]) == {"h1-0": 2, "h2-0": 2}
+    assert rebalance(demands, agents, assign, limit=10) == []  # balanced: nothing more
+
+
+def test_rebalancing_leaves_single_instances_and_labels_alone() -> None:
+    agents = [
+        AgentSlot("a", "h1", 4),
+        AgentSlot("b", "h2", 4, {"gpu": "true"}),
+        AgentSlot("c", "h3", 4),
+    ]
+    demands = [Demand("f/one", 1), Demand("f/gpu", 3, {"gpu": "true"}), Demand("f/x", 3)]
+    assign: dict[str, list[str | None]] = {
+        "f/one": ["a"],
+        "f/gpu": ["b", "b", "b"],
+        "f/x": ["a", "a", "a"],
+    }
+    moves = rebalance(demands, agents, assign, limit=10)
+    assert [(m.key, m.target) for m in moves] == [("f/x", "c")]
+    assert assign["f/one"] == ["a"] and assign["f/gpu"] == ["b", "b", "b"]

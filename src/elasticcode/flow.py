@@ -161,6 +161,9 @@ class Processor(_Model):
     scale: Scale | None = None
     #: Distributed mode: run only on agents carrying every one of these labels (e.g. gpu: "true").
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Distributed mode: ``spread`` its instances over hosts and the least loaded agents (and
+    #: move them there as agents come and go), or ``pack`` them onto the fewest agents.
+    placement: Literal["spread", "pack"] = "spread"
     prefetch: int = Field(default=100, ge=1, le=10_000)
     retries: Retry = Field(default_factory=Retry)
     #: Longest a processor may take over one message; then that message fails (and is

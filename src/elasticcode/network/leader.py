@@ -24,12 +24,16 @@ from ..autoscale import starting_count
 from ..store.db import insert
 from ..store.tables import agents, flows, leases, placements, processor_controls, sources
 from .cluster import LEADER, Cluster, Who, record_event
-from .scheduler import AgentSlot, Demand, place
+from .scheduler import AgentSlot, Demand, Move, place, rebalance
 
 #: The leader's changes, as the audit log shows them.
 LEADING = Who("leader")
 #: A placed instance: (flow, processor, instance).
 Key = tuple[str, str, int]
+#: Rebalancing: at most this many instances move in one round (one per processor) ...
+MOVES_AT_ONCE = 4
+#: ... and the next moves wait until those run on their new agents, or this long.
+MOVE_TIMEOUT = 60.0
 
 
 class Leader:
@@ -47,6 +51,9 @@ class Leader:
         self._inputs: tuple[Any, ...] | None = None
         self._last_round = 0.0
         self._grace_until = 0.0
+        #: instances moved by rebalancing, not yet seen running where they went: key ->
+        #: (agent id, when moved)
+        self._moving: dict[Key, tuple[str, float]] = {}
 
     def hold_lease(self, db: sa.Connection) -> bool:
         """Take or renew the leader lease inside ``db``'s transaction; True if held."""
@@ -119,6 +126,7 @@ class Leader:
                 .where(agents.c.status == "up")
                 .order_by(agents.c.id)
             ).all()
+            names = dict(db.execute(sa.select(agents.c.id, agents.c.name)).tuples().all())
             flow_rows = db.execute(sa.select(flows).order_by(flows.c.name)).all()
             control_rows = db.execute(
                 sa.select(processor_controls).order_by(
@@ -141,7 +149,7 @@ class Leader:
                 tuple(tuple(c) for c in control_rows),
                 tuple(sorted(done)),
             )
-            if inputs == self._inputs:
+            if inputs == self._inputs and not self._moving:
                 return notes
             controls = {(c.flow, c.processor): c for c in control_rows}
             slots = [AgentSlot(a.id, a.host, a.capacity, json.loads(a.labels)) for a in up]
@@ -163,6 +171,15 @@ class Leader:
                 where += [None] * (i - len(where))
                 where.append(agent)
             plan = place(demands, slots, current)
+            for m in self._rebalance(db, demands, slots, plan.assign, not plan.pending, now):
+                fname, pname = m.key.split("/", 1)
+                why = "its hosts" if m.reason == "spread" else "the agents' load"
+                text = (
+                    f"{m.key}[{m.instance}] moved from agent {names[m.source]} to "
+                    f"{names[m.target]}: rebalancing ({why})"
+                )
+                record_event(db, "placement", fname, text, LEADING)
+                notes.append(text)
             new: dict[Key, str | None] = {}
             for key, where in plan.assign.items():
                 fname, pname = key.split("/", 1)
@@ -181,6 +198,41 @@ class Leader:
         self._pending = pending
         self._inputs = inputs
         return notes
+
+    def _rebalance(
+        self,
+        db: sa.Connection,
+        demands: list[Demand],
+        slots: list[AgentSlot],
+        assign: dict[str, list[str | None]],
+        settled: bool,
+        now: float,
+    ) -> list[Move]:
+        """Rolling rebalancing (scheduler rule 7): a few moves, and the next ones only once
+        those run where they went (or ``MOVE_TIMEOUT`` passed), nor while anything waits
+        for a slot. ``assign`` is changed to match."""
+        if self._moving:
+            running = set()
+            for aid, workers_json in db.execute(
+                sa.select(agents.c.id, agents.c.workers).where(agents.c.status == "up")
+            ).all():
+                for w in json.loads(workers_json or "[]"):
+                    if w.get("state") == "running" and not w.get("retiring"):
+                        running.add((w["flow"], w["processor"], int(w["instance"]), aid))
+            self._moving = {
+                k: (aid, at)
+                for k, (aid, at) in self._moving.items()
+                if (*k, aid) not in running
+                and now - at < MOVE_TIMEOUT
+                and assign.get(f"{k[0]}/{k[1]}", [])[k[2] : k[2] + 1] == [aid]
+            }
+        if self._moving or not settled:
+            return []
+        moves = rebalance(demands, slots, assign, MOVES_AT_ONCE)
+        for m in moves:
+            fname, pname = m.key.split("/", 1)
+            self._moving[(fname, pname, m.instance)] = (m.target, now)
+        return moves
 
     def _demands(
         self,
@@ -215,7 +267,7 @@ class Leader:
                         all(s.labels.get(k) == v for k, v in p.labels.items()) for s in slots
                     )
                     count = count or 1
-                demands.append(Demand(f"{f.name}/{p.name}", count, p.labels))
+                demands.append(Demand(f"{f.name}/{p.name}", count, p.labels, p.placement))
         return demands, specs
 
     def _write_placements(

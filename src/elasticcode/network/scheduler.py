@@ -32,6 +32,12 @@ The rules, in the order they apply:
    so the same input gives the same output, whatever the order of ``demands`` and
    ``agents``.
 
+7. **Rebalancing** (``rebalance``, after ``place``, a few moves per round): an instance of
+   a ``spread`` demand of two or more instances moves when that evens out its hosts (a host
+   with two more of it than another eligible host with a free slot), or the agents' load (an
+   agent whose load fraction stays above another's after the move, with the demand's
+   spread no worse). ``pack`` demands, and demands of one instance, stay where they run.
+
 ``Placement.moved`` counts the instances that had an agent in ``current`` (at an index still
 wanted) and now have another one, or none: the running workers the change disturbs. Instances
 that are new, or that had no agent, are not counted.
@@ -50,7 +56,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["AgentSlot", "Demand", "Placement", "place"]
+__all__ = ["AgentSlot", "Demand", "Move", "Placement", "place", "rebalance"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +87,12 @@ class Demand:
     count: int
     #: Labels an agent must carry, every one with the same value, to run an instance.
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: ``spread`` (rules 3 and 7) or ``pack``: onto the busiest agent with a free slot.
+    strategy: str = "spread"
 
     def __post_init__(self) -> None:
+        if self.strategy not in ("spread", "pack"):
+            raise ValueError(f"demand {self.key!r}: strategy is spread or pack")
         if self.count < 0:
             raise ValueError(f"demand {self.key!r}: count must be 0 or more, not {self.count}")
         object.__setattr__(self, "labels", dict(self.labels))
@@ -305,6 +315,13 @@ def place(
         if not todo:
             continue
         members = members_of[need]
+        if demand.strategy == "pack":
+            placed = _pack(slots, todo, members, used, caps, ids)
+            if placed < len(todo):
+                pending[demand.key] = _pending_reason(
+                    len(todo) - placed, demand.count, need, members, agents
+                )
+            continue
         pool = pools.get(need)
         if pool is None:
             pool = pools[need] = _Pool(members, agents, used, caps)
@@ -320,6 +337,29 @@ def place(
             )
 
     return Placement(assign=assign, pending=pending, moved=_moved(ordered, current, assign))
+
+
+def _pack(
+    slots: list[str | None],
+    todo: list[int],
+    members: list[int],
+    used: list[int],
+    caps: list[int],
+    ids: list[str],
+) -> int:
+    """Rule 3 for ``pack``: each instance onto the eligible agent with a free slot that is
+    the most loaded (then has the most used slots, then the smallest id). O(A) per instance,
+    and the pools see the slots it takes (their entries are checked when they come up)."""
+    placed = 0
+    for i in todo:
+        free = [n for n in members if used[n] < caps[n]]
+        if not free:
+            break
+        n = min(free, key=lambda n: (-used[n] / caps[n], -used[n], ids[n]))
+        slots[i] = ids[n]
+        used[n] += 1
+        placed += 1
+    return placed
 
 
 def _keep(
@@ -376,3 +416,140 @@ def _moved(
             if now[i] is not None and slots[i] != now[i]:
                 moved += 1
     return moved
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One instance to move (rule 7): demand key, instance index, from and to agent ids."""
+
+    key: str
+    instance: int
+    source: str
+    target: str
+    #: Why: ``spread`` (its hosts evened out) or ``load`` (the agents' load).
+    reason: str
+
+
+def rebalance(
+    demands: Sequence[Demand],
+    agents: Sequence[AgentSlot],
+    assign: Mapping[str, list[str | None]],
+    limit: int = 1,
+) -> list[Move]:
+    """Up to ``limit`` moves that even out a placement (rule 7), best first, at most one per
+    demand (the rest of its instances keep running); ``assign`` (as ``place`` returns it) is
+    changed to match. Spread moves come before load moves; among
+    them, the largest gap first, ties broken by key, index and agent id, so that the same
+    input gives the same moves."""
+    by_id = {a.id: a for a in agents}
+    used: dict[str, int] = dict.fromkeys(by_id, 0)
+    for where in assign.values():
+        for aid in where:
+            if aid in used:
+                used[aid] += 1
+    movable = [
+        d
+        for d in sorted(demands, key=lambda d: d.key)
+        if d.strategy == "spread" and d.count >= 2 and d.key in assign
+    ]
+    eligible = {
+        d.key: [
+            a
+            for a in agents
+            if a.capacity and all(a.labels.get(k) == v for k, v in d.labels.items())
+        ]
+        for d in movable
+    }
+    moves: list[Move] = []
+    while len(moves) < limit and movable:
+        move = _spread_move(movable, eligible, assign, by_id, used) or _load_move(
+            movable, eligible, assign, by_id, used
+        )
+        if move is None:
+            break
+        movable = [d for d in movable if d.key != move.key]  # one of each demand at a time
+        assign[move.key][move.instance] = move.target
+        used[move.source] -= 1
+        used[move.target] += 1
+        moves.append(move)
+    return moves
+
+
+def _load(a: AgentSlot, used: Mapping[str, int], extra: int = 0) -> float:
+    return (used[a.id] + extra) / a.capacity
+
+
+def _on_hosts(where: Sequence[str | None], by_id: Mapping[str, AgentSlot]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for aid in where:
+        if aid is not None and aid in by_id:
+            h = by_id[aid].host
+            counts[h] = counts.get(h, 0) + 1
+    return counts
+
+
+def _spread_move(
+    movable: list[Demand],
+    eligible: Mapping[str, list[AgentSlot]],
+    assign: Mapping[str, list[str | None]],
+    by_id: Mapping[str, AgentSlot],
+    used: Mapping[str, int],
+) -> Move | None:
+    """The move that evens out one demand's hosts the most (a gap of two or more)."""
+    best: tuple[int, str, int, str] | None = None
+    found: Move | None = None
+    for d in movable:
+        where = assign[d.key]
+        hosts = _on_hosts(where, by_id)
+        free = [a for a in eligible[d.key] if used[a.id] < a.capacity]
+        if not free or not hosts:
+            continue
+        target = min(free, key=lambda a: (hosts.get(a.host, 0), _load(a, used), a.id))
+        full = max(hosts.values())
+        gap = full - hosts.get(target.host, 0)
+        if gap < 2:
+            continue
+        i = min(
+            (
+                i
+                for i, aid in enumerate(where)
+                if aid is not None and aid in by_id and hosts[by_id[aid].host] == full
+            ),
+            key=lambda i: (-_load(by_id[str(where[i])], used), -i),
+        )
+        rank = (-gap, d.key, i, target.id)
+        if best is None or rank < best:
+            best, found = rank, Move(d.key, i, str(where[i]), target.id, "spread")
+    return found
+
+
+def _load_move(
+    movable: list[Demand],
+    eligible: Mapping[str, list[AgentSlot]],
+    assign: Mapping[str, list[str | None]],
+    by_id: Mapping[str, AgentSlot],
+    used: Mapping[str, int],
+) -> Move | None:
+    """From the most loaded agent to a less loaded one that stays below it after the move,
+    an instance of a demand whose spread over hosts gets no worse."""
+    holders: dict[str, list[tuple[str, int]]] = {}
+    for d in movable:
+        for i, aid in enumerate(assign[d.key]):
+            if aid is not None and aid in by_id:
+                holders.setdefault(aid, []).append((d.key, i))
+    keys = {d.key: d for d in movable}
+    for source in sorted(holders, key=lambda aid: (-_load(by_id[aid], used), aid)):
+        src = by_id[source]
+        for key, i in sorted(holders[source], key=lambda ki: (-len(assign[ki[0]]), ki)):
+            hosts = _on_hosts(assign[key], by_id)
+            room = [
+                a
+                for a in eligible[keys[key].key]
+                if used[a.id] < a.capacity
+                and _load(a, used, 1) < _load(src, used)
+                and (a.host == src.host or hosts.get(a.host, 0) < hosts[src.host])
+            ]
+            if room:
+                target = min(room, key=lambda a: (_load(a, used), hosts.get(a.host, 0), a.id))
+                return Move(key, i, source, target.id, "load")
+    return None
