@@ -30,10 +30,16 @@ from .scheduler import AgentSlot, Demand, Move, place, rebalance
 LEADING = Who("leader")
 #: A placed instance: (flow, processor, instance).
 Key = tuple[str, str, int]
-#: Rebalancing: at most this many instances move in one round (one per processor) ...
+#: Rebalancing: at most this many instances move in one round (one per processor; more in
+#: a large network, see ``moves_at_once``) ...
 MOVES_AT_ONCE = 4
 #: ... and the next moves wait until those run on their new agents, or this long.
 MOVE_TIMEOUT = 60.0
+
+
+def moves_at_once(instances: int) -> int:
+    """How many instances rebalancing may move in one round: four, or 1 % of them."""
+    return max(MOVES_AT_ONCE, instances // 100)
 
 
 class Leader:
@@ -228,7 +234,7 @@ class Leader:
             }
         if self._moving or not settled:
             return []
-        moves = rebalance(demands, slots, assign, MOVES_AT_ONCE)
+        moves = rebalance(demands, slots, assign, moves_at_once(sum(d.count for d in demands)))
         for m in moves:
             fname, pname = m.key.split("/", 1)
             self._moving[(fname, pname, m.instance)] = (m.target, now)

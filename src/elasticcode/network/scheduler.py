@@ -35,8 +35,8 @@ The rules, in the order they apply:
 7. **Rebalancing** (``rebalance``, after ``place``, a few moves per round): an instance of
    a ``spread`` demand of two or more instances moves when that evens out its hosts (a host
    with two more of it than another eligible host with a free slot), or the agents' load (an
-   agent whose load fraction stays above another's after the move, with the demand's
-   spread no worse). ``pack`` demands, and demands of one instance, stay where they run.
+   agent whose load fraction stays ``LOAD_GAP`` above another's after the move, with the
+   demand's spread no worse). ``pack`` demands, and demands of one instance, stay where they run.
 
 ``Placement.moved`` counts the instances that had an agent in ``current`` (at an index still
 wanted) and now have another one, or none: the running workers the change disturbs. Instances
@@ -418,6 +418,11 @@ def _moved(
     return moved
 
 
+#: Rule 7: a load move only when the target stays this far (in load fraction) below the
+#: source after it; smaller differences are not worth restarting a worker for.
+LOAD_GAP = 0.25
+
+
 @dataclass(frozen=True, slots=True)
 class Move:
     """One instance to move (rule 7): demand key, instance index, from and to agent ids."""
@@ -436,42 +441,107 @@ def rebalance(
     assign: Mapping[str, list[str | None]],
     limit: int = 1,
 ) -> list[Move]:
-    """Up to ``limit`` moves that even out a placement (rule 7), best first, at most one per
-    demand (the rest of its instances keep running); ``assign`` (as ``place`` returns it) is
-    changed to match. Spread moves come before load moves; among
-    them, the largest gap first, ties broken by key, index and agent id, so that the same
-    input gives the same moves."""
+    """Up to ``limit`` moves that even out a placement (rule 7), at most one per demand (the
+    rest of its instances keep running); ``assign`` (as ``place`` returns it) is changed to
+    match. Spread moves first, the demands with the largest gap between their hosts first;
+    then load moves, from the most loaded agent. Ties are broken by key, index and agent id,
+    so that the same input gives the same moves. About O(limit x A) for A agents, plus one
+    pass over the instances."""
     by_id = {a.id: a for a in agents}
     used: dict[str, int] = dict.fromkeys(by_id, 0)
     for where in assign.values():
         for aid in where:
-            if aid in used:
+            if aid is not None and aid in used:
                 used[aid] += 1
     movable = [
         d
         for d in sorted(demands, key=lambda d: d.key)
         if d.strategy == "spread" and d.count >= 2 and d.key in assign
     ]
-    eligible = {
-        d.key: [
-            a
-            for a in agents
-            if a.capacity and all(a.labels.get(k) == v for k, v in d.labels.items())
-        ]
-        for d in movable
-    }
+    pools: dict[frozenset[tuple[str, str]], list[AgentSlot]] = {}
+
+    def eligible(d: Demand) -> list[AgentSlot]:
+        need = frozenset(d.labels.items())
+        if need not in pools:
+            pools[need] = [a for a in agents if a.capacity and need <= a.labels.items()]
+        return pools[need]
+
     moves: list[Move] = []
-    while len(moves) < limit and movable:
-        move = _spread_move(movable, eligible, assign, by_id, used) or _load_move(
-            movable, eligible, assign, by_id, used
-        )
-        if move is None:
-            break
-        movable = [d for d in movable if d.key != move.key]  # one of each demand at a time
+    moved: set[str] = set()
+
+    def apply(move: Move) -> None:
         assign[move.key][move.instance] = move.target
         used[move.source] -= 1
         used[move.target] += 1
+        moved.add(move.key)
         moves.append(move)
+
+    # spread: a demand's hosts, the fullest against the emptiest with a free slot
+    gaps = []
+    for d in movable:
+        hosts = _on_hosts(assign[d.key], by_id)
+        if hosts and max(hosts.values()) >= 2:
+            gaps.append((-max(hosts.values()), d.key, d, hosts))
+    for _, _, d, hosts in sorted(gaps, key=lambda g: (g[0], g[1])):
+        if len(moves) >= limit:
+            return moves
+        full = max(hosts.values())
+        free = sorted(
+            (a for a in eligible(d) if used[a.id] < a.capacity),
+            key=lambda a: (hosts.get(a.host, 0), _load(a, used), a.id),
+        )
+        if not free or full - hosts.get(free[0].host, 0) < 2:
+            continue
+        where = assign[d.key]
+        i = min(
+            (
+                i
+                for i, aid in enumerate(where)
+                if aid is not None and aid in by_id and hosts[by_id[aid].host] == full
+            ),
+            key=lambda i: (-_load(by_id[str(where[i])], used), -i),
+        )
+        apply(Move(d.key, i, str(where[i]), free[0].id, "spread"))
+
+    # load: from the most loaded agent to one that stays below it after the move
+    holders: dict[str, list[tuple[int, str, int]]] = {}
+    for d in movable:
+        if d.key not in moved:
+            for i, aid in enumerate(assign[d.key]):
+                if aid is not None and aid in by_id:
+                    holders.setdefault(aid, []).append((-d.count, d.key, i))
+    demand = {d.key: d for d in movable}
+    while len(moves) < limit and holders:
+        move = None
+        lowest = min(
+            (_load(a, used, 1) for a in agents if a.capacity and used[a.id] < a.capacity),
+            default=None,
+        )
+        for source in sorted(holders, key=lambda aid: (-_load(by_id[aid], used), aid)):
+            src = by_id[source]
+            if lowest is None or lowest + LOAD_GAP > _load(src, used):
+                return moves  # no agent is enough below the busiest: balanced
+            for _, key, i in sorted(holders[source]):
+                if key in moved:
+                    continue
+                hosts = _on_hosts(assign[key], by_id)
+                room = [
+                    a
+                    for a in eligible(demand[key])
+                    if used[a.id] < a.capacity
+                    and _load(a, used, 1) + LOAD_GAP <= _load(src, used)
+                    and (a.host == src.host or hosts.get(a.host, 0) < hosts[src.host])
+                ]
+                if room:
+                    best = min(room, key=lambda a: (_load(a, used), hosts.get(a.host, 0), a.id))
+                    move = Move(key, i, source, best.id, "load")
+                    break
+            if move is not None:
+                break
+        if move is None:
+            break
+        apply(move)
+        holders[move.source] = [h for h in holders[move.source] if h[1] != move.key]
     return moves
 
 
@@ -486,70 +556,3 @@ def _on_hosts(where: Sequence[str | None], by_id: Mapping[str, AgentSlot]) -> di
             h = by_id[aid].host
             counts[h] = counts.get(h, 0) + 1
     return counts
-
-
-def _spread_move(
-    movable: list[Demand],
-    eligible: Mapping[str, list[AgentSlot]],
-    assign: Mapping[str, list[str | None]],
-    by_id: Mapping[str, AgentSlot],
-    used: Mapping[str, int],
-) -> Move | None:
-    """The move that evens out one demand's hosts the most (a gap of two or more)."""
-    best: tuple[int, str, int, str] | None = None
-    found: Move | None = None
-    for d in movable:
-        where = assign[d.key]
-        hosts = _on_hosts(where, by_id)
-        free = [a for a in eligible[d.key] if used[a.id] < a.capacity]
-        if not free or not hosts:
-            continue
-        target = min(free, key=lambda a: (hosts.get(a.host, 0), _load(a, used), a.id))
-        full = max(hosts.values())
-        gap = full - hosts.get(target.host, 0)
-        if gap < 2:
-            continue
-        i = min(
-            (
-                i
-                for i, aid in enumerate(where)
-                if aid is not None and aid in by_id and hosts[by_id[aid].host] == full
-            ),
-            key=lambda i: (-_load(by_id[str(where[i])], used), -i),
-        )
-        rank = (-gap, d.key, i, target.id)
-        if best is None or rank < best:
-            best, found = rank, Move(d.key, i, str(where[i]), target.id, "spread")
-    return found
-
-
-def _load_move(
-    movable: list[Demand],
-    eligible: Mapping[str, list[AgentSlot]],
-    assign: Mapping[str, list[str | None]],
-    by_id: Mapping[str, AgentSlot],
-    used: Mapping[str, int],
-) -> Move | None:
-    """From the most loaded agent to a less loaded one that stays below it after the move,
-    an instance of a demand whose spread over hosts gets no worse."""
-    holders: dict[str, list[tuple[str, int]]] = {}
-    for d in movable:
-        for i, aid in enumerate(assign[d.key]):
-            if aid is not None and aid in by_id:
-                holders.setdefault(aid, []).append((d.key, i))
-    keys = {d.key: d for d in movable}
-    for source in sorted(holders, key=lambda aid: (-_load(by_id[aid], used), aid)):
-        src = by_id[source]
-        for key, i in sorted(holders[source], key=lambda ki: (-len(assign[ki[0]]), ki)):
-            hosts = _on_hosts(assign[key], by_id)
-            room = [
-                a
-                for a in eligible[keys[key].key]
-                if used[a.id] < a.capacity
-                and _load(a, used, 1) < _load(src, used)
-                and (a.host == src.host or hosts.get(a.host, 0) < hosts[src.host])
-            ]
-            if room:
-                target = min(room, key=lambda a: (_load(a, used), hosts.get(a.host, 0), a.id))
-                return Move(key, i, source, target.id, "load")
-    return None
