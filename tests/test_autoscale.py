@@ -3,6 +3,7 @@ flapping, waking from zero) and a run on one host that scales a slow processor u
 
 from __future__ import annotations
 
+import os
 import textwrap
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from elasticcode.autoscale import Autoscaler
+from elasticcode.autoscale import Autoscaler, host_cores
 from elasticcode.errors import FlowError
 from elasticcode.flow import Flow
 from elasticcode.local.runner import run
@@ -31,14 +32,18 @@ connections:
 """
 
 
-def view(backlog: int | None, rate_in: float, busy: float, instances: int) -> dict[str, Any]:
-    """What the metrics view of ``SCALED`` would show for one interval."""
+def view(
+    backlog: int | None, rate_in: float, busy: float, instances: int, cpu: float = 0.0
+) -> dict[str, Any]:
+    """What the metrics view of ``SCALED`` would show for one interval (``cpu``: cores its
+    instances used)."""
     return {
         "interval": 1.0,
         "processors": {
             "slow": {
                 "rates": {"in": rate_in},
                 "busy": busy,
+                "cpu": cpu,
                 "instances": instances,
                 "waiting": backlog,
             },
@@ -108,6 +113,50 @@ def test_a_target_backlog_per_instance() -> None:
     assert (d.before, d.after) == (1, 4) and "target 1,000 waiting per instance" in d.text()
 
 
+def test_a_cpu_bound_processor_grows_only_onto_idle_cores() -> None:
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    scaler.decide(flow, view(48_000, 100, 1.0, 1, cpu=0.98), now=0.0)
+    # one busy instance uses a core of the host's 2: room for one more, not the 5 it wants
+    [d] = scaler.decide(flow, view(48_000, 100, 1.0, 1, cpu=0.98), now=5.0, cores=_two(0.98))
+    assert (d.before, d.after) == (1, 2)
+    assert "CPU-bound (0.98 of a core per busy instance), 1.0 of 2 cores busy" in d.text()
+    # both cores busy: held, said once
+    busy = view(46_000, 200, 1.0, 2, cpu=1.96)
+    [d] = scaler.decide(flow, busy, now=10.0, cores=_two(1.96))
+    assert (d.before, d.after) == (2, 2) and d.text().startswith("holding slow at 2: backlog")
+    assert scaler.decide(flow, busy, now=15.0, cores=_two(1.96)) == []
+    assert scaler.decide(flow, busy, now=20.0, cores=_two(1.96)) == []
+    # the same backlog for a processor that mostly waits (sleeps, I/O): cores do not limit it
+    waits, scaler = view(48_000, 100, 1.0, 1, cpu=0.05), Autoscaler()
+    scaler.decide(flow, waits, now=0.0)
+    [d] = scaler.decide(flow, waits, now=5.0, cores=_two(0.05))
+    assert (d.before, d.after) == (1, 5)
+
+
+def _two(used: float) -> dict[str, tuple[float, float]]:
+    return {"slow": (2.0, used), "sink": (2.0, used)}
+
+
+def test_host_cores_count_each_host_once_and_share_a_processors_cpu() -> None:
+    flow = Flow.loads(
+        "name: f\nprocessors:\n"
+        '  - {name: slow, code: m:f, labels: {gpu: "true"}, scale: {max: 4}}\n'
+        "  - {name: fixed, code: m:f, instances: 2}\n"
+    )
+    views = [
+        {
+            "processors": {
+                "x": {"cpu": 3.0, "hosts": ["h1", "h2"]},  # 1.5 on each of its hosts
+                "y": {"cpu": 1.0, "hosts": ["h2"]},
+            }
+        }
+    ]
+    gpu = {"gpu": "true"}
+    agents = [("h1", 4, gpu), ("h1", 4, gpu), ("h2", 8, {}), ("h3", 2, gpu)]
+    # slow may run on h1 (4 cores, however many agents) and h3 (2): 6 cores, 1.5 of them used
+    assert host_cores(flow, views, agents) == {"slow": (6.0, 1.5)}
+
+
 def test_unknown_depths_decide_nothing() -> None:
     flow, scaler = Flow.loads(SCALED), Autoscaler()
     for t in range(0, 100, 5):
@@ -152,6 +201,12 @@ def slow(payload):
     time.sleep(0.004)
     return payload
 
+def spin(payload):  # CPU-bound: about 4 ms of pure Python per message
+    end = time.process_time() + 0.004
+    while time.process_time() < end:
+        pass
+    return payload
+
 def sink(payload, ctx):
     with open("sunk.txt", "a") as f:
         f.write(f"{payload}\\n")
@@ -188,6 +243,51 @@ def test_a_run_scales_a_slow_processor_up_for_a_burst_and_down_after_it(
     sunk = [int(line) for line in (tmp_path / "sunk.txt").read_text().split()]
     assert sorted(set(sunk)) == list(range(3010))  # every message, whatever the count did
     assert result.dead_letters == 0
+
+
+def test_a_cpu_bound_processor_stops_growing_when_the_cores_are_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "steps.py").write_text(LOCAL_STEPS)
+    (tmp_path / "flow.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: burst
+            processors:
+              - {{name: gen, code: steps:gen, source: true}}
+              - {{name: spin, code: steps:spin,
+                 scale: {{min: 1, max: {4 * cores()}, target_latency: 1s, up_after: 1s,
+                          down_after: 4s}}}}
+              - {{name: sink, code: steps:sink, instances: 1}}
+            connections:
+              - {{from: gen, to: spin}}
+              - {{from: spin, to: sink}}
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = run(tmp_path / "flow.yaml", state_dir=tmp_path / "state")
+    print("\n".join(result.events))
+    assert result.status == "finished"
+    ups = [e for e in result.events if e.startswith("scaled spin") and "CPU-bound" in e]
+    held = [e for e in result.events if e.startswith("holding spin")]
+    assert held and "cores busy" in held[0], result.events
+    peak = max(
+        [1]
+        + [
+            int(e.split(" → ")[1].split(":")[0])
+            for e in result.events
+            if e.startswith("scaled spin")
+        ]
+    )
+    print(f"peak instances of spin: {peak} on {cores()} cores (max {4 * cores()}); {ups}")
+    assert peak <= cores() + 1  # the backlog asked for its max; the cores allowed about one each
+    sunk = [int(line) for line in (tmp_path / "sunk.txt").read_text().split()]
+    assert sorted(set(sunk)) == list(range(3010))
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
 
 
 # -- a network ---------------------------------------------------------------------------------

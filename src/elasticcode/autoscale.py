@@ -22,6 +22,10 @@ instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
   ``down_after`` seconds, so a bursty source does not make instances come and go.
 - Changes within 10 % of the count are ignored (no flapping at large counts).
 - A processor at zero instances (``min: 0``) wakes, to one, when anything waits for it.
+- **CPU**: a processor whose instances, in its code, spend most of the time they are not
+  waiting for a CPU on one (``cpu``, ``cpu_wait`` and ``busy`` in the view) is CPU-bound: it grows only by as many instances as its
+  hosts have idle cores (``cores``: what its hosts have and what all workers there use).
+  When none are idle it is held, with one event that says so.
 - Until one instance has been measured, a processor with work keeps what it has; one with
   nothing waiting and nothing coming wants none (then its minimum).
 """
@@ -31,22 +35,53 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .flow import Flow, Scale
 
-__all__ = ["Autoscaler", "Decision", "starting_count"]
+__all__ = ["Autoscaler", "Decision", "host_cores", "starting_count"]
 
 #: Weight of the newest reading in the smoothed rates.
 SMOOTHING = 0.5
 #: Relative change too small to act on.
 TOLERANCE = 0.1
+#: A processor whose CPU time is at least this share of its busy time is CPU-bound.
+CPU_BOUND = 0.7
 
 
 def starting_count(scale: Scale, instances: int | str) -> int:
     """Where a scaled processor starts: ``instances`` if a number, else its minimum."""
     return instances if isinstance(instances, int) else scale.min
+
+
+def host_cores(
+    flow: Flow,
+    views: Iterable[dict[str, Any]],
+    agents: Iterable[tuple[str, int, Mapping[str, str]]],
+) -> dict[str, tuple[float, float]]:
+    """For each scaled processor of ``flow``: the cores of the hosts it may run on (the
+    ``agents``, as (host, cores, labels), whose labels it asks for) and the cores all the
+    workers of ``views`` use there (a processor's CPU shared evenly over its hosts)."""
+    used: dict[str, float] = {}
+    for view in views:
+        for p in view.get("processors", {}).values():
+            hosts = p.get("hosts") or []
+            for h in hosts:
+                used[h] = used.get(h, 0.0) + float(p.get("cpu", 0.0)) / len(hosts)
+    agents = list(agents)
+    out = {}
+    for p in flow.processors:
+        if p.scale is None:
+            continue
+        cores: dict[str, int] = {}
+        for host, n, labels in agents:
+            if all(labels.get(k) == v for k, v in p.labels.items()):
+                cores[host] = max(cores.get(host, 0), n)
+        if cores:
+            out[p.name] = (float(sum(cores.values())), sum(used.get(h, 0.0) for h in cores))
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,6 +93,8 @@ class Decision:
     reason: str
 
     def text(self) -> str:
+        if self.after == self.before:
+            return f"holding {self.processor} at {self.after}: {self.reason}"
         return f"scaled {self.processor} {self.before} → {self.after}: {self.reason}"
 
 
@@ -70,6 +107,8 @@ class _State:
     arrival: float | None = None
     backlog: tuple[float, int] | None = None
     wanted: deque[tuple[float, int]] = field(default_factory=deque)
+    #: held back by busy cores (said once, until it can grow again)
+    held: bool = False
 
 
 class Autoscaler:
@@ -88,12 +127,16 @@ class Autoscaler:
         view: dict[str, Any],
         counts: dict[str, int] | None = None,
         now: float | None = None,
+        cores: dict[str, tuple[float, float]] | None = None,
     ) -> list[Decision]:
         """The changes the view calls for. ``counts``: what each processor runs now, where
         the caller knows better (a count recorded by another server, or set by hand); else
-        the last decided, or where the processor starts."""
+        the last decided, or where the processor starts. ``cores``: per processor, the cores
+        of the hosts it may run on and how many of them all workers there use (None: not
+        known, CPU does not limit growth)."""
         now = time.monotonic() if now is None else now
         counts = counts or {}
+        cores = cores or {}
         measured = bool(view.get("interval"))  # the first view has totals, no rates
         out = []
         for p in flow.processors:
@@ -110,6 +153,10 @@ class Autoscaler:
             seen = view.get("processors", {}).get(p.name) if measured else None
             backlog = None if seen is None else seen.get("waiting")
             decision = self._one(flow.name, p.name, p.scale, st, seen, backlog, now)
+            if decision is not None and decision.after > decision.before:
+                decision = self._within_cores(decision, st, seen, cores.get(p.name))
+            elif decision is not None:  # fewer: if it grows again, say why it cannot
+                st.held = False
             if decision is not None:
                 st.count, st.changed_at = decision.after, now
                 out.append(decision)
@@ -117,6 +164,41 @@ class Autoscaler:
         for key in [k for k in self._state if k[0] == flow.name and k[1] not in scaled]:
             del self._state[key]
         return out
+
+    def _within_cores(
+        self,
+        d: Decision,
+        st: _State,
+        seen: dict[str, Any] | None,
+        cores: tuple[float, float] | None,
+    ) -> Decision | None:
+        """A CPU-bound processor grows only onto idle cores (see the module docstring)."""
+        if seen is None or cores is None or d.before == 0:
+            return d
+        running = int(seen.get("instances", 0))
+        busy_cores = float(seen.get("busy", 0.0)) * running
+        cpu = float(seen.get("cpu", 0.0))
+        # the time in its code less what it waited for a CPU: on a CPU, or waiting for
+        # something else (I/O, sleeps); how busy the host is does not change the share
+        own = busy_cores - float(seen.get("cpu_wait", 0.0))
+        if own < 0.05 or cpu < CPU_BOUND * own:
+            return d  # mostly waiting for something else: CPU does not limit it
+        per = min(1.0, cpu / own)  # cores one instance uses when it has them
+        total, used = cores
+        room = math.floor(max(0.0, total - used) / per + 1e-9)
+        after = min(d.after, d.before + room)
+        why = (
+            f"CPU-bound ({per:.2f} of a core per busy instance), {used:.1f} of {total:g} cores busy"
+        )
+        if after > d.before:
+            st.held = False
+            if after == d.after:
+                return d
+            return Decision(d.flow, d.processor, d.before, after, f"{d.reason}; {why}")
+        if st.held:
+            return None  # said already
+        st.held = True
+        return Decision(d.flow, d.processor, d.before, d.before, f"{d.reason}; {why}")
 
     def _one(
         self,

@@ -57,6 +57,16 @@ EXIT_DISK_FULL = 5  # the embedded queues' disk is full
 HOST_ENV = "ELASTICCODE_HOST_NAME"
 
 
+def _cpu_wait() -> float:
+    """Seconds the worker's main thread has waited for a CPU while runnable (Linux's
+    schedstat; 0 where there is none)."""
+    try:
+        with open("/proc/self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class OutputError(ElasticCodeError):
     """An output cannot be delivered as emitted; retrying would not help."""
 
@@ -119,6 +129,9 @@ class Worker:
         #: set when the worker outgrew max_memory and stops to be restarted
         self.recycle = False
         self._reported = 0.0
+        #: CPU seconds, and seconds waiting for a CPU, while in the processor's code
+        self._cpu = 0.0
+        self._cpu_wait = 0.0
         #: room left on the fullest outgoing connection, and when the broker said so
         self._room, self._room_at = 0, 0.0
         self._parent = os.getppid()
@@ -209,6 +222,8 @@ class Worker:
                 "latency": self.latency.to_wire(),
                 "queues": self.received_from,
                 "depths": self.depths,
+                "cpu": round(self._cpu, 4),
+                "cpu_wait": round(self._cpu_wait, 4),
             }
             try:
                 self.state.report(self.report)
@@ -408,7 +423,7 @@ class Consumer(Worker):
     ) -> None:
         settlement = Settlement()
         deferred: list[Any] = []
-        started = time.perf_counter()
+        started, cpu, waited = time.perf_counter(), time.process_time(), _cpu_wait()
         if concurrent:
             await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
         else:
@@ -416,6 +431,10 @@ class Consumer(Worker):
                 await held.renew_if_due()  # sync code keeps the loop: renew between messages
                 await self._handle(d, settlement, deferred, isolated)
         self.report.busy += time.perf_counter() - started
+        # how much of that time was on a CPU, and how much waiting for one (the autoscaler
+        # tells CPU-bound processors from those that wait, whatever else the host runs)
+        self._cpu += time.process_time() - cpu
+        self._cpu_wait += _cpu_wait() - waited
         await self.broker.settle(settlement)
         self._room -= len(settlement.publish)
         for fn in deferred:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -296,7 +297,10 @@ class _Run:
             self.endpoint.publish(messages)
         if self.scaler is not None:
             view = next(m for m in messages if m.get("type") == "metrics")
-            for d in self.scaler.decide(self.flow, view):
+            # this host's cores, and what this run's workers use of them
+            used = sum(float(p.get("cpu", 0.0)) for p in view["processors"].values())
+            cores = {p.name: (float(os.cpu_count() or 1), used) for p in self.flow.processors}
+            for d in self.scaler.decide(self.flow, view, cores=cores):
                 if d.processor not in self.broken:
                     self.supervisor.resize(d.processor, d.after)
                     self._say(d.text())

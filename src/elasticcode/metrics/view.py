@@ -34,6 +34,9 @@ class Delta:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     busy: float = 0.0
+    #: CPU seconds used in the processor's code, and seconds waited for a CPU meanwhile
+    cpu: float = 0.0
+    cpu_wait: float = 0.0
     hists: dict[str, Histogram] = field(
         default_factory=lambda: {name: Histogram() for name in TIMINGS}
     )
@@ -44,6 +47,8 @@ class Delta:
         for k, v in other.counts.items():
             self.counts[k] += v
         self.busy += other.busy
+        self.cpu += other.cpu
+        self.cpu_wait += other.cpu_wait
         for k, h in other.hists.items():
             self.hists[k] = self.hists[k] + h
         for q, n in other.taken.items():
@@ -61,7 +66,14 @@ def _hists(r: WorkerReport) -> dict[str, Histogram]:
 def delta(now: WorkerReport, before: WorkerReport | None) -> Delta:
     """What a worker did between two of its reports (since its start when ``before`` is None
     or the worker started again since)."""
-    d = Delta(_counts(now), now.busy, _hists(now), dict(now.metrics.get("queues", {})))
+    d = Delta(
+        _counts(now),
+        now.busy,
+        float(now.metrics.get("cpu", 0.0)),
+        float(now.metrics.get("cpu_wait", 0.0)),
+        _hists(now),
+        dict(now.metrics.get("queues", {})),
+    )
     if before is None or before.pid != now.pid:
         return d
     earlier = _counts(before)
@@ -70,6 +82,8 @@ def delta(now: WorkerReport, before: WorkerReport | None) -> Delta:
     for k, v in earlier.items():
         d.counts[k] -= v
     d.busy -= before.busy
+    d.cpu = max(0.0, d.cpu - float(before.metrics.get("cpu", 0.0)))
+    d.cpu_wait = max(0.0, d.cpu_wait - float(before.metrics.get("cpu_wait", 0.0)))
     for k, h in _hists(before).items():
         d.hists[k] = d.hists[k] - h
     for q, n in before.metrics.get("queues", {}).items():
@@ -160,6 +174,9 @@ class FlowMetrics:
                 "totals": dict(t.counts),
                 "rates": _rates(d, interval),
                 "busy": _share(d.busy, interval, instances[name]),
+                # cores its code used, and cores' worth of waiting for a CPU meanwhile
+                "cpu": round(d.cpu / interval, 3) if interval else 0.0,
+                "cpu_wait": round(d.cpu_wait / interval, 3) if interval else 0.0,
                 **{f"{k}_ms": percentiles(h) for k, h in d.hists.items()},
             }
         connections = {}

@@ -55,7 +55,8 @@ class WorkerReport:
     bytes_out: int = 0
     #: Histograms (``elasticcode.metrics.Histogram.to_wire``) ``process``, ``wait`` and
     #: ``latency``; ``queues``: messages received per input queue; ``depths``: per output
-    #: queue, [messages, bytes, when] as last read for back pressure.
+    #: queue, [messages, bytes, when] as last read for back pressure; ``cpu``: CPU seconds
+    #: used while in the processor's code, ``cpu_wait``: seconds waited for a CPU meanwhile.
     metrics: dict[str, Any] = field(default_factory=dict)
 
 

@@ -9,6 +9,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from ...autoscale import host_cores
 from ...flow import Flow
 from ...metrics.hub import INTERVAL
 from ..cluster import Cluster
@@ -100,7 +101,9 @@ def _scale(srv: Server, flow: Flow) -> None:
         for name, (scaled, pin) in recorded.items()
         if (count := pin if pin is not None else scaled) is not None
     }
-    for d in srv.scaler.decide(flow, srv.metrics.views[flow.name], counts):
+    up = [(a.host, a.cores, a.labels) for a in srv.cluster.agents() if a.status == "up"]
+    cores = host_cores(flow, srv.metrics.views.values(), up)
+    for d in srv.scaler.decide(flow, srv.metrics.views[flow.name], counts, cores=cores):
         if d.processor not in pinned:  # held: the count stays what the hand set
             srv.cluster.record_scale(flow.name, d.processor, d.after, d.text(), LEADING)
             log.info("%s: %s", flow.name, d.text())
