@@ -16,7 +16,6 @@ from typing import Any
 
 from ..errors import ElasticCodeError
 from .hub import MetricsHub, Subscription, feed
-from .prometheus import CONTENT_TYPE, exposition
 
 #: Subscribers the endpoint takes at once.
 MAX_SUBSCRIBERS = 100
@@ -28,6 +27,8 @@ class Endpoint:
             import uvicorn
             from starlette.applications import Starlette
             from starlette.routing import Route, WebSocketRoute
+
+            from . import prometheus  # noqa: F401  (prometheus-client, of the same extra)
         except ImportError:
             raise ElasticCodeError(
                 "--metrics-port needs the server extra: pip install 'elasticcode[server]'"
@@ -86,6 +87,8 @@ class Endpoint:
 
     async def _prometheus(self, _: Any) -> Any:
         from starlette.responses import Response
+
+        from .prometheus import CONTENT_TYPE, exposition
 
         body = exposition(dict(self.hub.reports), list(self.hub.views.values()))
         return Response(body, media_type=CONTENT_TYPE)
