@@ -41,7 +41,9 @@ class _Model(BaseModel):
 class Schedule(_Model):
     """When a source is called: once (iterate what it returns), on an interval, or by cron."""
 
+    #: Call it every interval, e.g. ``5s``.
     interval: Duration | None = None
+    #: Call it on a cron schedule (five fields, e.g. ``*/5 * * * *``).
     cron: str | None = None
     #: Stop after this many calls (default: forever for schedules, once otherwise).
     count: int | None = Field(default=None, ge=1)
@@ -69,8 +71,11 @@ class Schedule(_Model):
 class Retry(_Model):
     """How often a failing message is retried, and how long to wait in between."""
 
+    #: Retries after the first attempt; then the ``failure`` port or the dead letters.
     max: int = Field(default=3, ge=0)
+    #: The wait before the first retry; it doubles each time.
     backoff: Duration = 0.5
+    #: The longest wait between two retries.
     max_backoff: Duration = 30.0
 
     def delay(self, attempt: int) -> float:
@@ -85,11 +90,17 @@ class Scale(_Model):
     waiting per instance. More at once when the backlog grows (after ``up_after`` since the
     last change); fewer only when no reading over the last ``down_after`` asked for more."""
 
+    #: The fewest instances (0: asleep until a message waits, on one host only).
     min: int = Field(default=1, ge=0, le=100_000)
+    #: The most instances.
     max: int = Field(ge=1, le=100_000)
+    #: Enough instances to clear what waits within this time.
     target_latency: Duration = 2.0
+    #: Or: this many messages waiting per instance.
     target_backlog: int | None = Field(default=None, ge=1)
+    #: The least time between two changes up.
     up_after: Duration = 5.0
+    #: Fewer only when no reading over this time asked for more.
     down_after: Duration = 60.0
 
     @model_validator(mode="after")
@@ -106,7 +117,9 @@ class Scale(_Model):
 class GitSource(_Model):
     """Where a processor's code comes from: a git repository at a ref, pinned to a commit."""
 
+    #: The repository: ``https://``, ``ssh://`` or ``file://`` URL.
     repo: str
+    #: A branch, tag or commit; pinned to the commit it names when first run.
     ref: str
     #: Folder inside the repository that holds the code (modules, or the command).
     path: str = ""
@@ -135,8 +148,11 @@ def _source(value: Any) -> Any:
 class Processor(_Model):
     """One processor: its code, configuration, ports and run settings."""
 
+    #: The processor's name, unique in the flow.
     name: Name
+    #: Python code as ``module:function`` or ``module:Class``.
     code: str | None = None
+    #: Python source of the processor (with ``entry`` naming its function).
     inline: str | None = None
     #: An executable speaking JSON lines on stdin/stdout (see ``elasticcode.code.command``).
     command: str | list[str] | None = None
@@ -147,15 +163,21 @@ class Processor(_Model):
     #: Packages the processor needs, or a requirements file in its code folder: its workers
     #: then run in an environment of their own (see ``elasticcode.code.envs``).
     requirements: list[str] | str | None = None
+    #: The function of ``inline`` code to call.
     entry: str = "process"
+    #: Values for the processor's parameters, by name.
     config: dict[str, Any] = Field(default_factory=dict)
+    #: Input ports (default: ``input``; none for a source).
     inputs: list[Name] | None = None
+    #: Output ports.
     outputs: list[Name] = Field(default_factory=lambda: list(DEFAULT_OUTPUTS))
+    #: ``true`` for a source (takes no input), or when to call it: a schedule.
     source: Annotated[
         Schedule | None,
         BeforeValidator(_source),
         PlainSerializer(lambda s: None if s is None else (s.model_dump(exclude_none=True) or True)),
     ] = None
+    #: How many instances run: a number, or ``auto`` (one per core; in a network one per agent that may run it).
     instances: int | Literal["auto"] = "auto"
     #: Autoscaling between a minimum and a maximum (``instances`` is then where it starts).
     scale: Scale | None = None
@@ -164,7 +186,9 @@ class Processor(_Model):
     #: Distributed mode: ``spread`` its instances over hosts and the least loaded agents (and
     #: move them there as agents come and go), or ``pack`` them onto the fewest agents.
     placement: Literal["spread", "pack"] = "spread"
+    #: The most messages a worker holds at once.
     prefetch: int = Field(default=100, ge=1, le=10_000)
+    #: How failures are retried.
     retries: Retry = Field(default_factory=Retry)
     #: Longest a processor may take over one message; then that message fails (and is
     #: retried like any error) and the worker goes on with the next.
@@ -172,6 +196,7 @@ class Processor(_Model):
     #: A worker whose memory (resident set) grows past this, e.g. through a leak in the
     #: processor, settles its batch and is restarted at once.
     max_memory: Size | None = None
+    #: What it does, for people.
     description: str = ""
 
     @field_validator("code")
@@ -242,10 +267,13 @@ class Processor(_Model):
 class Connection(_Model):
     """An output port wired to an input port through a durable queue."""
 
+    #: The output: ``processor`` (its ``success`` port) or ``processor.port``.
     source: str = Field(alias="from")
+    #: The input: ``processor`` (its only input port) or ``processor.port``.
     target: str = Field(alias="to")
-    #: Back pressure: upstream stops consuming while the queue holds more than this.
+    #: Back pressure: upstream stops consuming while the queue holds more messages than this ...
     max_messages: int = Field(default=10_000, ge=1)
+    #: ... or more bytes than this.
     max_bytes: Size = 64 * 2**20
     #: Broker URL of this connection's queue, if not the flow's broker.
     broker: str | None = None
@@ -271,6 +299,7 @@ class Sampled(_Model):
 
 
 class Settings(_Model):
+    #: The largest message a processor may emit; a larger one fails that message.
     max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
     #: Broker URL for this flow's queues (``--broker`` and ``ELASTICCODE_BROKER`` override it).
     broker: str | None = None
@@ -291,12 +320,17 @@ class Settings(_Model):
 class Flow(_Model):
     """A named graph of processors and connections."""
 
+    #: The flow's name: its queues and state are named after it.
     name: Name
+    #: What it does, for people.
     description: str = ""
     #: Folders (relative to the flow file) searched for processor modules.
     path: list[str] = Field(default_factory=lambda: ["."])
+    #: Settings of the whole flow.
     settings: Settings = Field(default_factory=Settings)
+    #: Its processors.
     processors: list[Processor] = Field(default_factory=list)
+    #: Its connections.
     connections: list[Connection] = Field(default_factory=list)
     #: Folder of the file the flow came from; module paths are relative to it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -102,6 +103,19 @@ def privilege_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def openapi() -> dict[str, Any]:
+    """The API's OpenAPI description, made without a database (the reference documentation
+    is generated from it)."""
+    app = FastAPI(title=TITLE, version="1", description=DESCRIPTION)
+    for module in ROUTERS:
+        app.include_router(module.router, prefix=API)
+    return app.openapi()
+
+
+TITLE = "ElasticCode"
+DESCRIPTION = "The control plane of an ElasticCode network: flows, processors, agents and workers."
+
+
 def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> FastAPI:
     """The API app; with its lifespan, the leader loop and the event stream run too."""
     settings.server_id = settings.server_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
@@ -129,13 +143,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
             with contextlib.suppress(Exception):
                 await run_in_threadpool(srv.leader.release)
 
-    app = FastAPI(
-        title="ElasticCode",
-        version="1",
-        description="The control plane of an ElasticCode network: flows, processors, "
-        "agents and workers.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.server = srv
     for module in ROUTERS:
         app.include_router(module.router, prefix=API)
