@@ -76,7 +76,8 @@ def test_a_wheel_from_this_checkout_runs_the_word_count_example(tmp_path: Path) 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--disable-pip-version-check", str(wheel)], check=True)
+    lock = ROOT / "requirements" / "dev.lock"  # the versions the tests use
+    subprocess.run([*pip, "--disable-pip-version-check", "-c", str(lock), str(wheel)], check=True)
     example = tmp_path / "wordcount"
     shutil.copytree(ROOT / "examples" / "wordcount", example, ignore=shutil.ignore_patterns("out"))
     done = subprocess.run(
