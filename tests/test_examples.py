@@ -278,7 +278,18 @@ def test_enrichment_python_flow_equals_the_yaml_flow() -> None:
     assert reloaded == from_python
 
 
-@pytest.mark.parametrize("folder", [WORDCOUNT, CSV_CLEAN, ENRICHMENT, EXAMPLES / "polyglot"])
+def test_the_celery_canvas_as_a_flow_gives_every_result_once(tmp_path: Path) -> None:
+    flow = Flow.load(EXAMPLES / "migrating" / "flow.yaml")  # docs/migrating.md
+    flow.get("results").config = {"path": str(tmp_path / "results.jsonl")}
+    assert run_to_end(flow, tmp_path) == {}
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert sorted(r["n"] for r in results) == list(range(12))  # 3 ticks of 4
+    assert all(r["sum"] == r["n"] ** 2 + r["n"] ** 3 for r in results)
+
+
+@pytest.mark.parametrize(
+    "folder", [WORDCOUNT, CSV_CLEAN, ENRICHMENT, EXAMPLES / "polyglot", EXAMPLES / "migrating"]
+)
 def test_example_flow_dumps_and_loads_back_equal(folder: Path) -> None:
     flow = Flow.load(folder / "flow.yaml")
     assert Flow.loads(flow.dump(), base_dir=flow.base_dir) == flow
