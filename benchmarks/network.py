@@ -40,8 +40,12 @@ ELASTICCODE = str(Path(sys.executable).with_name("elasticcode"))
 
 
 class Fleet:
-    def __init__(self, url: str, agents: int, capacity: int) -> None:
+    def __init__(self, url: str, agents: int, capacity: int, enrol: str) -> None:
         self.url = url
+        #: the enrolment token each simulated agent enrols with
+        self.enrol = enrol
+        #: agent id -> its own credential (from its enrolment), as headers
+        self.headers: dict[str, dict[str, str]] = {}
         self.count = agents
         self.capacity = capacity
         self.ids: list[str] = []
@@ -61,8 +65,12 @@ class Fleet:
                 "capacity": self.capacity,
                 "labels": {"zone": "abc"[i % 3]},
             }
-            async with client.post(f"{self.url}/api/v1/agents", json=body) as resp:
+            enrol = {"authorization": f"Bearer {self.enrol}"}
+            async with client.post(f"{self.url}/api/v1/agents", json=body, headers=enrol) as resp:
                 reply = await resp.json()
+                if resp.status >= 400:
+                    raise SystemExit(f"agent {i} cannot enrol: {reply}")
+            self.headers[reply["id"]] = {"authorization": f"Bearer {reply['token']}"}
             self.ids.append(reply["id"])
             self.got[reply["id"]] = (0, 0, time.monotonic())
         await asyncio.gather(*(self._agent(client, a, stop) for a in self.ids))
@@ -70,11 +78,12 @@ class Fleet:
     async def _agent(self, client: aiohttp.ClientSession, agent: str, stop: asyncio.Event) -> None:
         last_beat = time.monotonic() - random.uniform(0, 20)  # heartbeats spread out
         base = f"{self.url}/api/v1/agents/{agent}"
+        headers = self.headers[agent]
         while not stop.is_set():
             have = self.got[agent][0]
             if time.monotonic() - last_beat > 20:
                 body = {"applied": have, "workers": []}
-                async with client.post(f"{base}/heartbeat", json=body) as resp:
+                async with client.post(f"{base}/heartbeat", json=body, headers=headers) as resp:
                     await resp.read()
                 last_beat = time.monotonic()
             try:
@@ -83,7 +92,7 @@ class Fleet:
                     "wait": "10",
                     "known": ",".join(self.known.setdefault(agent, set())),
                 }
-                async with client.get(f"{base}/assignment", params=params) as resp:
+                async with client.get(f"{base}/assignment", params=params, headers=headers) as resp:
                     if resp.status == 404:  # forgotten: it runs nothing
                         self.got[agent] = (have, 0, time.monotonic())
                         return
@@ -127,15 +136,23 @@ def flows_for(instances: int, per: int, processors: int) -> list[dict[str, Any]]
     return docs
 
 
-async def bench(args: argparse.Namespace, url: str) -> None:
+async def bench(args: argparse.Namespace, url: str, password: str) -> None:
     connector = aiohttp.TCPConnector(limit=args.agents + 50)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        fleet = Fleet(url, args.agents, args.capacity)
+    login = httpx.post(f"{url}/api/v1/auth/login", json={"user": "admin", "password": password})
+    login.raise_for_status()
+    admin = {"authorization": f"Bearer {login.json()['token']}"}
+    enrol = httpx.post(
+        f"{url}/api/v1/agents/enrolment-tokens", json={"uses": None}, headers=admin
+    ).json()["token"]
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=admin) as client:
+        fleet = Fleet(url, args.agents, args.capacity, enrol)
         stop = asyncio.Event()
         t = time.monotonic()
         task = asyncio.create_task(fleet.run(client, stop))
         while len(fleet.ids) < args.agents:
+            if task.done():
+                task.result()  # what stopped it
             await asyncio.sleep(0.1)
         print(f"{args.agents} agents registered in {time.monotonic() - t:.1f}s")
         await asyncio.sleep(3.0)  # every agent is waiting for its assignment
@@ -216,6 +233,7 @@ def main() -> None:
     args = parser.parse_args()
 
     name = f"ec_bench_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex  # the first user's, for this run only
     admin = sa.create_engine(engine_url(args.admin_db), isolation_level="AUTOCOMMIT")
     with admin.connect() as db:
         db.execute(sa.text(f"CREATE DATABASE {name}"))
@@ -240,7 +258,11 @@ def main() -> None:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "ELASTICCODE_LOG": "WARNING"},
+            env={
+                **os.environ,
+                "ELASTICCODE_LOG": "WARNING",
+                "ELASTICCODE_ADMIN_PASSWORD": password,
+            },
         )
         base = f"http://127.0.0.1:{args.port}"
         for _ in range(100):
@@ -250,7 +272,7 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         print(f"server log: {log.name}")
-        asyncio.run(bench(args, base))
+        asyncio.run(bench(args, base, password))
     finally:
         if server is not None:
             server.terminate()
