@@ -112,6 +112,22 @@ class FlowMetrics:
         self.flow = flow
         self._last: dict[str, WorkerReport] = {}
         self._at: float | None = None
+        self._shape: tuple[Flow, Any, dict[str, list[str]]] | None = None
+
+    def _topology(self) -> tuple[list[tuple[Any, str, str, str, str, str]], dict[str, list[str]]]:
+        """The flow's connections (each resolved, with its queue) and each processor's input
+        queues; worked out once per revision (``flow`` is replaced by the next one)."""
+        if self._shape is None or self._shape[0] is not self.flow:
+            flow = self.flow
+            conns = [(c, flow.queue_name(c), *flow.resolved(c)) for c in flow.connections]
+            inputs: dict[str, list[str]] = {
+                p.name: [flow.inbox(p.name, port) for port in p.input_ports]
+                for p in flow.processors
+            }
+            for _, queue, _, _, dst, _ in conns:
+                inputs[dst].append(queue)
+            self._shape = (flow, conns, inputs)
+        return self._shape[1], self._shape[2]
 
     def update(
         self,
@@ -160,11 +176,12 @@ class FlowMetrics:
         def depth_of(queue: str) -> int | None:
             return depths[queue][0] if depths and queue in depths else _reading(read.get(queue))[0]
 
+        conns, inputs = self._topology()
         processors = {}
         for name in names:
             d, t = deltas[name], totals[name]
             # what waits for it in all its input queues, its inbox too (None: not read)
-            known = [n for q in flow.inputs_of(name) if (n := depth_of(q)) is not None]
+            known = [n for q in inputs[name] if (n := depth_of(q)) is not None]
             processors[name] = {
                 "status": status_of(statuses[name]),
                 "instances": instances[name],
@@ -180,9 +197,7 @@ class FlowMetrics:
                 **{f"{k}_ms": percentiles(h) for k, h in d.hists.items()},
             }
         connections = {}
-        for conn in flow.connections:
-            src, out, dst, inp = flow.resolved(conn)
-            queue = flow.queue_name(conn)
+        for conn, queue, src, out, dst, inp in conns:
             n, size = depths[queue] if depths and queue in depths else _reading(read.get(queue))
             taken = deltas[dst].taken.get(queue, 0)
             connections[f"{src}.{out}->{dst}.{inp}"] = {

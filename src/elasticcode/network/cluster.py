@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from ..errors import FlowError, NotFound
 from ..flow import Flow
+from ..secret import names_of_flow
 from ..store import WorkerReport, as_report
 from ..store.db import open_engine, upsert
 from ..store.tables import (
@@ -119,6 +120,7 @@ class Cluster:
         self.engine = open_engine(url, connections=20)
         self.agent_timeout = agent_timeout
         self._parsed: dict[tuple[str, int], Flow] = {}
+        self._secret_names: dict[tuple[str, int], set[str]] = {}
         self._specs: dict[tuple[str, int, str, int], str] = {}
         self._documents: dict[tuple[str, int], dict[str, Any]] = {}
         self._touching: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
@@ -245,6 +247,13 @@ class Cluster:
             doc = document if document is not None else self.flow(name, revision).document
             self._parsed[key] = Flow.from_document(doc)
         return self._parsed[key]
+
+    def secret_names(self, name: str, revision: int, document: dict[str, Any]) -> set[str]:
+        """The secrets a revision of a flow references (a revision never changes)."""
+        key = (name, revision)
+        if key not in self._secret_names:
+            self._secret_names[key] = names_of_flow(self.parsed(name, revision, document))
+        return self._secret_names[key]
 
     def spec(self, flow: Flow, revision: int, processor: str, restarts: int) -> str:
         key = (flow.name, revision, processor, restarts)
@@ -439,23 +448,20 @@ class Cluster:
             if row is None:
                 raise NotFound(f"no agent {agent_id}; it registers again")
             rows = db.execute(sa.select(placements).where(placements.c.agent_id == agent_id)).all()
-        items, documents = self._items(rows)
+            items, documents = self._items(db, rows)
         return {"generation": int(row.assigned), "instances": items, "flows": documents}
 
-    def _items(self, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _items(self, db: sa.Connection, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         names = sorted({r.flow for r in rows})
-        with self.engine.connect() as db:
-            current = {
-                f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))
-            }
-            docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
-            controls = {
-                (c.flow, c.processor): c.restarts
-                for c in db.execute(
-                    sa.select(processor_controls).where(processor_controls.c.flow.in_(names))
-                ).all()
-            }
-            gone = db.execute(sa.select(agents.c.workers).where(agents.c.status != "up")).all()
+        current = {f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))}
+        docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
+        controls = {
+            (c.flow, c.processor): c.restarts
+            for c in db.execute(
+                sa.select(processor_controls).where(processor_controls.c.flow.in_(names))
+            ).all()
+        }
+        gone = db.execute(sa.select(agents.c.workers).where(agents.c.status != "up")).all()
         # what workers of lost agents held goes to other consumers when their stand-ins start
         lost: dict[tuple[str, str], list[str]] = defaultdict(list)
         for (workers_json,) in gone:

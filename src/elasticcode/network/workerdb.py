@@ -71,7 +71,26 @@ def worker_url(engine: sa.Engine, template: str, flow: str) -> str:
     return rendered.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+#: Worker roles this process has read: (database, flow) -> (role, password, until when). An
+#: assignment names the role of each of its flows, and a change reaches hundreds of agents
+#: at once: one read per flow every ``ROLE_CACHE`` seconds, not one per agent. (A flow
+#: removed and made again on another server within that time would hand out the old role's
+#: password here until it runs out.)
+_roles: dict[tuple[str, str], tuple[str, str, float]] = {}
+ROLE_CACHE = 10.0
+
+
 def _ensure(engine: sa.Engine, flow: str) -> tuple[str, str]:
+    key = (engine.url.render_as_string(hide_password=True), flow)
+    known = _roles.get(key)
+    if known is not None and known[2] > time.monotonic():
+        return known[0], known[1]
+    role, password = _read_or_make(engine, flow)
+    _roles[key] = (role, password, time.monotonic() + ROLE_CACHE)
+    return role, password
+
+
+def _read_or_make(engine: sa.Engine, flow: str) -> tuple[str, str]:
     with engine.connect() as db:
         row = db.execute(
             sa.select(worker_roles.c.role, worker_roles.c.password).where(
@@ -118,6 +137,7 @@ def drop(engine: sa.Engine, flow: str) -> None:
     """Drop a removed flow's worker role."""
     if engine.dialect.name != "postgresql":
         return
+    _roles.pop((engine.url.render_as_string(hide_password=True), flow), None)
     with engine.begin() as db:
         role = db.execute(
             sa.select(worker_roles.c.role).where(worker_roles.c.flow == flow)

@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ...secret import names_of_flow
 from ...units import Duration
 from .. import workerdb
 from ..privileges import Caller
@@ -152,7 +151,7 @@ def _with_credentials(srv: Server, agent_id: str) -> dict[str, Any]:
         if flow not in state:
             state[flow] = workerdb.worker_url(srv.cluster.engine, template, flow)
             doc = found["flows"][f"{flow}@{item['revision']}"]
-            needed |= names_of_flow(srv.cluster.parsed(flow, item["revision"], doc))
+            needed |= srv.cluster.secret_names(flow, item["revision"], doc)
     found["state"] = state
     found["secrets"] = srv.vault.values(needed)
     return found
