@@ -414,3 +414,28 @@ def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
     time.sleep(2.0)
     assert net.pids() == before and net.running({"a": 6, "sink": 1})
     assert [e["text"] for e in net.api("GET", "/events") if "rebalancing" in e["text"]] == moved
+
+
+def test_a_processor_at_zero_wakes_in_a_network_and_sleeps_again(net: Network) -> None:
+    net.start_server()
+    net.start_agent("one", capacity=3)
+    flow = net.flow_file(
+        """
+        processors:
+          - {name: a, code: steps:inc, instances: 1}
+          - {name: sink, code: steps:sink,
+             scale: {min: 0, max: 2, up_after: 1s, down_after: 4s}}
+        connections:
+          - {from: a, to: sink}
+        """
+    )
+    net.cli("apply", str(flow))
+    net.wait(lambda: net.running({"a": 1, "sink": 0}), 60, "a running, sink asleep")
+    sent = range(500)
+    net.send("a", sent)
+    net.account(sent, timeout=60, label="a sleeping processor woken by its upstream")
+    net.wait(lambda: net.running({"sink": 0}), 60, "sink asleep again")
+    scaled = [e["text"] for e in net.api("GET", "/events") if e["kind"] == "scale"]
+    print(*scaled, sep="\n")
+    assert scaled[0].startswith("scaled sink 0 → 1: backlog"), scaled
+    assert scaled[-1].startswith("scaled sink 1 → 0"), scaled

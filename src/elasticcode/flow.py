@@ -90,7 +90,8 @@ class Scale(_Model):
     waiting per instance. More at once when the backlog grows (after ``up_after`` since the
     last change); fewer only when no reading over the last ``down_after`` asked for more."""
 
-    #: The fewest instances (0: asleep until a message waits, on one host only).
+    #: The fewest instances (0: asleep until a message waits; in a network, one that came
+    #: through a connection).
     min: int = Field(default=1, ge=0, le=100_000)
     #: The most instances.
     max: int = Field(ge=1, le=100_000)

@@ -70,6 +70,7 @@ class Source(Worker):
         if not self.stopping:
             self.state.save_source(self.run_id, self.name, offset, calls, True)
             self.report.status = "done"
+            await self._read_outputs()
 
     def _next_tick(self, last_call: float) -> float:
         schedule = self.spec.source

@@ -257,6 +257,19 @@ class Worker:
         for q, (n, size) in depths.items():
             self.depths[q] = [n, size, at]
 
+    async def _read_outputs(self) -> None:
+        """The depth of the outgoing queues as they are now, into the next report (never
+        fatal): after a burst, the last reading then holds what this worker published, which
+        is how a network sees that a processor scaled to zero has something waiting."""
+        if not self.limits:
+            return
+        try:
+            self._note_depths(await self.broker.depth(list(self.limits)))
+        except ElasticCodeError as exc:
+            log.debug("cannot read the output queues' depth: %s", exc)
+            return
+        self._publish_report(force=True)
+
     async def _wait_for_room(self) -> int:
         """Back pressure: wait while any outgoing connection is at its threshold.
 
@@ -373,7 +386,9 @@ class Consumer(Worker):
                 break
             batch = await self.broker.fetch(queues, prefetch, self.consumer, timeout=0.25)
             if not batch:
-                self.report.holding = 0
+                if self.report.holding:  # the end of a burst
+                    self.report.holding = 0
+                    await self._read_outputs()
                 continue
             if self._asked_to_stop():  # while it waited: this batch is for the other workers
                 await self.broker.release(self.consumer)

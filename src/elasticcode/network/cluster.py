@@ -135,12 +135,14 @@ class Cluster:
         """Deploy a flow document as its next revision; return (revision, changed). A document
         equal to the current revision makes none."""
         flow = Flow.from_document(document)  # validated before anything is written
+        fed = {flow.resolved(c)[2] for c in flow.connections}
         for p in flow.processors:
-            if p.scale is not None and p.scale.min == 0:
-                # nothing would read its queue while it sleeps, so nothing would wake it
+            if p.scale is not None and p.scale.min == 0 and p.name not in fed:
+                # asleep, it is woken by what its upstream workers see in its queues; what is
+                # sent to it directly nobody reads
                 raise FlowError(
-                    f"processor {p.name!r}: scale min 0 (asleep until a message waits) works "
-                    "in `elasticcode run` only; in a network give it min: 1 or more"
+                    f"processor {p.name!r}: in a network, scale min 0 (asleep until a message "
+                    "waits) needs a connection into it; give it one, or min: 1"
                 )
         text = json.dumps(flow.to_dict(), sort_keys=True)
         now = time.time()
