@@ -416,6 +416,17 @@ class Network:
         return seen
 
 
+def redis_network(tmp_path: Path) -> Iterator[Network]:
+    """A network on Redis and a fresh PostgreSQL database, closed afterwards (a fixture's
+    body: ``yield from redis_network(tmp_path)``)."""
+    for db in postgres_database():
+        n = network_for(tmp_path, "redis", db)
+        try:
+            yield n
+        finally:
+            n.close()
+
+
 def network_for(tmp_path: Path, broker_name: str, db: str, **kw: Any) -> Network:
     broker = service_url(broker_name)
     if broker_name == "redis":

@@ -19,7 +19,7 @@ from elasticcode.errors import FlowError
 from elasticcode.flow import Flow
 from elasticcode.local.runner import run
 
-from .network import Network, network_for, postgres_database
+from .network import Network, redis_network
 
 SCALED = """
 name: burst
@@ -295,12 +295,7 @@ def cores() -> int:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    for db in postgres_database():
-        n = network_for(tmp_path, "redis", db)
-        try:
-            yield n
-        finally:
-            n.close()
+    yield from redis_network(tmp_path)
 
 
 def test_the_leader_scales_a_slow_processor_over_three_agents_without_loss(net: Network) -> None:

@@ -31,7 +31,7 @@ from elasticcode.metrics.hub import Subscription
 from elasticcode.metrics.view import FlowMetrics
 from elasticcode.store import StateStore, WorkerReport
 
-from .network import ELASTICCODE, Network, free_port, network_for, postgres_database
+from .network import ELASTICCODE, Network, free_port, redis_network
 
 FLOW = Flow.from_dict(
     {
@@ -221,12 +221,7 @@ def test_a_run_is_measured_and_its_history_kept(tmp_path: Path) -> None:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    for db in postgres_database():
-        n = network_for(tmp_path, "redis", db)
-        try:
-            yield n
-        finally:
-            n.close()
+    yield from redis_network(tmp_path)
 
 
 def test_a_network_streams_its_metrics_exports_them_to_prometheus_and_keeps_them(
