@@ -55,6 +55,12 @@ def comments(cls: type) -> dict[str, str]:
     return out
 
 
+def annotations(cls: type) -> dict[str, str]:
+    """field name -> its annotation as written (``Duration``, ``Size | None``, ...)."""
+    found = re.findall(r"^    (\w+)\s*:\s*([^=\n]+)", inspect.getsource(cls), re.M)
+    return {name: text.strip() for name, text in found}
+
+
 def type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in prop:
         return prop["$ref"].rsplit("/", 1)[1]
@@ -74,7 +80,7 @@ def type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     )
 
 
-def default_text(model: type[BaseModel], name: str) -> str:
+def default_text(model: type[BaseModel], name: str, unit: str = "") -> str:
     field = model.model_fields[name]
     if field.is_required():
         return "required"
@@ -86,6 +92,12 @@ def default_text(model: type[BaseModel], name: str) -> str:
         return "see below"
     if isinstance(value, (list, dict, str)) and not value:
         return "empty"
+    if unit == "duration":
+        return f"`{value:g}s`"
+    if unit == "size":
+        for suffix, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value % factor == 0:
+                return f"`{value // factor}{suffix}`"
     return f"`{value}`"
 
 
@@ -95,6 +107,7 @@ def flow_file() -> str:
         schema = model.model_json_schema(by_alias=True)
         defs = schema.get("$defs", {})
         notes = comments(model)
+        written = annotations(model)
         doc = inspect.cleandoc(model.__dict__.get("__doc__") or "")
         parts.append(f"## {title}\n\n{doc.split(chr(10) + chr(10))[0]}\n")
         rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
@@ -104,9 +117,14 @@ def flow_file() -> str:
             key = field.alias or name
             prop = schema.get("properties", {}).get(key, {})
             meaning = notes.get(name, "").replace("|", "\\|")
-            rows.append(
-                f"| `{key}` | {type_text(prop, defs)} | {default_text(model, name)} | {meaning} |"
-            )
+            kind = type_text(prop, defs)
+            unit = ""
+            for word, text in (("Duration", "duration"), ("Size", "size")):
+                if word in written.get(name, ""):
+                    unit = text
+                    kind = kind.replace("number", text).replace("integer", text)
+            default = default_text(model, name, unit)
+            rows.append(f"| `{key}` | {kind} | {default} | {meaning} |")
         parts.append("\n".join(rows) + "\n")
     return "\n".join(parts)
 
