@@ -4,9 +4,11 @@ Each round (``Leader.round``, every ``tick`` seconds) runs in one transaction th
 or renews the leader lease (``SELECT ... FOR UPDATE`` on its row), so a server that lost the
 lease cannot write placements. In the round, agents silent for longer than the agent timeout
 are marked lost; every running flow's processors are placed on the agents that are up (see
-``scheduler.place``: instances stay where they are); each agent whose assignment changed gets
-a new generation, which wakes its long poll. A round whose inputs (flow revisions, controls,
-agents) are those of the last one writes nothing.
+``scheduler.place``: instances stay where they are), then evened out a few at a time
+(``scheduler.rebalance``, the next moves once the moved instances run); each agent whose
+assignment changed gets a new generation, which wakes its long poll. A round whose inputs
+(flow revisions, controls, agents) are those of the last one, with no move under way, writes
+nothing.
 """
 
 from __future__ import annotations
@@ -178,13 +180,12 @@ class Leader:
                 where.append(agent)
             plan = place(demands, slots, current)
             for m in self._rebalance(db, demands, slots, plan.assign, not plan.pending, now):
-                fname, pname = m.key.split("/", 1)
                 why = "its hosts" if m.reason == "spread" else "the agents' load"
                 text = (
                     f"{m.key}[{m.instance}] moved from agent {names[m.source]} to "
                     f"{names[m.target]}: rebalancing ({why})"
                 )
-                record_event(db, "placement", fname, text, LEADING)
+                record_event(db, "placement", m.key.split("/", 1)[0], text, LEADING)
                 notes.append(text)
             new: dict[Key, str | None] = {}
             for key, where in plan.assign.items():
