@@ -446,14 +446,21 @@ class Cluster:
     def assignment(self, agent_id: str) -> dict[str, Any]:
         """What an agent should run: its instances and the flow documents they come from."""
         with self.engine.connect() as db:
-            row = db.execute(sa.select(agents.c.assigned).where(agents.c.id == agent_id)).first()
-            if row is None:
+            # the agent's generation and its placements in one query (none: no placement)
+            found = db.execute(
+                sa.select(agents.c.assigned, placements)
+                .select_from(agents.outerjoin(placements, placements.c.agent_id == agents.c.id))
+                .where(agents.c.id == agent_id)
+            ).all()
+            if not found:
                 raise NotFound(f"no agent {agent_id}; it registers again")
-            rows = db.execute(sa.select(placements).where(placements.c.agent_id == agent_id)).all()
+            rows = [r for r in found if r.flow is not None]
             items, documents = self._items(db, rows)
-        return {"generation": int(row.assigned), "instances": items, "flows": documents}
+        return {"generation": int(found[0].assigned), "instances": items, "flows": documents}
 
     def _items(self, db: sa.Connection, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if not rows:
+            return [], {}
         names = sorted({r.flow for r in rows})
         current = {f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))}
         docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
