@@ -362,6 +362,13 @@ class Network:
         path.write_text(f"name: {self.flow_name}\n" + textwrap.dedent(body))
         return path
 
+    def deploy(self, body: str, counts: dict[str, int], what: str = "the flow to run") -> Path:
+        """Write the flow file, apply it, and wait until it runs ``counts`` instances."""
+        flow = self.flow_file(body)
+        self.cli("apply", str(flow))
+        self.wait(lambda: self.running(counts), 60, what)
+        return flow
+
     def workers(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.api("GET", "/workers", params={"flow": self.flow_name})
         return rows

@@ -302,7 +302,7 @@ def test_the_leader_scales_a_slow_processor_over_three_agents_without_loss(net: 
     net.start_server()
     for name in ("one", "two", "three"):
         net.start_agent(name, capacity=3)
-    flow = net.flow_file(
+    net.deploy(
         """
         processors:
           - {name: slow, code: steps:slow, scale: {min: 1, max: 6, target_latency: 2s,
@@ -310,10 +310,9 @@ def test_the_leader_scales_a_slow_processor_over_three_agents_without_loss(net: 
           - {name: sink, code: steps:sink, instances: 1}
         connections:
           - {from: slow, to: sink}
-        """
+        """,
+        {"slow": 1, "sink": 1},
     )
-    net.cli("apply", str(flow))
-    net.wait(lambda: net.running({"slow": 1, "sink": 1}), 60, "the flow to run")
     sent = range(20_000)
     net.send("slow", sent)
     peak, agents = 1, set()
@@ -361,17 +360,16 @@ def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
     work = {"role": "work"}
     net.start_agent("one", capacity=4, labels=work)
     net.start_agent("two", capacity=4, labels=work)
-    flow = net.flow_file(
+    net.deploy(
         """
         processors:
           - {name: a, code: steps:slow, instances: 6, labels: {role: work}}
           - {name: sink, code: steps:sink, instances: 1, labels: {role: work}}
         connections:
           - {from: a, to: sink}
-        """
+        """,
+        {"a": 6, "sink": 1},
     )
-    net.cli("apply", str(flow))
-    net.wait(lambda: net.running({"a": 6, "sink": 1}), 60, "the flow to run")
     sent = range(12_000)
 
     def feed() -> None:  # messages keep coming while the instances move
@@ -414,7 +412,7 @@ def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
 def test_a_processor_at_zero_wakes_in_a_network_and_sleeps_again(net: Network) -> None:
     net.start_server()
     net.start_agent("one", capacity=3)
-    flow = net.flow_file(
+    net.deploy(
         """
         processors:
           - {name: a, code: steps:inc, instances: 1}
@@ -422,10 +420,10 @@ def test_a_processor_at_zero_wakes_in_a_network_and_sleeps_again(net: Network) -
              scale: {min: 0, max: 2, up_after: 1s, down_after: 4s}}
         connections:
           - {from: a, to: sink}
-        """
+        """,
+        {"a": 1, "sink": 0},
+        "a running, sink asleep",
     )
-    net.cli("apply", str(flow))
-    net.wait(lambda: net.running({"a": 1, "sink": 0}), 60, "a running, sink asleep")
     sent = range(500)
     net.send("a", sent)
     net.account(sent, timeout=60, label="a sleeping processor woken by its upstream")

@@ -22,9 +22,10 @@ instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
   ``down_after`` seconds, so a bursty source does not make instances come and go.
 - Changes within 10 % of the count are ignored (no flapping at large counts).
 - A processor at zero instances (``min: 0``) wakes, to one, when anything waits for it.
-- **CPU**: a processor whose instances, in its code, spend most of the time they are not
-  waiting for a CPU on one (``cpu``, ``cpu_wait`` and ``busy`` in the view) is CPU-bound: it grows only by as many instances as its
-  hosts have idle cores (``cores``: what its hosts have and what all workers there use).
+- **CPU**: a processor whose code spends most of the time it does not wait for a CPU on
+  one (``cpu``, ``cpu_wait`` and ``busy`` in the view) is CPU-bound: it grows only by as
+  many instances as its hosts have idle cores (``cores``: what its hosts have and what all
+  workers there use).
   When none are idle it is held, with one event that says so.
 - Until one instance has been measured, a processor with work keeps what it has; one with
   nothing waiting and nothing coming wants none (then its minimum).

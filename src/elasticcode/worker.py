@@ -257,18 +257,22 @@ class Worker:
         for q, (n, size) in depths.items():
             self.depths[q] = [n, size, at]
 
-    async def _read_outputs(self) -> None:
-        """The depth of the outgoing queues as they are now, into the next report (never
-        fatal): after a burst, the last reading then holds what this worker published, which
-        is how a network sees that a processor scaled to zero has something waiting."""
-        if not self.limits:
-            return
+    async def _read_depths(self, queues: list[str]) -> bool:
+        """The depth of ``queues`` as they are now, into the next report; False if the broker
+        could not say (never fatal)."""
         try:
-            self._note_depths(await self.broker.depth(list(self.limits)))
+            self._note_depths(await self.broker.depth(queues))
         except ElasticCodeError as exc:
-            log.debug("cannot read the output queues' depth: %s", exc)
-            return
-        self._publish_report(force=True)
+            log.debug("cannot read the depth of %s: %s", ", ".join(queues), exc)
+            return False
+        return True
+
+    async def _read_outputs(self) -> None:
+        """The outgoing queues' depth, reported at once: after a burst, the last reading then
+        holds what this worker published, which is how a network sees that a processor
+        scaled to zero has something waiting."""
+        if self.limits and await self._read_depths(list(self.limits)):
+            self._publish_report(force=True)
 
     async def _wait_for_room(self) -> int:
         """Back pressure: wait while any outgoing connection is at its threshold.
@@ -380,7 +384,7 @@ class Consumer(Worker):
             # below completes at once, as on a busy embedded queue
             await asyncio.sleep(0)
             if self.spec.scale is not None and time.monotonic() - self._reported >= REPORT_EVERY:
-                await self._read_backlog(queues)  # what the autoscaler scales on
+                await self._read_depths(queues)  # the backlog the autoscaler scales on
             self._publish_report()
             if not await self._wait_for_room():
                 break
@@ -424,21 +428,17 @@ class Consumer(Worker):
                 self.report.last_error = f"restarted at {rss // 2**20} MB (max_memory)"
                 self.recycle = self.stopping = True
 
-    async def _read_backlog(self, queues: list[str]) -> None:
-        """The depth of the input queues, into the report (never fatal)."""
-        try:
-            depths = await self.broker.depth(queues)
-        except ElasticCodeError as exc:
-            log.debug("cannot read the input queues' depth: %s", exc)
-            return
-        self._note_depths(depths)
-
     async def _process(
         self, batch: list[Delivery], concurrent: bool, held: _Held, isolated: bool = False
     ) -> None:
         settlement = Settlement()
         deferred: list[Any] = []
-        started, cpu, waited = time.perf_counter(), time.process_time(), _cpu_wait()
+        # how much of the time in the code is on a CPU, and how much waiting for one (the
+        # autoscaler tells CPU-bound processors from those that wait, whatever else the host
+        # runs; the wait, a file read, only for processors that scale)
+        scales = self.spec.scale is not None
+        started, cpu = time.perf_counter(), time.process_time()
+        waited = _cpu_wait() if scales else 0.0
         if concurrent:
             await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
         else:
@@ -446,10 +446,9 @@ class Consumer(Worker):
                 await held.renew_if_due()  # sync code keeps the loop: renew between messages
                 await self._handle(d, settlement, deferred, isolated)
         self.report.busy += time.perf_counter() - started
-        # how much of that time was on a CPU, and how much waiting for one (the autoscaler
-        # tells CPU-bound processors from those that wait, whatever else the host runs)
         self._cpu += time.process_time() - cpu
-        self._cpu_wait += _cpu_wait() - waited
+        if scales:
+            self._cpu_wait += _cpu_wait() - waited
         await self.broker.settle(settlement)
         self._room -= len(settlement.publish)
         for fn in deferred:
