@@ -434,6 +434,18 @@ def redis_network(tmp_path: Path) -> Iterator[Network]:
             n.close()
 
 
+def add_user(net: Network, name: str, role: str, flows: str = "*") -> str:
+    """A user with ``role`` on ``flows``; return the token of its login."""
+    password = f"pw-{name}-0123456789"
+    net.api("POST", "/users", json={"name": name, "password": password})
+    net.api("POST", f"/users/{name}/grants", json={"role": role, "flows": flows})
+    url = net.servers[0].url
+    reply = httpx.post(f"{url}/api/v1/auth/login", json={"user": name, "password": password})
+    reply.raise_for_status()
+    token: str = reply.json()["token"]
+    return token
+
+
 def network_for(tmp_path: Path, broker_name: str, db: str, **kw: Any) -> Network:
     broker = service_url(broker_name)
     if broker_name == "redis":

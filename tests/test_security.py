@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from elasticcode.network.server import ServerSettings, create_app
 from elasticcode.network.server.app import privilege_table, routes
 
-from .network import ELASTICCODE, Network, network_for, postgres_database
+from .network import ELASTICCODE, Network, add_user, network_for, postgres_database
 
 #: Every route of the API and the privilege it needs (None: no credential). A route added
 #: without an entry here, or with another privilege than here, fails the first test.
@@ -38,6 +38,8 @@ ROUTES: dict[str, str | None] = {
     "GET /api/v1/flows/{name}/metrics": "flow.read",
     "GET /api/v1/flows/{name}/stats": "flow.read",
     "GET /api/v1/flows/{name}/trace/{message_id}": "flow.read",
+    "GET /api/v1/flows/{name}/dead-letters": "flow.operate",  # message data
+    "POST /api/v1/flows/{name}/dead-letters/replay": "flow.operate",
     "GET /api/v1/metrics": "user",  # only the flows the caller may read
     "DELETE /api/v1/flows/{name}": "flow.remove",
     "POST /api/v1/flows/{name}/start": "flow.operate",
@@ -129,18 +131,6 @@ def document(name: str, net: Network) -> dict[str, Any]:
     }
 
 
-def add_user(net: Network, name: str, role: str, flows: str = "*") -> str:
-    """A user with ``role`` on ``flows``; return the token of its login."""
-    password = f"pw-{name}-0123456789"
-    net.api("POST", "/users", json={"name": name, "password": password})
-    net.api("POST", f"/users/{name}/grants", json={"role": role, "flows": flows})
-    url = net.servers[0].url
-    reply = httpx.post(f"{url}/api/v1/auth/login", json={"user": name, "password": password})
-    reply.raise_for_status()
-    token: str = reply.json()["token"]
-    return token
-
-
 def test_every_route_declares_the_privilege_it_needs(db: str) -> None:
     declared = {f"{m} {path}": p for m, path, p in routes() if m != "WS"}
     assert declared == ROUTES
@@ -217,6 +207,7 @@ def test_every_route_answers_each_caller_as_its_privilege_says(net: Network) -> 
     bodies: dict[str, Any] = {
         "POST /api/v1/flows": None,  # the flow's document, below
         "POST /api/v1/flows/{name}/rollback": {"revision": 1},
+        "POST /api/v1/flows/{name}/dead-letters/replay": {"all": True},
         "POST /api/v1/flows/{name}/processors/{processor}/scale": {"instances": 1},
         "POST /api/v1/flows/{name}/connections": {"from": "a", "to": "sink"},
         "PATCH /api/v1/flows/{name}/processors/{processor}": {"prefetch": 50},

@@ -1,5 +1,5 @@
 """The ``elasticcode`` commands of one host: ``run``, ``send``, ``validate``, ``export``,
-``queues``, ``dead-letters`` and ``code``, each a thin layer over a library call."""
+``queues`` and ``code``, each a thin layer over a library call."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .flowref import FLOW_HELP, load_flow
 
 def register(main: click.Group) -> None:
     """Add the one-host commands to the ``elasticcode`` command."""
-    for command in (run_cmd, send, validate, export, queues, dead_letters, code_group):
+    for command in (run_cmd, send, validate, export, queues, code_group):
         main.add_command(command)
 
 
@@ -222,51 +222,6 @@ def queues(flow: str, state_dir: str | None, broker: str | None) -> None:
     """Show the depth of every queue of FLOW."""
     for q, (n, size) in local_queues.queue_depths(load_flow(flow), state_dir, broker).items():
         click.echo(f"{n:>10,} msgs {size:>14,} bytes  {q}")
-
-
-@click.group("dead-letters")
-def dead_letters() -> None:
-    """Inspect and replay messages that failed for good."""
-
-
-@dead_letters.command("list", epilog=FLOW_HELP)
-@click.argument("flow")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--traceback", "full", is_flag=True, help="Show the whole error with its traceback.")
-@state_dir_option
-@broker_option
-def dead_list(flow: str, limit: int, full: bool, state_dir: str | None, broker: str | None) -> None:
-    """List FLOW's dead letters with the error that ended each."""
-    from ..errors import MessageError
-    from ..message import decode
-
-    letters = local_queues.dead_letters(load_flow(flow), state_dir, broker, limit)
-    for d in letters:
-        try:
-            payload = json.dumps(decode(d.body).payload, default=repr)[:120]
-        except MessageError:
-            payload = f"<{len(d.body)} undecodable bytes>"
-        error = d.error if full else d.error.splitlines()[0]
-        click.echo(
-            f"#{d.id}  {d.queue}  deliveries={d.deliveries}\n    payload: {payload}\n    error:   {error}"
-        )
-    click.echo(f"{len(letters)} dead letter(s)", err=True)
-
-
-@dead_letters.command("replay", epilog=FLOW_HELP)
-@click.argument("flow")
-@click.option("--id", "ids", multiple=True, help="Replay only this dead letter (repeatable).")
-@click.option("--all", "everything", is_flag=True, help="Replay every dead letter of FLOW.")
-@state_dir_option
-@broker_option
-def dead_replay(
-    flow: str, ids: tuple[int, ...], everything: bool, state_dir: str | None, broker: str | None
-) -> None:
-    """Put dead letters back on their queues; the next run processes them again."""
-    if not ids and not everything:
-        raise click.UsageError("name dead letters with --id N, or pass --all")
-    n = local_queues.replay(load_flow(flow), list(ids) if ids else None, state_dir, broker)
-    click.echo(f"replayed {n} message(s)")
 
 
 @click.group("code")

@@ -9,9 +9,9 @@ import datetime
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -30,9 +30,8 @@ from ..metrics.view import FlowMetrics
 from ..store import StateStore
 from ..units import parse_duration
 from .flowref import FLOW_HELP, load_flow
-from .options import CA_HELP
+from .options import in_network, where
 
-F = TypeVar("F", bound=Callable[..., Any])
 EPILOG = (
     "On one host FLOW is the flow (" + FLOW_HELP.split(" is ", 1)[1] + ") and its state is "
     "read from --state-dir. With --server (or $ELASTICCODE_SERVER), FLOW is the name of a "
@@ -40,36 +39,11 @@ EPILOG = (
 )
 
 
-def where(server_help: str) -> Callable[[F], F]:
-    """``--state-dir`` (one host), ``--server`` and ``--ca`` (a network)."""
-
-    def wrap(f: F) -> F:
-        options = [
-            click.option(
-                "--state-dir",
-                type=click.Path(file_okay=False),
-                default=None,
-                help="One host: where the flow keeps its state [default: ./.elasticcode/FLOW-NAME].",
-            ),
-            click.option("--server", default=None, metavar="URL", help=server_help),
-            click.option("--ca", default=None, metavar="FILE", help=CA_HELP),
-        ]
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return wrap
-
-
 def register(main: click.Group) -> None:
     main.add_command(top)
     main.add_command(stats)
     main.add_command(trace)
     main.add_command(export_history)
-
-
-def _network(server: str | None) -> bool:
-    return bool(server or os.environ.get("ELASTICCODE_SERVER"))
 
 
 @click.command(epilog=EPILOG)
@@ -91,7 +65,7 @@ def top(
 ) -> None:
     """Per processor and connection of FLOW: rates, percentiles, depths, errors, instances
     and hosts, refreshed every second (in a network, every flow when FLOW is not given)."""
-    if _network(server):
+    if in_network(server):
         from ..network.client import Api
 
         views = _network_views(Api(server, ca), flow)
@@ -237,7 +211,7 @@ def stats(
     """FLOW's metrics history: per processor (or connection) and interval, messages in and
     out, errors, dead letters, rate, depth, busy share and processing-time percentiles."""
     seconds = parse_duration(since)
-    if _network(server):
+    if in_network(server):
         from ..network.client import Api
 
         params: dict[str, Any] = {"since": seconds, "by": by}
@@ -306,7 +280,7 @@ def trace(
     """The lineage of MESSAGE_ID: the tree of messages it belongs to, from the one that entered
     the flow to every sink, with where each waited, how long it took and where it failed.
     The flow records lineage when its settings say so (lineage: full, or {sampled: 0.01})."""
-    if _network(server):
+    if in_network(server):
         from ..network.client import Api
 
         api = Api(server, ca)

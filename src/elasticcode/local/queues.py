@@ -4,18 +4,17 @@ dead letters (``elasticcode send``, ``queues``, ``dead-letters``)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import deadletters
 from ..brokers import Broker, DeadLetter, flow_broker
-from ..errors import FlowError, MessageError
+from ..errors import FlowError
 from ..flow import Flow
-from ..message import Message, decode, encode
-from ..metrics.lineage import Recorder
+from ..message import Message, encode
 from ..metrics.lineage import write as write_lineage
 from ..store import StateStore
 from .paths import state_paths
@@ -106,13 +105,7 @@ def queue_depths(
 def dead_letters(
     flow: Flow, state_dir: str | Path | None = None, broker: str | None = None, limit: int = 100
 ) -> list[DeadLetter]:
-    async def listing(b: Broker) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        for q in flow.queues():
-            out += await b.dead_letters(q, limit)
-        return sorted(out, key=lambda d: d.failed_at)[:limit]
-
-    return _with_broker(flow, state_dir, broker, listing)
+    return _with_broker(flow, state_dir, broker, lambda b: deadletters.listing(b, flow, limit))
 
 
 def replay(
@@ -123,38 +116,7 @@ def replay(
 ) -> int:
     """Put dead letters (all of the flow's, or those named) back on their queues. A traced
     message's lineage records that it was replayed."""
-    replayed: list[DeadLetter] = []
-
-    async def again(b: Broker) -> int:
-        if flow.settings.lineage != "off":
-            for q in flow.queues():
-                found = await b.dead_letters(q, REPLAY_NOTED)
-                replayed.extend(d for d in found if ids is None or d.id in ids)
-        if ids is not None:
-            return await b.replay(ids)
-        return sum([await b.replay(None, q) for q in flow.queues()])
-
-    n = _with_broker(flow, state_dir, broker, again)
-    _note_replayed(flow, replayed, state_dir)
-    return n
-
-
-#: Dead letters per queue whose replay lineage notes.
-REPLAY_NOTED = 100_000
-
-
-def _note_replayed(flow: Flow, letters: list[DeadLetter], state_dir: str | Path | None) -> None:
-    owners = {q: p.name for p in flow.processors for q in flow.inputs_of(p.name)}
-    rows = []
-    for d in letters:
-        try:
-            msg = decode(d.body)
-        except MessageError:
-            continue
-        if msg.traced:
-            rec = Recorder(flow.name, owners.get(d.queue, "?"), -1, os.uname().nodename, None)
-            rec.note("replayed", msg.id, attempt=d.deliveries, error=d.error.splitlines()[0])
-            rows += rec.take()
+    n, rows = _with_broker(flow, state_dir, broker, lambda b: deadletters.replay(b, flow, ids))
     if rows:
         _, _, state_url = state_paths(flow, state_dir)
         store = StateStore(state_url)
@@ -162,3 +124,4 @@ def _note_replayed(flow: Flow, letters: list[DeadLetter], state_dir: str | Path 
             write_lineage(store.engine, rows)
         finally:
             store.close()
+    return n

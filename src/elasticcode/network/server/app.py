@@ -31,7 +31,15 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIWebSocketRoute
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import AuthError, Conflict, ElasticCodeError, Forbidden, NotFound, StateUnreachable
+from ...errors import (
+    AuthError,
+    BrokerUnreachable,
+    Conflict,
+    ElasticCodeError,
+    Forbidden,
+    NotFound,
+    StateUnreachable,
+)
 from ...metrics.history import History
 from ...metrics.hub import MetricsHub
 from .. import workerdb
@@ -43,6 +51,7 @@ from . import (
     agents,
     auth,
     connections,
+    deadletters,
     events,
     flows,
     metrics,
@@ -68,6 +77,7 @@ ROUTERS = (
     flows,
     processors,
     connections,
+    deadletters,
     agents,
     workers,
     events,
@@ -159,6 +169,7 @@ def _answer_errors(app: FastAPI) -> None:
         AuthError: 401,
         Forbidden: 403,
         Conflict: 409,
+        BrokerUnreachable: 503,
         ElasticCodeError: 422,
     }
     for kind, code in statuses.items():

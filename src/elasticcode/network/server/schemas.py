@@ -46,3 +46,10 @@ class ConnectionBody(BaseModel):
     model_config = {"populate_by_name": True, "extra": "allow"}
     source: str = Field(alias="from")
     target: str = Field(alias="to")
+
+
+class ReplayBody(BaseModel):
+    ids: list[Annotated[str, Field(max_length=200)] | int] | None = Field(
+        None, max_length=100_000, description="the dead letters to replay (their ids)"
+    )
+    all: bool = Field(False, description="replay every dead letter of the flow")
