@@ -379,6 +379,22 @@ def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
 
     feeder = threading.Thread(target=feed)
     feeder.start()
+    # what each agent reports running, sampled: a moved instance must run on both at once
+    seen: set[tuple[float, str, int]] = set()  # (sample, agent, instance of a)
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            at = time.monotonic()
+            for agent in net.api("GET", "/agents"):
+                for w in agent["workers"]:
+                    running = w.get("state") == "running" and not w.get("retiring")
+                    if w["processor"] == "a" and running:
+                        seen.add((at, agent["name"], int(w["instance"])))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     time.sleep(1.0)
     net.start_agent("three", capacity=4, labels=work)
 
@@ -393,6 +409,18 @@ def test_a_joining_agent_takes_a_share_and_an_idle_one_leaving_moves_nothing(
     moved = [e["text"] for e in net.api("GET", "/events") if "rebalancing" in e["text"]]
     print("rebalancing:", *moved, sep="\n  ")
     assert moved and all("to three" in m for m in moved), moved
+    sampling.set()
+    sampler.join(10)
+    # rolling: each moved instance was seen running on the agent it left and on three at once
+    for text in moved:
+        instance = int(text.split("[", 1)[1].split("]", 1)[0])
+        source = text.split("from agent ", 1)[1].split(" ", 1)[0]
+        both = {
+            at
+            for at, agent, i in seen
+            if i == instance and agent == source and (at, "three", instance) in seen
+        }
+        assert both, f"a[{instance}] stopped on {source} before it ran on three"
     # an agent that may run none of them stays idle, and leaving moves nothing
     before = net.pids()
     four = net.start_agent("four", capacity=4)

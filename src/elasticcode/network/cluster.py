@@ -446,10 +446,12 @@ class Cluster:
     def assignment(self, agent_id: str) -> dict[str, Any]:
         """What an agent should run: its instances and the flow documents they come from."""
         with self.engine.connect() as db:
-            # the agent's generation and its placements in one query (none: no placement)
+            # the agent's generation and its placements in one query (none: no placement);
+            # an instance moving away from it is its own until it runs where it went
+            mine = sa.or_(placements.c.agent_id == agents.c.id, placements.c.leaving == agents.c.id)
             found = db.execute(
                 sa.select(agents.c.assigned, placements)
-                .select_from(agents.outerjoin(placements, placements.c.agent_id == agents.c.id))
+                .select_from(agents.outerjoin(placements, mine))
                 .where(agents.c.id == agent_id)
             ).all()
             if not found:
@@ -527,11 +529,12 @@ class Cluster:
         """Every placed instance (of ``flow``, or of all): its agent, the state its agent
         last reported, and its worker's own report (counts, last error)."""
         by_agent = {a.id: a for a in self.agents()}
-        reported: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # by agent: while an instance moves, the agent it leaves runs it too
+        reported: dict[tuple[str, str, int, str], dict[str, Any]] = {}
         for a in by_agent.values():
             for w in a.workers:
                 if not w.get("retiring"):
-                    reported[(w["flow"], w["processor"], w["instance"])] = w
+                    reported[(w["flow"], w["processor"], w["instance"], a.id)] = w
         query = sa.select(placements).order_by(
             placements.c.flow, placements.c.processor, placements.c.instance
         )
@@ -542,7 +545,9 @@ class Cluster:
             consumers = [
                 seen["consumer"]
                 for r in rows
-                if (seen := reported.get((r.flow, r.processor, r.instance), {})).get("consumer")
+                if (seen := reported.get((r.flow, r.processor, r.instance, r.agent_id), {})).get(
+                    "consumer"
+                )
             ]
             own = {
                 row.id: row
@@ -551,7 +556,7 @@ class Cluster:
         out = []
         for r in rows:
             agent = by_agent.get(r.agent_id) if r.agent_id else None
-            seen = reported.get((r.flow, r.processor, r.instance), {}) if agent else {}
+            seen = reported.get((r.flow, r.processor, r.instance, r.agent_id), {}) if agent else {}
             report = own.get(seen.get("consumer", ""))
             error = seen.get("error") or (
                 report.last_error if report is not None and report.status == "error" else None
@@ -565,6 +570,7 @@ class Cluster:
                     "agent": agent.name if agent else None,
                     "agent_id": r.agent_id,
                     "host": agent.host if agent else None,
+                    "leaving": by_agent[r.leaving].name if r.leaving in by_agent else None,
                     "state": "error" if error and state != "running" else state,
                     "pid": seen.get("pid"),
                     "restarts": seen.get("restarts", 0),

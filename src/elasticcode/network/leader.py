@@ -5,7 +5,8 @@ or renews the leader lease (``SELECT ... FOR UPDATE`` on its row), so a server t
 lease cannot write placements. In the round, agents silent for longer than the agent timeout
 are marked lost; every running flow's processors are placed on the agents that are up (see
 ``scheduler.place``: instances stay where they are), then evened out a few at a time
-(``scheduler.rebalance``, the next moves once the moved instances run); each agent whose
+(``scheduler.rebalance``: a moved instance starts on its new agent and keeps running on the
+old one until it runs where it went; the next moves after that); each agent whose
 assignment changed gets a new generation, which wakes its long poll. A round whose inputs
 (flow revisions, controls, agents) are those of the last one, with no move under way, writes
 nothing.
@@ -24,7 +25,15 @@ import sqlalchemy as sa
 
 from ..autoscale import starting_count
 from ..store.db import insert
-from ..store.tables import agents, flows, leases, placements, processor_controls, sources
+from ..store.tables import (
+    agents,
+    flows,
+    leases,
+    placements,
+    processor_controls,
+    sources,
+    workers,
+)
 from .cluster import LEADER, Cluster, Who, record_event
 from .scheduler import AgentSlot, Demand, Move, place, rebalance
 
@@ -60,8 +69,8 @@ class Leader:
         self._last_round = 0.0
         self._grace_until = 0.0
         #: instances moved by rebalancing, not yet seen running where they went: key ->
-        #: (agent id, when moved)
-        self._moving: dict[Key, tuple[str, float]] = {}
+        #: (agent it went to, agent it left, when moved)
+        self._moving: dict[Key, tuple[str, str, float]] = {}
 
     def hold_lease(self, db: sa.Connection) -> bool:
         """Take or renew the leader lease inside ``db``'s transaction; True if held."""
@@ -168,11 +177,13 @@ class Leader:
                     placements.c.processor,
                     placements.c.instance,
                     placements.c.agent_id,
+                    placements.c.leaving,
                 )
             ).all()
             old: dict[Key, str | None] = {
                 (r.flow, r.processor, r.instance): r.agent_id for r in rows
             }
+            was_leaving = {(r.flow, r.processor, r.instance): r.leaving for r in rows if r.leaving}
             current: dict[str, list[str | None]] = defaultdict(list)
             for (fname, pname, i), agent in sorted(old.items()):
                 where = current[f"{fname}/{pname}"]
@@ -192,8 +203,15 @@ class Leader:
                 fname, pname = key.split("/", 1)
                 for i, agent in enumerate(where):
                     new[(fname, pname, i)] = agent
+            # a moved instance runs on the agent it left, too, until it runs where it went
+            leaving = {
+                k: source
+                for k, (target, source, _) in self._moving.items()
+                if new.get(k) == target and source != target
+            }
             self._write_placements(db, old, new, now)
-            self._bump_generations(db, new, specs)
+            self._write_leaving(db, was_leaving, leaving)
+            self._bump_generations(db, new, specs, leaving)
             notes += [f"{key}: {why}" for key, why in plan.pending.items()]
             pending = set(plan.pending.items())
             for key, why in sorted(pending - self._pending):
@@ -219,16 +237,29 @@ class Leader:
         those run where they went (or ``MOVE_TIMEOUT`` passed), nor while anything waits
         for a slot. ``assign`` is changed to match."""
         if self._moving:
-            running = set()
+            # up where it went: its process runs (the agent says) and its worker took up its
+            # queues (the worker's own report says): only then does the old one stop
+            started: dict[tuple[str, str, int, str], str] = {}
             for aid, workers_json in db.execute(
                 sa.select(agents.c.id, agents.c.workers).where(agents.c.status == "up")
             ).all():
                 for w in json.loads(workers_json or "[]"):
-                    if w.get("state") == "running" and not w.get("retiring"):
-                        running.add((w["flow"], w["processor"], int(w["instance"]), aid))
+                    if w.get("state") == "running" and not w.get("retiring") and w.get("consumer"):
+                        started[(w["flow"], w["processor"], int(w["instance"]), aid)] = w[
+                            "consumer"
+                        ]
+            wanted = [c for k, (aid, _, _) in self._moving.items() if (c := started.get((*k, aid)))]
+            ready = set(
+                db.execute(
+                    sa.select(workers.c.id).where(
+                        workers.c.id.in_(wanted), workers.c.status.in_(("running", "back-pressure"))
+                    )
+                ).scalars()
+            )
+            running = {k for k, c in started.items() if c in ready}
             self._moving = {
-                k: (aid, at)
-                for k, (aid, at) in self._moving.items()
+                k: (aid, source, at)
+                for k, (aid, source, at) in self._moving.items()
                 if (*k, aid) not in running
                 and now - at < MOVE_TIMEOUT
                 and assign.get(f"{k[0]}/{k[1]}", [])[k[2] : k[2] + 1] == [aid]
@@ -238,7 +269,7 @@ class Leader:
         moves = rebalance(demands, slots, assign, moves_at_once(sum(d.count for d in demands)))
         for m in moves:
             fname, pname = m.key.split("/", 1)
-            self._moving[(fname, pname, m.instance)] = (m.target, now)
+            self._moving[(fname, pname, m.instance)] = (m.target, m.source, now)
         return moves
 
     def _demands(
@@ -308,14 +339,37 @@ class Leader:
                 moved,
             )
 
+    def _write_leaving(self, db: sa.Connection, was: dict[Key, str], want: dict[Key, str]) -> None:
+        """Mark the instances that still run on the agent they left (and only those: what a
+        former leader marked and this one does not know of is cleared)."""
+        where = sa.and_(
+            placements.c.flow == sa.bindparam("f"),
+            placements.c.processor == sa.bindparam("p"),
+            placements.c.instance == sa.bindparam("i"),
+        )
+        changed = [
+            {"f": k[0], "p": k[1], "i": k[2], "l": want.get(k)}
+            for k in was.keys() | want.keys()
+            if was.get(k) != want.get(k)
+        ]
+        if changed:
+            db.execute(placements.update().where(where).values(leaving=sa.bindparam("l")), changed)
+
     def _bump_generations(
-        self, db: sa.Connection, new: dict[Key, str | None], specs: dict[tuple[str, str], str]
+        self,
+        db: sa.Connection,
+        new: dict[Key, str | None],
+        specs: dict[tuple[str, str], str],
+        leaving: dict[Key, str],
     ) -> None:
-        """A new generation for every agent whose instances, or their specs, changed."""
+        """A new generation for every agent whose instances, or their specs, changed (an
+        instance it is leaving counts as its own until then)."""
         by_agent: dict[str, list[Key]] = defaultdict(list)
         for k, agent in new.items():
             if agent is not None:
                 by_agent[agent].append(k)
+        for k, agent in leaving.items():
+            by_agent[agent].append(k)
         changed = []
         for a in db.execute(sa.select(agents.c.id, agents.c.digest)).all():
             parts = [f"{f}/{p}/{i}/{specs[(f, p)]}" for f, p, i in sorted(by_agent.get(a.id, []))]

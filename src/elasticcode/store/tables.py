@@ -155,6 +155,9 @@ placements = sa.Table(
     sa.Column("instance", sa.Integer, primary_key=True),
     sa.Column("agent_id", sa.String(64), index=True),
     sa.Column("placed", sa.Float, nullable=False),
+    #: The agent a rebalanced instance moves away from: it runs it too until it runs on
+    #: ``agent_id`` (the new one up before the old one stops).
+    sa.Column("leaving", sa.String(64), index=True),
 )
 
 leases = sa.Table(
