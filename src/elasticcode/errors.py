@@ -77,6 +77,10 @@ class UnknownBackend(BrokerError):
     """A broker URL names a scheme that no backend serves."""
 
 
+class StorageError(ElasticCodeError):
+    """A blob or result store operation failed (the store's URL is masked in the message)."""
+
+
 class StateError(ElasticCodeError):
     """The state store cannot be opened or used."""
 

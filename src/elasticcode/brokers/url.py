@@ -3,6 +3,7 @@
 Options are read once, typed and bounded, and a bad one says which backend, which option, what
 it takes and what it got. Durations take the flow files' forms (``30``, ``30s``, ``500ms``).
 Secrets (a password, a token in the user's place) are masked in any text the backend prints.
+The blob stores read their URLs with the same class (``storage/url.py``), speaking of stores.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import BrokerError
+from ..errors import BrokerError, ElasticCodeError
 from ..redact import mask, secrets_of
 from ..units import parse_duration
 
@@ -25,6 +26,10 @@ class BrokerURL:
     the options the backend does not read are handed to its client library (``passed``).
     """
 
+    #: What a bad URL raises, and what its messages call the thing the URL names.
+    error: type[ElasticCodeError] = BrokerError
+    noun = "broker"
+
     def __init__(self, backend: str, url: str, known: Sequence[str] | None = None) -> None:
         self.backend = backend
         self.parts = urlsplit(url)
@@ -33,9 +38,13 @@ class BrokerURL:
         self._read: set[str] = set()
         self.secrets = secrets_of(url)
         if known is not None and (unknown := sorted(set(self._values) - set(known))):
-            raise BrokerError(
-                f"{backend} broker: unknown option(s) {unknown}; known: {', '.join(known)}"
+            raise self._bad(
+                f"{backend} {self.noun}: unknown option(s) {unknown}; known: {', '.join(known)}"
             )
+
+    def _bad(self, text: str) -> ElasticCodeError:
+        """The error of a bad URL or option, with the URL's secrets masked."""
+        return self.error(self.mask(text))
 
     def mask(self, text: object) -> str:
         """``text`` with this URL's secrets masked."""
@@ -46,7 +55,7 @@ class BrokerURL:
         try:
             port = self.parts.port
         except ValueError:
-            raise BrokerError(f"{self.backend} broker URL has an invalid port") from None
+            raise self._bad(f"{self.backend} {self.noun} URL has an invalid port") from None
         return f"{self.parts.hostname or default_host}:{port or default_port}"
 
     # -- options ----------------------------------------------------------------------------
@@ -95,13 +104,13 @@ class BrokerURL:
             return True
         if raw.lower() in _FALSE:
             return False
-        raise BrokerError(f"{self.backend} broker: {name} must be true or false, not {raw!r}")
+        raise self._bad(f"{self.backend} {self.noun}: {name} must be true or false, not {raw!r}")
 
     def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
         value = (self.text(name) or default).lower()
         if value not in choices:
-            raise BrokerError(
-                f"{self.backend} broker: {name} must be {' or '.join(choices)}, not {value!r}"
+            raise self._bad(
+                f"{self.backend} {self.noun}: {name} must be {' or '.join(choices)}, not {value!r}"
             )
         return value
 
@@ -125,8 +134,8 @@ class BrokerURL:
             bounds = f" <= {high:g}"
         else:
             bounds = ""
-        raise BrokerError(
-            f"{self.backend} broker: {name} must be {kind}{bounds}{unit}, not {raw!r}"
+        raise self._bad(
+            f"{self.backend} {self.noun}: {name} must be {kind}{bounds}{unit}, not {raw!r}"
         )
 
     def passed(self, **defaults: str) -> str:
