@@ -40,6 +40,7 @@ ROUTES: dict[str, str | None] = {
     "GET /api/v1/flows/{name}/trace/{message_id}": "flow.read",
     "GET /api/v1/flows/{name}/dead-letters": "flow.operate",  # message data
     "POST /api/v1/flows/{name}/dead-letters/replay": "flow.operate",
+    "GET /api/v1/flows/{name}/results/{key}": "flow.operate",  # message data
     "GET /api/v1/metrics": "user",  # only the flows the caller may read
     "DELETE /api/v1/flows/{name}": "flow.remove",
     "POST /api/v1/flows/{name}/start": "flow.operate",
@@ -203,6 +204,7 @@ def test_every_route_answers_each_caller_as_its_privilege_says(net: Network) -> 
         "{role}": "no-such-role",
         "{token_id}": "0123456789abcdef",
         "{secret}": "WALKED",
+        "{key}": "no-such-result",
     }
     bodies: dict[str, Any] = {
         "POST /api/v1/flows": None,  # the flow's document, below

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .brokers import Broker, DeadLetter
+from .claimcheck import is_claim, read_reference
 from .errors import MessageError
 from .flow import Flow
 from .message import decode
@@ -63,6 +64,10 @@ def describe(flow: Flow, d: DeadLetter, traceback: bool = False) -> dict[str, An
         "error": d.error if traceback else d.error.splitlines()[0] if d.error else "",
         "size": len(d.body),
     }
+    if is_claim(d.body):  # its body is in the flow's blob store
+        key, _, size, mid = read_reference(d.body)
+        entry.update(message_id=mid, payload=f"<{size:,} bytes in the blob store as {key}>")
+        return entry
     try:
         msg = decode(d.body)
     except MessageError:

@@ -83,6 +83,18 @@ class Retry(_Model):
         return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
+class Results(_Model):
+    """A processor's results kept in the flow's blob store: for each input, what it emitted,
+    under the input's ``key`` attribute (an idempotency key given when it was sent, which its
+    descendants inherit) or else its message id; read with ``elasticcode result get``."""
+
+    #: How long a result is kept.
+    ttl: Duration = 86_400.0
+    #: The largest result kept; a larger one fails its message (store the data elsewhere and
+    #: return where it is).
+    max_bytes: Size = 16 * 2**20
+
+
 class Scale(_Model):
     """Autoscaling of a processor's instances between ``min`` and ``max`` on its backlog (see
     ``elasticcode.autoscale``): enough instances to clear what waits within
@@ -191,6 +203,8 @@ class Processor(_Model):
     prefetch: int = Field(default=100, ge=1, le=10_000)
     #: How failures are retried.
     retries: Retry = Field(default_factory=Retry)
+    #: Keep what it emits for each input as a result, e.g. ``{ttl: 1h}`` (see ``Results``).
+    results: Results | None = None
     #: Longest a processor may take over one message; then that message fails (and is
     #: retried like any error) and the worker goes on with the next.
     timeout: Duration | None = None
@@ -278,6 +292,8 @@ class Connection(_Model):
     max_bytes: Size = 64 * 2**20
     #: Broker URL of this connection's queue, if not the flow's broker.
     broker: str | None = None
+    #: Messages larger than this travel through the blob store (the flow's, if not given).
+    blob_threshold: Size | None = None
 
     @field_validator("source", "target")
     @classmethod
@@ -306,6 +322,14 @@ class Settings(_Model):
     broker: str | None = None
     #: Lineage records (``elasticcode trace``): ``off``, ``full``, or ``{sampled: 0.01}``.
     lineage: Literal["off", "full"] | Sampled = "off"
+    #: Blob store URL for messages above ``blob_threshold`` (the claim check): ``file:///path``,
+    #: ``s3://bucket/prefix``, ``redis://``, ``postgresql://``, ``module:Class``. On one host
+    #: the default is the ``blobs`` folder of the state directory; a network has none unless
+    #: given (its workers need one they share).
+    blobs: str | None = None
+    #: Messages larger than this (encoded) are kept in the blob store, and their queues carry
+    #: a reference; ``max_message_bytes`` still bounds them.
+    blob_threshold: Size = 256 * 1024
 
     def traces(self, message_id: str) -> bool:
         """Whether a message entering the flow with this id has its lineage recorded (the

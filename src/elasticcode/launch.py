@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .brokers import flow_broker
+from .claimcheck import with_claim_check
 from .errors import DiskFull, StateUnreachable
 from .flow import Flow
 from .secret import ENV_PREFIX, env_name
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     flow = Flow.load(args.flow)
-    broker = flow_broker(args.broker, flow)
+    broker = with_claim_check(flow_broker(args.broker, flow), flow)
     state = _open_state(args.state)
     kind = Source if flow.get(args.processor).is_source else Consumer
     worker = kind(flow, args.processor, broker, state, args.run_id, args.instance, args.consumer)

@@ -1,8 +1,8 @@
 """Secrets by reference: a flow names a secret, and never holds its value.
 
-``${secret:NAME}`` may stand in a broker URL (``settings.broker``, a connection's ``broker``)
-and in any string of a processor's ``config``; a git source's ``credential: NAME`` names a
-secret too. The flow file, the flow's revisions in the state store and every answer of the API
+``${secret:NAME}`` may stand in a broker URL (``settings.broker``, a connection's ``broker``),
+the blob store's URL (``settings.blobs``) and any string of a processor's ``config``; a git
+source's ``credential: NAME`` names a secret too. The flow file, the flow's revisions in the state store and every answer of the API
 keep the reference; the value is put in place only by the process that uses it, from the
 environment variable ``ELASTICCODE_SECRET_NAME``. On one host, set those yourself. In a
 network, the server keeps each secret encrypted (``elasticcode secret set``) and an agent sets
@@ -47,9 +47,9 @@ def names_in(value: Any) -> set[str]:
 
 
 def names_of_flow(flow: Flow) -> set[str]:
-    """Every secret a flow needs: in its broker URLs, its processors' config, its git
-    credentials."""
-    found = names_in(flow.settings.broker or "")
+    """Every secret a flow needs: in its broker and blob store URLs, its processors' config,
+    its git credentials."""
+    found = names_in(flow.settings.broker or "") | names_in(flow.settings.blobs or "")
     for c in flow.connections:
         found |= names_in(c.broker or "")
     for p in flow.processors:

@@ -27,7 +27,10 @@ import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import msgpack
+
 from .brokers import Broker, Delivery, Settlement
+from .claimcheck import ClaimCheckBroker, is_claim
 from .code import load
 from .errors import (
     BrokerError,
@@ -44,6 +47,7 @@ from .metrics.lineage import Recorder
 from .metrics.lineage import write as write_lineage
 from .processor import PART, Context, Loaded, Output, parts, parts_sync
 from .secret import SecretMissing, names_in, resolve
+from .storage import ResultStore, ResultTooLarge
 from .store import StateStore, WorkerReport
 
 log = logging.getLogger("elasticcode.worker")
@@ -136,6 +140,16 @@ class Worker:
         self._room, self._room_at = 0, 0.0
         self._parent = os.getppid()
         self.loaded: Loaded | None = None
+        #: where a processor that keeps its results puts them (the flow's blob store)
+        self.results: ResultStore | None = None
+        if self.spec.results is not None:
+            if isinstance(broker, ClaimCheckBroker):
+                self.results = ResultStore(broker.store, max_bytes=self.spec.results.max_bytes)
+            else:
+                self._problem = (
+                    f"processor {processor!r} keeps its results, and the flow names no blob "
+                    "store to keep them in: set settings.blobs"
+                )
         self.ctx = Context(
             flow.name,
             processor,
@@ -463,10 +477,12 @@ class Consumer(Worker):
         assert self.loaded is not None
         report = self.report
         report.received += 1
-        report.bytes_in += len(d.body)
         self.received_from[d.queue] = self.received_from.get(d.queue, 0) + 1
         try:
-            msg = decode(d.body, d.delivery)
+            body = await self._claimed(d.body) if is_claim(d.body) else d.body
+            report.bytes_in += len(body)
+            msg = decode(body, d.delivery)
+            del body  # a claim-checked body is held by the message alone while it runs
         except MessageError as exc:
             self._failed(
                 d, None, f"undecodable message on {d.queue}: {exc}", "", settlement, retry=False
@@ -503,6 +519,11 @@ class Consumer(Worker):
                 await asyncio.wait_for(staged.run_async(self.loaded.call, msg.payload, ctx), limit)
             else:
                 await staged.run_sync(self.loaded.call, msg.payload, ctx, limit)
+            if staged.kept is not None:  # kept before the input is acknowledged
+                await self._keep_result(msg, staged.kept)
+        except ResultTooLarge as exc:
+            error = str(exc)
+            outcome = self._failed(d, msg, error, "", settlement, retry=False)
         except (TimeoutError, _TimedOut):
             error = f"timed out: took longer than {limit:g}s (timeout) over this message"
             outcome = self._failed(d, msg, error, "", settlement, retry=True)
@@ -534,6 +555,23 @@ class Consumer(Worker):
                 outputs=staged.emitted if error is None else None,
                 error=error,
             )
+
+    async def _keep_result(self, msg: Message, outputs: list[Any]) -> None:
+        """What the processor emitted for ``msg``, as its result (see ``flow.Results``)."""
+        assert self.results is not None and self.spec.results is not None
+        key = msg.attributes.get("key")
+        key = key if isinstance(key, str) and key else msg.id
+        value: bytes = msgpack.packb(outputs, use_bin_type=True)
+        await self.results.put(self.flow.name, key, value, self.spec.results.ttl)
+
+    async def _claimed(self, reference: bytes) -> bytes:
+        """A claim-checked message's body, from the flow's blob store."""
+        if not isinstance(self.broker, ClaimCheckBroker):
+            raise MessageError(
+                "its body is in a blob store, and this flow names none: set settings.blobs "
+                "to the store its senders use"
+            )
+        return await self.broker.resolve(reference)
 
     def _failed(
         self,
@@ -602,17 +640,21 @@ class _Staged:
     acknowledged only with its batch, after its last output is durable. A message that fails
     after a part went out has that part published: a retry publishes the same ids again."""
 
-    __slots__ = ("counts", "emitted", "items", "msg", "worker")
+    __slots__ = ("counts", "emitted", "items", "kept", "msg", "worker")
 
     def __init__(self, worker: Worker, msg: Message) -> None:
         self.worker, self.msg = worker, msg
         self.items: list[tuple[str, bytes]] = []
         self.counts: dict[str, int] = {}
         self.emitted = 0
+        #: the payloads emitted, for a processor that keeps its results (else None)
+        self.kept: list[Any] | None = [] if worker.results is not None else None
 
     async def _add(self, part: list[Output]) -> None:
         self.items += self.worker._encode(self.msg, part, counts=self.counts)
         self.emitted += len(part)
+        if self.kept is not None:
+            self.kept += [out.payload for out in part]
         if len(self.items) >= PART:
             await self._publish_now()
 

@@ -131,6 +131,10 @@ class Broker(abc.ABC):
         #: evict them): sentences found at ``connect``, for the run to show.
         self.cautions: list[str] = []
 
+    def largest_body(self) -> int:
+        """The largest body ``publish`` takes (once connected: a server may set it)."""
+        return self.max_message_bytes
+
     async def __aenter__(self) -> Broker:
         await self.connect()
         return self

@@ -284,8 +284,11 @@ class NATSBroker(Broker):
         self._queues[subject] = queue
         return subject
 
+    def largest_body(self) -> int:
+        return min(self.max_message_bytes, int(self.nc.max_payload))
+
     async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
-        limit = min(self.max_message_bytes, self.nc.max_payload)
+        limit = self.largest_body()
         for _, body in items:
             if len(body) > limit:
                 why = " (the NATS server's max_payload)" if limit < self.max_message_bytes else ""

@@ -37,6 +37,9 @@ class RoutedBroker(Broker):
         leases = [b.lease for b in self._brokers if b.lease is not None]
         self.lease = min(leases) if leases else None
 
+    def largest_body(self) -> int:
+        return min(b.largest_body() for b in self._brokers)
+
     def _index(self, queue: str) -> int:
         return self._routes.get(queue, self._default)
 

@@ -348,8 +348,11 @@ class SQSBroker(Broker):
             entry["MessageDeduplicationId"] = uuid.uuid4().hex
         return entry
 
+    def largest_body(self) -> int:
+        return min(self.max_message_bytes, MAX_BODY)
+
     async def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
-        limit = min(self.max_message_bytes, MAX_BODY)
+        limit = self.largest_body()
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for q, body in items:
             if len(body) > limit:

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 
 from ..errors import ElasticCodeError
-from . import access, deadletters, deploy, local, metrics, network
+from . import access, deadletters, deploy, local, metrics, network, results
 
 
 class _Group(click.Group):
@@ -29,5 +29,5 @@ def main() -> None:
     """ElasticCode: run flows of Python processors on durable queues."""
 
 
-for commands in (local, deadletters, metrics, network, deploy, access):
+for commands in (local, deadletters, results, metrics, network, deploy, access):
     commands.register(main)

@@ -21,6 +21,12 @@ def state_paths(
     return root, broker or f"sqlite:///{root / 'queues.db'}", f"sqlite:///{root / 'state.db'}"
 
 
+def blobs_url(flow: Flow, root: Path) -> str:
+    """The flow's blob store (the claim check's): its ``settings.blobs``, else the ``blobs``
+    folder of its state directory."""
+    return flow.settings.blobs or f"file://{root / 'blobs'}"
+
+
 class RunLock:
     """The lock of a state directory: one run at a time owns it."""
 

@@ -1,5 +1,5 @@
 """A one-host flow's queues from outside a run: send messages in, count them, list and replay
-dead letters (``elasticcode send``, ``queues``, ``dead-letters``)."""
+dead letters, read results (``elasticcode send``, ``queues``, ``dead-letters``, ``result``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from typing import Any, TypeVar
 
 from .. import deadletters
 from ..brokers import Broker, DeadLetter, flow_broker
+from ..claimcheck import with_claim_check
 from ..errors import FlowError
 from ..flow import Flow
 from ..message import Message, encode
 from ..metrics.lineage import write as write_lineage
+from ..storage import ResultStore, open_blob_store
+from ..storage.results import decode_result
 from ..store import StateStore
-from .paths import state_paths
+from .paths import blobs_url, state_paths
 
 T = TypeVar("T")
 
@@ -28,10 +31,13 @@ def _with_broker(
     broker: str | None,
     action: Callable[[Broker], Awaitable[T]],
 ) -> T:
-    _, url, _ = state_paths(flow, state_dir, broker)
+    root, url, _ = state_paths(flow, state_dir, broker)
+    # the state directory's blobs serve the runs of that directory; a broker given by hand
+    # may have its workers elsewhere, who could not read them
+    blobs = flow.settings.blobs or (None if broker else blobs_url(flow, root))
 
     async def go() -> T:
-        b = flow_broker(url, flow)
+        b = with_claim_check(flow_broker(url, flow), flow, blobs)
         await b.connect()
         try:
             await b.declare(flow.queues())
@@ -125,3 +131,25 @@ def replay(
         finally:
             store.close()
     return n
+
+
+def result(
+    flow: Flow,
+    key: str,
+    wait: float | None = None,
+    state_dir: str | Path | None = None,
+) -> list[Any] | None:
+    """What a processor that keeps its results (``results:``) emitted for the input whose
+    ``key`` attribute (else message id) is ``key``: None if there is none; with ``wait``,
+    waits that many seconds for it (``ResultTimeout`` after)."""
+    root, _, _ = state_paths(flow, state_dir)
+
+    async def read() -> list[Any] | None:
+        async with open_blob_store(blobs_url(flow, root)) as blobs:
+            store = ResultStore(blobs)
+            found = await (
+                store.get(flow.name, key) if wait is None else store.wait(flow.name, key, wait)
+            )
+        return None if found is None else decode_result(found)
+
+    return asyncio.run(read())

@@ -22,9 +22,10 @@ import sqlalchemy as sa
 
 from ..autoscale import Autoscaler
 from ..brokers import Broker, flow_broker
+from ..claimcheck import ClaimCheckBroker, with_claim_check
 from ..code import code_problems, envs
 from ..code.pinning import pin
-from ..errors import DiskFull, ElasticCodeError, FlowError, StateError
+from ..errors import DiskFull, ElasticCodeError, FlowError, StateError, StorageError
 from ..flow import Flow, Processor
 from ..launch import write_flow
 from ..metrics.endpoint import Endpoint
@@ -32,7 +33,7 @@ from ..metrics.history import History
 from ..metrics.hub import INTERVAL, MetricsHub
 from ..store import StateStore, WorkerReport
 from ..supervisor import Supervisor
-from .paths import RunLock, state_paths
+from .paths import RunLock, blobs_url, state_paths
 from .progress import Progress
 from .result import ProcessorTotals, RunResult, totals
 
@@ -85,6 +86,8 @@ def run(
         flow = Flow.load(flow)
     root, broker_url, state_url = state_paths(flow, state_dir, broker)
     lock = RunLock(root)
+    # the workers read the flow's blob store from the flow file the run writes for them
+    flow.settings.blobs = blobs_url(flow, root)
     try:
         broken: dict[str, str] = {}
         flow, pinned = pin_code(flow, state_url, broken=broken)
@@ -126,7 +129,7 @@ async def _run(
     metrics_port: int | None = None,
 ) -> RunResult:
     state = StateStore(state_url)
-    broker = flow_broker(broker_url, flow)
+    broker = with_claim_check(flow_broker(broker_url, flow), flow)
     await broker.connect()
     await broker.declare(flow.queues())
     run_id, resumed = state.start_run(flow.name, fresh=fresh)
@@ -328,6 +331,11 @@ class _Run:
         if self.endpoint is not None:
             self.endpoint.stop()
         dead = await broker.dead_letter_count(self.queues)
+        if status == "finished" and isinstance(broker, ClaimCheckBroker):
+            # drained: a blob that no dead letter names is one a crashed worker left
+            with contextlib.suppress(StorageError):
+                if swept := await broker.sweep(grace=0):
+                    self.progress.event(f"deleted {swept} blob(s) left by stopped workers")
         await broker.close()
         state.close()
         return counts, {q: n for q, (n, _) in depths.items()}, dead

@@ -144,6 +144,12 @@ class Cluster:
                     f"processor {p.name!r}: in a network, scale min 0 (asleep until a message "
                     "waits) needs a connection into it; give it one, or min: 1"
                 )
+            if p.results is not None and not flow.settings.blobs:
+                raise FlowError(
+                    f"processor {p.name!r} keeps its results: in a network the flow needs a "
+                    "blob store that its workers share (settings.blobs: s3://, redis://, "
+                    "postgresql://)"
+                )
         text = json.dumps(flow.to_dict(), sort_keys=True)
         now = time.time()
         with self.engine.begin() as db:

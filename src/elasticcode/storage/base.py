@@ -248,6 +248,12 @@ class BlobStore(abc.ABC):
         ]
         return sorted(found)
 
+    async def discard_partial(self, prefix: str, older_than: float) -> int:
+        """Remove what writes under ``prefix`` that never finished (a process killed
+        mid-write) left, if older than ``older_than`` (epoch seconds); return how many. A
+        backend whose writes leave nothing behind has nothing to do."""
+        return 0
+
     def _verify(self, key: str, actual: str, expected: str) -> None:
         if actual != expected.lower():
             raise BlobCorrupt(

@@ -5,7 +5,7 @@ Features
     and the blobs under ``a/`` apart). A write goes to a temporary file beside the blob
     (``.NAME~.RANDOM``), is fsynced, then renamed over the blob and the directory fsynced:
     a crash leaves the old blob or the new one, never half a blob; temporary files left by
-    a crash are never listed, and ``keys(older_than=...)`` finds no orphan among them.
+    a crash are never listed (``discard_partial`` removes them).
     Blob files are created 0600 and directories 0700: blobs carry users' data. File I/O runs
     in threads so that the event loop never waits on the disk. A directory on a shared file
     system (NFS) serves several hosts as long as it honours rename and fsync.
@@ -151,6 +151,24 @@ class FileStore(BlobStore):
                     except FileNotFoundError:  # deleted meanwhile
                         continue
         return found
+
+    async def discard_partial(self, prefix: str, older_than: float) -> int:
+        return await asyncio.to_thread(self._discard, prefix, older_than)
+
+    def _discard(self, prefix: str, older_than: float) -> int:
+        """Temporary files of writes that never finished."""
+        top = self.root / prefix.rpartition("/")[0]
+        gone = 0
+        for folder, _, files in os.walk(top):
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    if name.startswith(".") and os.stat(path).st_mtime < older_than:
+                        os.unlink(path)
+                        gone += 1
+                except FileNotFoundError:  # its write finished meanwhile
+                    continue
+        return gone
 
     def _failed(self, doing: str, key: str, exc: OSError) -> StorageError:
         if exc.errno == errno.ENOSPC:

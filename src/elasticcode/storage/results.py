@@ -15,6 +15,9 @@ import random
 import re
 import struct
 import time
+from typing import Any
+
+import msgpack
 
 from ..errors import StorageError
 from .base import BlobMissing, BlobStore, check_key
@@ -25,6 +28,30 @@ LAST_POLL = 1.0
 _TAG = b"ECR1"
 _HEADER = struct.Struct(">4sd")  # tag, expiry (epoch seconds; 0 for never)
 _FLOW = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
+
+
+def decode_result(value: bytes) -> list[Any]:
+    """The outputs a processor's result holds (``flow.Results``: a msgpack list)."""
+    try:
+        outputs = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise StorageError(f"a result that is not a processor's outputs: {exc}") from None
+    if not isinstance(outputs, list):
+        raise StorageError("a result that is not a processor's outputs (not a list)")
+    return outputs
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` for JSON: bytes as ``{"base64": ...}``, everything else as it is."""
+    if isinstance(value, bytes | bytearray):
+        import base64
+
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 class ResultTooLarge(StorageError):

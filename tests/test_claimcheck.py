@@ -1,0 +1,164 @@
+"""The claim check: messages larger than a queue carries travel through the flow's blob store,
+arrive intact, and leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from elasticcode import Flow
+from elasticcode.brokers import open_broker
+from elasticcode.claimcheck import is_claim
+from elasticcode.local import queues as control
+
+from .conftest import FlowDir, kill_worker
+from .services import service_url
+
+MB = 2**20
+
+BIG = """
+import hashlib
+import os
+
+OUT = {out!r}
+
+
+def make(n, size):
+    for i in range(n):
+        data = os.urandom(size)
+        yield {{"i": i, "data": data, "sha": hashlib.sha256(data).hexdigest(), "hops": 0}}
+
+
+def step(payload):
+    if payload["i"] == 99:
+        raise ValueError("ninety-nine is poison")
+    if hashlib.sha256(payload["data"]).hexdigest() != payload["sha"]:
+        raise ValueError("the payload changed on the way")
+    payload["hops"] += 1
+    return payload
+
+
+def sink(payload):
+    ok = hashlib.sha256(payload["data"]).hexdigest() == payload["sha"]
+    with open(os.path.join(OUT, "sink.log"), "a") as f:
+        f.write(f"{{payload['i']}} {{len(payload['data'])}} {{ok}} {{payload['hops']}}\\n")
+"""
+
+FLOW = """
+name: big-{tag}
+settings: {{max_message_bytes: 64MB}}
+processors:
+  - {{name: make, code: big:make, source: true, config: {{n: {n}, size: {size}}}}}
+  - {{name: a, code: big:step, instances: 2, prefetch: 1}}
+  - {{name: b, code: big:step, instances: 1, prefetch: 1}}
+  - {{name: sink, code: big:sink, instances: 1, prefetch: 1}}
+connections:
+  - {{from: make, to: a}}
+  - {{from: a, to: b}}
+  - {{from: b, to: sink}}
+"""
+
+
+@pytest.fixture(params=["nats", "sqs"])
+def small_broker(request: pytest.FixtureRequest) -> str:
+    """Brokers whose own limits (NATS 1 MiB, SQS about 192 KiB) are far below the payloads."""
+    url = service_url(request.param)
+    return url + "&visibility=5" if request.param == "sqs" else url
+
+
+def _big_flow(fd: FlowDir, n: int, size: int) -> Flow:
+    fd.module("big", BIG.format(out=str(fd.root)))
+    return fd.flow(FLOW.format(tag=uuid.uuid4().hex[:8], n=n, size=size))
+
+
+def _blobs(fd: FlowDir) -> list[Path]:
+    return [p for p in (fd.state / "blobs").rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def cleanup(small_broker: str) -> Iterator[list[Flow]]:
+    flows: list[Flow] = []
+    yield flows
+
+    async def clean() -> None:
+        b = open_broker(small_broker)
+        await b.connect()
+        for flow in flows:
+            await b.delete(flow.queues())
+        await b.close()
+
+    asyncio.run(clean())
+
+
+def test_50_mb_payloads_pass_three_stages_intact_with_a_worker_killed(
+    fd: FlowDir, small_broker: str, cleanup: list[Flow]
+) -> None:
+    n = 4
+    flow = _big_flow(fd, n, 50 * MB)
+    cleanup.append(flow)
+    killed: list[int] = []
+    result = fd.run(flow, broker=small_broker, on_start=kill_worker("a", 4.0, killed))
+    assert result.status == "finished", result.events
+    assert killed
+    lines = [line.split() for line in fd.lines("sink.log")]
+    arrived = {int(i) for i, *_ in lines}
+    print(f"sent {n} / arrived {len(arrived)} / lines {len(lines)}; killed a worker of a")
+    assert arrived == set(range(n))
+    assert all(size == str(50 * MB) and ok == "True" and hops == "2" for _, size, ok, hops in lines)
+    assert _blobs(fd) == []  # every blob deleted once its message was acknowledged
+
+
+def test_a_fan_out_stores_a_blob_per_connection_and_a_lost_blob_dead_letters(
+    fd: FlowDir,
+) -> None:
+    fd.module("big", BIG.format(out=str(fd.root)))
+    flow = fd.flow(
+        """
+        name: fan
+        settings: {max_message_bytes: 8MB, blob_threshold: 1MB}
+        processors:
+          - {name: a, code: big:step, retries: {max: 0}}
+          - {name: sink, code: big:sink, instances: 1}
+          - {name: copy, code: big:sink, instances: 1}
+        connections:
+          - {from: a, to: sink}
+          - {from: a, to: copy, blob_threshold: 4MB}
+        """
+    )
+    import hashlib
+    import os
+
+    def payload(i: int, size: int) -> dict[str, object]:
+        data = os.urandom(size)
+        return {"i": i, "data": data, "sha": hashlib.sha256(data).hexdigest(), "hops": 0}
+
+    control.send(flow, "a", [payload(0, 2 * MB), payload(1, 5 * MB)], state_dir=fd.state)
+    assert len(_blobs(fd)) == 2  # sent through the claim check too
+    result = fd.run(flow)
+    assert result.status == "finished" and not result.dead_letters
+    lines = sorted(fd.lines("sink.log"))
+    assert len(lines) == 4 and all(" True " in line for line in lines)
+    assert _blobs(fd) == []
+    # a message whose blob went missing is dead-lettered, saying where it was
+    (mid,) = control.send(flow, "a", [payload(2, 3 * MB)], state_dir=fd.state)
+    (blob,) = _blobs(fd)
+    assert mid in blob.name
+    blob.unlink()
+    result = fd.run(flow)
+    assert result.dead_letters == 1
+    (dead,) = control.dead_letters(flow, fd.state)
+    assert is_claim(dead.body) and "no longer holds it" in dead.error
+    from elasticcode.deadletters import describe
+
+    shown = describe(flow, dead)
+    assert shown["message_id"] == mid and "bytes in the blob store" in shown["payload"]
+    # a dead letter keeps its blob, through the run's sweep, until it is replayed
+    (poison,) = control.send(flow, "a", [payload(99, 3 * MB)], state_dir=fd.state)
+    result = fd.run(flow)
+    assert result.status == "finished" and result.dead_letters == 2
+    (kept,) = _blobs(fd)
+    assert poison in kept.name
