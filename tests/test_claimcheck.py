@@ -162,3 +162,48 @@ def test_a_fan_out_stores_a_blob_per_connection_and_a_lost_blob_dead_letters(
     assert result.status == "finished" and result.dead_letters == 2
     (kept,) = _blobs(fd)
     assert poison in kept.name
+
+
+def test_a_sweep_takes_orphans_of_empty_queues_only(fd: FlowDir) -> None:
+    """What a worker killed between acknowledging and deleting leaves is collected; a blob a
+    waiting message or a dead letter may need never is."""
+    from elasticcode.brokers import Delivery, Settlement, flow_broker
+    from elasticcode.claimcheck import ClaimCheckBroker, with_claim_check
+    from elasticcode.message import Message, encode
+
+    flow = fd.flow(
+        """
+        name: sweep
+        settings: {blob_threshold: 1KB}
+        processors:
+          - {name: a, code: m:f}
+          - {name: b, code: m:f}
+        connections:
+          - {from: a, to: b}
+        """
+    )
+    inbox = flow.inbox("a", "input")
+
+    def body(n: int) -> bytes:
+        return encode(Message({"n": n, "pad": "x" * 5000}, id=f"{n:032x}"))
+
+    async def go() -> None:
+        url = f"sqlite:///{fd.root / 'q.db'}"
+        broker = with_claim_check(flow_broker(url, flow), flow, f"file://{fd.root / 'blobs'}")
+        assert isinstance(broker, ClaimCheckBroker)
+        async with broker:
+            await broker.declare(flow.queues())
+            await broker.publish([(inbox, body(1)), (inbox, body(2)), (inbox, body(3))])
+            got: list[Delivery] = await broker.fetch([inbox], 3, "c", 1.0)
+            # 1 acknowledged but its blob not deleted (the worker died), 2 dead-lettered
+            await broker.inner.settle(Settlement(ack=[got[0]], dead=[(got[1], "boom")]))
+            await broker.release("c")
+            assert await broker.sweep(grace=0) == 0  # 3 waits in that queue: nothing goes
+            again = await broker.fetch([inbox], 3, "c", 1.0)
+            await broker.settle(Settlement(ack=again))  # 3 done, its blob deleted with it
+            assert await broker.sweep(grace=0) == 1  # now the queue is empty: 1's orphan
+            keys = await broker.store.keys("messages/")
+            assert [k.rsplit("/", 1)[1] for k in keys] == [f"{2:032x}"]  # the dead letter's
+            assert await broker.sweep(grace=3600) == 0  # and nothing young is ever taken
+
+    asyncio.run(go())

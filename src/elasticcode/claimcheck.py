@@ -17,8 +17,9 @@ Why nothing is lost or left behind:
 - one blob per queue: a fan-out of a large message stores a copy per connection, so the
   consumer of one never deletes it from under another;
 - deleted only after the acknowledgement is durable. A crash between the two leaves an orphan:
-  ``sweep`` deletes the blobs that no queued message or dead letter refers to (a one-host run
-  sweeps when its queues are drained).
+  ``sweep`` deletes the old blobs of empty queues that no dead letter names (a one-host run
+  sweeps when its queues are drained and every ten minutes while it runs; a network's leader
+  every ten minutes).
 
 Back-pressure thresholds (``max_bytes``) count the references, not the blobs.
 """
@@ -44,6 +45,11 @@ MARK = "ec-claim"
 HEAD = b"\x96\xa8" + MARK.encode()
 #: Where claim-checked messages are kept in the store (results are under ``results/``).
 PREFIX = "messages"
+#: How old a blob must be before a sweep may take it for an orphan (seconds), and how often
+#: a long-running flow is swept: a message taken more than this long before its processor
+#: runs on it would lose its blob.
+SWEEP_GRACE = 3600.0
+SWEEP_EVERY = 600.0
 
 
 def with_claim_check(broker: Broker, flow: Flow, blobs: str | None = None) -> Broker:
@@ -181,24 +187,25 @@ class ClaimCheckBroker(Broker):
                 except StorageError as exc:
                     log.warning("blob %s left for the sweep: %s", key, exc)
 
-    async def sweep(self, grace: float = 3600.0) -> int:
-        """Delete this flow's blobs that no queued message or dead letter refers to, and what
-        unfinished writes left, older than ``grace`` seconds (so that blobs being published are
-        left alone); return how many."""
+    async def sweep(self, grace: float = SWEEP_GRACE) -> int:
+        """Delete the orphans among this flow's blobs, and what unfinished writes left, older
+        than ``grace`` seconds; return how many. A blob is an orphan when its queue is empty
+        (no message there can refer to it) and no dead letter names it; the blobs of a queue
+        with messages waiting are left for a later sweep, so no queue is read through."""
         cutoff = time.time() - grace
         mine = f"{PREFIX}/{self.flow.name}/"
         partial = await self.store.discard_partial(mine, cutoff)
         old = await self.store.keys(mine, older_than=cutoff)
         if not old:
             return partial
-        named: set[str] = set()
         queues = sorted({key.split("/")[2] for key in old})
         depths = await self.inner.depth(queues)
-        for q in queues:
+        empty = {q for q in queues if depths[q][0] == 0}
+        named: set[str] = set()
+        for q in empty:
             bodies = [d.body for d in await self.inner.dead_letters(q, 10**9)]
-            bodies += await self.inner.peek(q, max(1, depths[q][0]))
             named.update(read_reference(b)[0] for b in bodies if is_claim(b))
-        gone = [key for key in old if key not in named]
+        gone = [key for key in old if key.split("/")[2] in empty and key not in named]
         for key in gone:
             await self.store.delete(key)
         return partial + len(gone)

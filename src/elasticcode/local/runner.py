@@ -22,10 +22,17 @@ import sqlalchemy as sa
 
 from ..autoscale import Autoscaler
 from ..brokers import Broker, flow_broker
-from ..claimcheck import ClaimCheckBroker, with_claim_check
+from ..claimcheck import SWEEP_EVERY, SWEEP_GRACE, ClaimCheckBroker, with_claim_check
 from ..code import code_problems, envs
 from ..code.pinning import pin
-from ..errors import DiskFull, ElasticCodeError, FlowError, StateError, StorageError
+from ..errors import (
+    BrokerError,
+    DiskFull,
+    ElasticCodeError,
+    FlowError,
+    StateError,
+    StorageError,
+)
 from ..flow import Flow, Processor
 from ..launch import write_flow
 from ..metrics.endpoint import Endpoint
@@ -225,6 +232,7 @@ class _Run:
         self.stop = asyncio.Event()
         self.interrupts = 0
         self._checked = time.monotonic()
+        self._swept = time.monotonic()  # the claim check's orphans: see ``_sweep``
         #: the run's metrics, recorded in its state store's history every interval
         self.metrics = MetricsHub(History(state.engine))
         self._measured = 0.0
@@ -261,6 +269,9 @@ class _Run:
                 self._checked = time.monotonic()
                 for event in await self.broker.check():
                     self._say(event)
+            if time.monotonic() - self._swept >= SWEEP_EVERY:
+                self._swept = time.monotonic()
+                await self._sweep(SWEEP_GRACE)
             # read before the depths: a source records that it is done only after it has
             # published everything, so all it published is in the depths read after this
             sources_finished = state.sources_done(self.run_id, self.sources)
@@ -284,6 +295,15 @@ class _Run:
                 return "incomplete" if self.broken else "finished"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 0.1)
+
+    async def _sweep(self, grace: float) -> None:
+        """The claim check's orphans (see ``ClaimCheckBroker.sweep``); never fatal."""
+        if isinstance(self.broker, ClaimCheckBroker):
+            try:
+                if swept := await self.broker.sweep(grace):
+                    self._say(f"deleted {swept} blob(s) that stopped workers left")
+            except (StorageError, BrokerError) as exc:
+                log.warning("cannot sweep the blob store: %s", exc)
 
     def _measure(self, reports: list[WorkerReport], depths: dict[str, tuple[int, int]]) -> None:
         """Every interval: the flow's view, recorded in the history (never fatal)."""
@@ -331,11 +351,8 @@ class _Run:
         if self.endpoint is not None:
             self.endpoint.stop()
         dead = await broker.dead_letter_count(self.queues)
-        if status == "finished" and isinstance(broker, ClaimCheckBroker):
-            # drained: a blob that no dead letter names is one a crashed worker left
-            with contextlib.suppress(StorageError):
-                if swept := await broker.sweep(grace=0):
-                    self.progress.event(f"deleted {swept} blob(s) left by stopped workers")
+        if status == "finished":  # drained: a blob no dead letter names was left by a crash
+            await self._sweep(0.0)
         await broker.close()
         state.close()
         return counts, {q: n for q, (n, _) in depths.items()}, dead

@@ -66,7 +66,7 @@ from . import (
 from .changes import Changes
 from .context import Server, privilege_of
 from .guard import Guard, local_names
-from .loops import lead, pump_events, watch_metrics
+from .loops import lead, pump_events, sweep_blobs, watch_metrics
 from .settings import ServerSettings
 
 log = logging.getLogger("elasticcode.server")
@@ -144,7 +144,13 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loops = (lead(srv), srv.changes.watch(), pump_events(srv), watch_metrics(srv))
+        loops = (
+            lead(srv),
+            srv.changes.watch(),
+            pump_events(srv),
+            watch_metrics(srv),
+            sweep_blobs(srv),
+        )
         tasks = [asyncio.create_task(t) for t in loops]
         try:
             yield

@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import deadletters
 from ...brokers import Broker, open_broker
+from ...claimcheck import with_claim_check
 from ...errors import ElasticCodeError
 from ...flow import Flow
 from ...metrics import lineage
 from ...secret import names_in, resolve
-from .context import Srv, needs, record
+from .context import Server, Srv, needs, record
 from .schemas import ReplayBody
 
 router = APIRouter(tags=["dead letters"])
@@ -32,7 +33,7 @@ async def dead_letters(
     """The flow's oldest dead letters, over all its queues. Message data is shown, so this
     needs ``flow.operate``, not only ``flow.read``."""
     flow = await _flow(srv, name)
-    broker = await _broker(srv, flow)
+    broker = await flow_broker(srv, flow)
     try:
         found = await deadletters.listing(broker, flow, limit)
     finally:
@@ -47,7 +48,7 @@ async def replay(srv: Srv, request: Request, name: str, body: ReplayBody) -> dic
     if body.ids is None and not body.all:
         raise ElasticCodeError("name the dead letters to replay in ids, or set all: true")
     flow = await _flow(srv, name)
-    broker = await _broker(srv, flow)
+    broker = await flow_broker(srv, flow)
     try:
         n, rows = await deadletters.replay(broker, flow, body.ids, srv.settings.server_id)
     finally:
@@ -63,17 +64,21 @@ async def _flow(srv: Srv, name: str) -> Flow:
     return srv.cluster.parsed(info.name, info.revision, info.document)
 
 
-async def _broker(srv: Srv, flow: Flow) -> Broker:
-    """The flow's broker, connected, with its queues declared."""
+async def flow_broker(srv: Server, flow: Flow) -> Broker:
+    """The flow's broker (with its claim check when it names a blob store), connected, with
+    its queues declared; its secrets from the vault."""
     if not flow.settings.broker:
         raise ElasticCodeError(f"flow {flow.name!r} names no broker")
     routes = flow.broker_routes()
-    values = await run_in_threadpool(srv.vault.values, names_in([flow.settings.broker, routes]))
-    broker = open_broker(
+    wanted = names_in([flow.settings.broker, routes, flow.settings.blobs or ""])
+    values = await run_in_threadpool(srv.vault.values, wanted)
+    inner = open_broker(
         resolve(flow.settings.broker, values, "the flow's broker"),
         resolve(routes, values, "a connection's broker"),
         max_message_bytes=flow.settings.max_message_bytes,
     )
+    blobs = resolve(flow.settings.blobs, values, "the flow's blob store")
+    broker = with_claim_check(inner, flow, blobs)
     await broker.connect()
     try:
         await broker.declare(flow.queues())

@@ -1,5 +1,6 @@
-"""What a server does in the background: lead (when it holds the lease), and pump new events
-to the event stream's subscribers. (Watching assignments for waiting agents: ``changes``.)"""
+"""What a server does in the background: lead (when it holds the lease), pump new events
+to the event stream's subscribers, and (leading) sweep the claim check's orphaned blobs.
+(Watching assignments for waiting agents: ``changes``.)"""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import logging
 from starlette.concurrency import run_in_threadpool
 
 from ...autoscale import host_cores
+from ...claimcheck import SWEEP_EVERY, SWEEP_GRACE, ClaimCheckBroker
 from ...flow import Flow
 from ...metrics.hub import INTERVAL
 from ..cluster import Cluster
 from ..leader import LEADING
 from .context import Server
+from .deadletters import flow_broker
 
 log = logging.getLogger("elasticcode.server")
 
@@ -56,6 +59,34 @@ async def pump_events(srv: Server) -> None:
             log.warning("cannot read events: %s", exc)
             await asyncio.sleep(1.0)
         await asyncio.sleep(0.25)
+
+
+async def sweep_blobs(srv: Server) -> None:
+    """Leading, every ``SWEEP_EVERY``: each flow with a blob store loses the orphans that
+    workers killed between acknowledging a message and deleting its blob left."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY)
+        if not srv.leading:
+            continue
+        try:
+            runs = await run_in_threadpool(srv.cluster.runs)
+        except Exception as exc:
+            log.warning("cannot sweep blob stores: %s", exc)
+            continue
+        for name, revision, _ in runs:
+            flow = srv.cluster.parsed(name, revision)
+            if not flow.settings.blobs:
+                continue
+            try:
+                broker = await flow_broker(srv, flow)
+                try:
+                    assert isinstance(broker, ClaimCheckBroker)
+                    if swept := await broker.sweep(SWEEP_GRACE):
+                        log.info("%s: deleted %d blob(s) that stopped workers left", name, swept)
+                finally:
+                    await broker.close()
+            except Exception as exc:  # a store or broker away: the next sweep tries again
+                log.warning("%s: cannot sweep its blob store: %s", name, exc)
 
 
 def _last_event_id(cl: Cluster) -> int:
