@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..backends import backend_class
 from ..errors import UnknownBackend
 from ..secret import resolve
 from .base import Broker, DeadLetter, Delivery, QueueStats, Settlement
@@ -37,24 +36,8 @@ BACKENDS: dict[str, str] = {
 
 
 def broker_class(url: str) -> type[Broker]:
-    scheme, sep, _ = url.partition("://")
-    # without "://", module:Class names a user's own backend
-    target = url if not sep and ":" in url else BACKENDS.get(scheme.lower(), "")
-    if not target:
-        near = difflib.get_close_matches(scheme, BACKENDS, n=1)
-        hint = f" Did you mean {near[0]}://?" if near else ""
-        raise UnknownBackend(
-            f"No broker for {scheme!r} URLs. Known schemes: {', '.join(sorted(BACKENDS))}; "
-            f"or name your own backend as module:Class.{hint}"
-        )
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownBackend(f"cannot load broker backend {target!r}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Broker)):
-        raise UnknownBackend(f"{target!r} is not a subclass of elasticcode.brokers.Broker")
-    return cls
+    found: type[Broker] = backend_class(url, BACKENDS, Broker, "broker", UnknownBackend)
+    return found
 
 
 def open_broker(url: str, routes: dict[str, str] | None = None, **options: Any) -> Broker:

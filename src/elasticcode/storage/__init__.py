@@ -7,12 +7,10 @@ with expiry and a size bound, in any blob store. See ``docs/storage.md``.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
 
+from ..backends import backend_class
 from ..errors import StorageError
-from ..redact import redact_url
 from ..secret import resolve
 from .base import BadKey, BlobCorrupt, BlobMissing, BlobStore, check_key
 from .results import ResultStore, ResultTimeout, ResultTooLarge
@@ -49,24 +47,8 @@ class UnknownStore(StorageError):
 
 
 def blob_store_class(url: str) -> type[BlobStore]:
-    scheme, sep, _ = url.partition("://")
-    # without "://", module:Class names a user's own backend
-    target = url if not sep and ":" in url else BACKENDS.get(scheme.lower(), "")
-    if not target:
-        near = difflib.get_close_matches(scheme.lower(), BACKENDS, n=1)
-        hint = f" Did you mean {near[0]}://?" if near else ""
-        raise UnknownStore(
-            f"No blob store for {redact_url(scheme)[:40]!r} URLs. Known schemes: "
-            f"{', '.join(sorted(BACKENDS))}; or name your own backend as module:Class.{hint}"
-        )
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownStore(f"cannot load blob store backend {target!r}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, BlobStore)):
-        raise UnknownStore(f"{target!r} is not a subclass of elasticcode.storage.BlobStore")
-    return cls
+    found: type[BlobStore] = backend_class(url, BACKENDS, BlobStore, "blob store", UnknownStore)
+    return found
 
 
 def open_blob_store(url: str, **options: Any) -> BlobStore:
