@@ -16,24 +16,22 @@ embedded queues' disk is full.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
 
+from .batch import Held, Staged, TimedOut
 from .brokers import Broker, Delivery, Settlement
 from .claimcheck import ClaimCheckBroker, is_claim
 from .code import load
 from .errors import (
-    BrokerError,
     BrokerUnreachable,
     ElasticCodeError,
     MessageError,
@@ -45,7 +43,7 @@ from .message import Message, decode, derive_id, encode
 from .metrics import Histogram
 from .metrics.lineage import Recorder
 from .metrics.lineage import write as write_lineage
-from .processor import PART, Context, Loaded, Output, parts, parts_sync
+from .processor import Context, Loaded, Output
 from .secret import SecretMissing, names_in, resolve
 from .storage import ResultStore, ResultTooLarge
 from .store import StateStore, WorkerReport
@@ -423,7 +421,7 @@ class Consumer(Worker):
             # crashes the worker, it cannot take the rest of a batch down with it again.
             fresh = [d for d in batch if d.delivery == 1]
             again = [d for d in batch if d.delivery > 1]
-            async with _Held(self.broker, batch) as held:
+            async with Held(self.broker, batch) as held:
                 if fresh:
                     await self._process(fresh, overlaps, held)
                 held.settled(fresh)
@@ -443,7 +441,7 @@ class Consumer(Worker):
                 self.recycle = self.stopping = True
 
     async def _process(
-        self, batch: list[Delivery], concurrent: bool, held: _Held, isolated: bool = False
+        self, batch: list[Delivery], concurrent: bool, held: Held, isolated: bool = False
     ) -> None:
         settlement = Settlement()
         deferred: list[Any] = []
@@ -511,7 +509,7 @@ class Consumer(Worker):
         self.latency.observe(max(0.0, now - msg.born))
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         limit = self.spec.timeout
-        staged = _Staged(self, msg)
+        staged = Staged(self, msg)
         started = time.perf_counter()
         error: str | None = None
         try:
@@ -524,7 +522,7 @@ class Consumer(Worker):
         except ResultTooLarge as exc:
             error = str(exc)
             outcome = self._failed(d, msg, error, "", settlement, retry=False)
-        except (TimeoutError, _TimedOut):
+        except (TimeoutError, TimedOut):
             error = f"timed out: took longer than {limit:g}s (timeout) over this message"
             outcome = self._failed(d, msg, error, "", settlement, retry=True)
         except Reject as exc:
@@ -633,103 +631,6 @@ class Consumer(Worker):
         return "dead-lettered"
 
 
-class _Staged:
-    """One input's outputs, encoded part by part as the processor produces them. Past
-    ``PART`` waiting, they are published at once (confirmed, and after waiting for room
-    downstream), so that a huge fan-out is never all in memory; the input is still
-    acknowledged only with its batch, after its last output is durable. A message that fails
-    after a part went out has that part published: a retry publishes the same ids again."""
-
-    __slots__ = ("counts", "emitted", "items", "kept", "msg", "worker")
-
-    def __init__(self, worker: Worker, msg: Message) -> None:
-        self.worker, self.msg = worker, msg
-        self.items: list[tuple[str, bytes]] = []
-        self.counts: dict[str, int] = {}
-        self.emitted = 0
-        #: the payloads emitted, for a processor that keeps its results (else None)
-        self.kept: list[Any] | None = [] if worker.results is not None else None
-
-    async def _add(self, part: list[Output]) -> None:
-        self.items += self.worker._encode(self.msg, part, counts=self.counts)
-        self.emitted += len(part)
-        if self.kept is not None:
-            self.kept += [out.payload for out in part]
-        if len(self.items) >= PART:
-            await self._publish_now()
-
-    async def _publish_now(self) -> None:
-        worker = self.worker
-        if not await worker._wait_for_room():  # told to stop: keep them for the batch
-            return
-        await worker.broker.publish(self.items)
-        worker._room -= len(self.items)
-        self.items = []
-
-    async def run_async(self, call: Any, payload: Any, ctx: Context) -> None:
-        async for part in parts(call(payload, ctx), ctx):
-            await self._add(part)
-
-    async def run_sync(self, call: Any, payload: Any, ctx: Context, limit: float | None) -> None:
-        """A sync processor, each step of it under the message's timeout (SIGALRM), the
-        publishing between steps outside it."""
-        deadline = None if limit is None else time.monotonic() + limit
-        with _alarm(limit):
-            produced = parts_sync(call(payload, ctx), ctx)
-            part = next(produced, None)
-        while part is not None:
-            await self._add(part)
-            with _alarm(None if deadline is None else deadline - time.monotonic()):
-                part = next(produced, None)
-
-
-class _Held:
-    """Keeps a fetched batch with its worker while the worker is on it: where the broker
-    hands messages out again after a lease (``Broker.lease``), the lease of what is not yet
-    settled is renewed every third of it, so a long batch is never given to a second worker
-    mid-way. Async processors leave the loop free, and a task renews; sync ones hold it, and
-    the worker renews between messages (a single message longer than the lease still loses
-    it: keep ``timeout`` below the lease)."""
-
-    def __init__(self, broker: Broker, batch: list[Delivery]) -> None:
-        self.broker = broker
-        self.pending = list(batch)
-        self.every = broker.lease / 3 if broker.lease else None
-        self.due = time.monotonic() + (self.every or 0.0)
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> _Held:
-        if self.every is not None:
-            self._task = asyncio.get_running_loop().create_task(self._keep())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def settled(self, done: list[Delivery]) -> None:
-        if done:
-            gone = {id(d) for d in done}
-            self.pending = [d for d in self.pending if id(d) not in gone]
-
-    async def renew_if_due(self) -> None:
-        if self.every is None or time.monotonic() < self.due or not self.pending:
-            return
-        self.due = time.monotonic() + self.every
-        try:
-            await self.broker.extend(self.pending)
-        except BrokerError as exc:  # the broker hands them out again when the lease ends
-            log.warning("cannot renew the lease of %d message(s): %s", len(self.pending), exc)
-
-    async def _keep(self) -> None:
-        assert self.every is not None
-        while True:
-            await asyncio.sleep(max(0.0, self.due - time.monotonic()))
-            await self.renew_if_due()
-
-
 def _resident() -> int:
     """This process's resident memory now, in bytes."""
     with open("/proc/self/statm") as f:
@@ -737,31 +638,6 @@ def _resident() -> int:
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-class _TimedOut(BaseException):  # not an Exception: processor code cannot catch it by accident
-    pass
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _TimedOut
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float | None) -> Iterator[None]:
-    """Interrupt the (synchronous) code inside after ``seconds``: SIGALRM raises in it."""
-    if seconds is None:
-        yield
-        return
-    if seconds <= 0:
-        raise _TimedOut
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _call_hook(hook: Any, ctx: Context) -> Any:
