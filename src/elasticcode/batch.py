@@ -9,16 +9,18 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from .brokers import Broker, Delivery
 from .errors import BrokerError
 from .message import Message
 from .processor import PART, Context, Output, parts, parts_sync
 
-if TYPE_CHECKING:
-    from .worker import Worker
+#: (parent, outputs, ids, per-port counts) -> queue bodies
+Encode = Callable[[Message, list[Output], Iterable[str], dict[str, int]], list[tuple[str, bytes]]]
+#: a part of the outputs published (True), or kept for the batch (False)
+Publish = Callable[[list[tuple[str, bytes]]], Awaitable[bool]]
 
 log = logging.getLogger("elasticcode.worker")
 
@@ -30,31 +32,26 @@ class Staged:
     acknowledged only with its batch, after its last output is durable. A message that fails
     after a part went out has that part published: a retry publishes the same ids again."""
 
-    __slots__ = ("counts", "emitted", "items", "kept", "msg", "worker")
+    __slots__ = ("counts", "emitted", "encode", "items", "kept", "msg", "publish")
 
-    def __init__(self, worker: Worker, msg: Message) -> None:
-        self.worker, self.msg = worker, msg
+    def __init__(self, msg: Message, encode: Encode, publish: Publish, keep: bool) -> None:
+        """``encode``: outputs to queue bodies (``Worker._encode``); ``publish``: publishes a
+        part, or says False when the worker is told to stop (the part then stays for the
+        batch); ``keep``: the payloads are kept too, for a processor that keeps results."""
+        self.msg, self.encode, self.publish = msg, encode, publish
         self.items: list[tuple[str, bytes]] = []
         self.counts: dict[str, int] = {}
         self.emitted = 0
         #: the payloads emitted, for a processor that keeps its results (else None)
-        self.kept: list[Any] | None = [] if worker.results is not None else None
+        self.kept: list[Any] | None = [] if keep else None
 
     async def _add(self, part: list[Output]) -> None:
-        self.items += self.worker._encode(self.msg, part, counts=self.counts)
+        self.items += self.encode(self.msg, part, (), self.counts)
         self.emitted += len(part)
         if self.kept is not None:
             self.kept += [out.payload for out in part]
-        if len(self.items) >= PART:
-            await self._publish_now()
-
-    async def _publish_now(self) -> None:
-        worker = self.worker
-        if not await worker._wait_for_room():  # told to stop: keep them for the batch
-            return
-        await worker.broker.publish(self.items)
-        worker._room -= len(self.items)
-        self.items = []
+        if len(self.items) >= PART and await self.publish(self.items):
+            self.items = []
 
     async def run_async(self, call: Any, payload: Any, ctx: Context) -> None:
         async for part in parts(call(payload, ctx), ctx):

@@ -509,7 +509,7 @@ class Consumer(Worker):
         self.latency.observe(max(0.0, now - msg.born))
         ctx = self.ctx.child(msg, self.inputs[d.queue])
         limit = self.spec.timeout
-        staged = Staged(self, msg)
+        staged = Staged(msg, self._encode, self._publish_part, self.results is not None)
         started = time.perf_counter()
         error: str | None = None
         try:
@@ -553,6 +553,15 @@ class Consumer(Worker):
                 outputs=staged.emitted if error is None else None,
                 error=error,
             )
+
+    async def _publish_part(self, items: list[tuple[str, bytes]]) -> bool:
+        """Publish a part of one input's outputs now (once there is room downstream); False
+        when told to stop meanwhile: the part then goes with the batch."""
+        if not await self._wait_for_room():
+            return False
+        await self.broker.publish(items)
+        self._room -= len(items)
+        return True
 
     async def _keep_result(self, msg: Message, outputs: list[Any]) -> None:
         """What the processor emitted for ``msg``, as its result (see ``flow.Results``)."""
