@@ -98,3 +98,13 @@ def test_a_network_keeps_large_messages_and_results_in_its_blob_store(net: Netwo
     )
     refused = net.cli("apply", str(nowhere), check=False)
     assert refused.returncode != 0 and "settings.blobs" in refused.stderr + refused.stdout
+
+
+def test_a_source_keeps_no_results() -> None:
+    with pytest.raises(ValueError, match="is a source: results are kept per input"):
+        Flow.from_dict(
+            {
+                "name": "n",
+                "processors": [{"name": "s", "code": "m:f", "source": True, "results": {}}],
+            }
+        )

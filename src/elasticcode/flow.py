@@ -474,6 +474,12 @@ class Flow(_Model):
         for i, proc in enumerate(self.processors):
             if proc.name in seen:
                 yield ("processors", i, "name"), f"processor name {proc.name!r} is used twice"
+            if proc.results is not None and proc.is_source:
+                yield (
+                    ("processors", i, "results"),
+                    f"processor {proc.name!r} is a source: results are kept per input; keep "
+                    "them on a processor it feeds",
+                )
             seen[proc.name] = proc
         for i, conn in enumerate(self.connections):
             src, out, dst, inp = conn.ends()
