@@ -123,6 +123,8 @@ class Api:
             resp = httpx.request(
                 method, url, headers=self.headers, timeout=30.0, verify=verify(self.ca), **kw
             )
+        except httpx.InvalidURL as exc:  # a name with characters no URL may hold
+            raise ElasticCodeError(f"cannot ask the server about {path!r}: {exc}") from None
         except httpx.TransportError as exc:
             what = f"cannot reach the server at {self.base} ({exc})"
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
