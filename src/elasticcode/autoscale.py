@@ -25,8 +25,9 @@ instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
 - **CPU**: a processor whose code spends most of the time it does not wait for a CPU on
   one (``cpu``, ``cpu_wait`` and ``busy`` in the view) is CPU-bound: it grows only by as
   many instances as its hosts have idle cores (``cores``: what its hosts have and what all
-  workers there use).
-  When none are idle it is held, with one event that says so.
+  workers there use, its own running instances counted as busy, since their reports lag).
+  When none are idle it is held, with one event that says so. Once seen CPU-bound it is
+  taken for so while idle, so that a burst after a quiet spell is limited as well.
 - Until one instance has been measured, a processor with work keeps what it has; one with
   nothing waiting and nothing coming wants none (then its minimum).
 """
@@ -110,6 +111,9 @@ class _State:
     wanted: deque[tuple[float, int]] = field(default_factory=deque)
     #: held back by busy cores (said once, until it can grow again)
     held: bool = False
+    #: cores one busy instance uses, once it was seen CPU-bound (None: not, or not yet seen
+    #: busy); kept while it is idle, so that a burst after a quiet spell is limited too
+    per_core: float | None = None
 
 
 class Autoscaler:
@@ -182,11 +186,16 @@ class Autoscaler:
         # the time in its code less what it waited for a CPU: on a CPU, or waiting for
         # something else (I/O, sleeps); how busy the host is does not change the share
         own = busy_cores - float(seen.get("cpu_wait", 0.0))
-        if own < 0.05 or cpu < CPU_BOUND * own:
+        if own >= 0.05:  # busy enough to judge
+            st.per_core = min(1.0, cpu / own) if cpu >= CPU_BOUND * own else None
+        if st.per_core is None:
             return d  # mostly waiting for something else: CPU does not limit it
-        per = min(1.0, cpu / own)  # cores one instance uses when it has them
+        per = st.per_core  # cores one instance uses when it has them
         total, used = cores
-        room = math.floor(max(0.0, total - used) / per + 1e-9)
+        # with a backlog its instances are all busy: count them so, those decided and still
+        # starting too (what they reported lags behind; a new one has reported nothing)
+        used = max(0.0, used - cpu) + max(running, d.before) * per
+        room = max(0, round((total - used) / per))
         after = min(d.after, d.before + room)
         why = (
             f"CPU-bound ({per:.2f} of a core per busy instance), {used:.1f} of {total:g} cores busy"
