@@ -105,6 +105,19 @@ def test_a_processor_at_zero_wakes_on_the_first_message_and_sleeps_again() -> No
     assert (d.before, d.after) == (1, 0)
 
 
+def test_a_measured_processor_sleeps_again_once_idle() -> None:
+    flow = Flow.loads(SCALED.replace("min: 1", "min: 0"))
+    scaler = Autoscaler()
+    assert scaler.decide(flow, view(0, 0, 0.0, 0), now=0.0) == []
+    [d] = scaler.decide(flow, view(500, 0, 0.0, 0), now=1.0)
+    assert (d.before, d.after) == (0, 1)
+    scaler.decide(flow, view(200, 300, 0.9, 1), now=2.0)  # measured: 333/s per instance
+    scaler.decide(flow, view(0, 200, 0.6, 1), now=3.0)
+    decisions = [d for t in range(4, 40) for d in scaler.decide(flow, view(0, 0, 0.0, 1), now=t)]
+    assert [(d.before, d.after) for d in decisions] == [(1, 0)], [d.text() for d in decisions]
+    assert "idle" in decisions[0].text()
+
+
 def test_a_target_backlog_per_instance() -> None:
     flow = Flow.loads(SCALED.replace("target_latency: 2s", "target_backlog: 1000"))
     scaler = Autoscaler()

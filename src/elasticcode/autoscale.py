@@ -28,8 +28,8 @@ instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
   workers there use, its own running instances counted as busy, since their reports lag).
   When none are idle it is held, with one event that says so. Once seen CPU-bound it is
   taken for so while idle, so that a burst after a quiet spell is limited as well.
-- Until one instance has been measured, a processor with work keeps what it has; one with
-  nothing waiting and nothing coming wants none (then its minimum).
+- A processor with nothing waiting and nothing coming in wants none (then its minimum);
+  until one instance has been measured, one with work keeps what it has.
 """
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ class Autoscaler:
         st.backlog = (now, backlog)
         st.arrival = _smooth(st.arrival, max(0.0, rate_in + growth))
         per, arrival = st.per_instance, st.arrival or 0.0
-        if scale.target_backlog is not None:
+        if not backlog and not rate_in:  # nothing waits, nothing comes (the smoothed
+            need, basis = 0, "idle"  # arrival only fades, it would keep one instance)
+        elif scale.target_backlog is not None:
             need = math.ceil(backlog / scale.target_backlog)
             basis = f"target {scale.target_backlog:,} waiting per instance"
         elif per:
@@ -241,11 +243,9 @@ class Autoscaler:
                 f"{_n(per)}/s per instance, {_n(arrival)}/s arriving, "
                 f"target {scale.target_latency:g}s"
             )
-        elif backlog or rate_in:  # not measured yet: what it has (one if something waits)
+        else:  # not measured yet: what it has (one if something waits)
             need = max(st.count, 1) if backlog else st.count
             basis = "not measured yet"
-        else:  # nothing waits, nothing comes
-            need, basis = 0, "idle"
         need = min(scale.max, max(scale.min, need))
         st.wanted.append((now, need))
         while st.wanted and st.wanted[0][0] < now - scale.down_after:
