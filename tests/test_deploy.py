@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def test_a_wheel_from_this_checkout_runs_the_word_count_example(tmp_path: Path) 
         check=True,
     )
     [wheel] = wheels.glob("elasticcode-*.whl")
+    if (ROOT / "src/elasticcode/network/server/web/index.html").exists():  # built by setup
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "elasticcode/network/server/web/index.html" in names
+        assert any(n.startswith("elasticcode/network/server/web/assets/") for n in names)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet"]

@@ -60,6 +60,7 @@ from . import (
     secrets,
     status,
     tokens,
+    ui,
     users,
     workers,
 )
@@ -165,6 +166,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     app.state.server = srv
     for module in ROUTERS:
         app.include_router(module.router, prefix=API)
+    ui.mount(app)
     _answer_errors(app)
     app.add_middleware(Guard, hosts=settings.hosts or ("*",))
     return app

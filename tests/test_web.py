@@ -1,0 +1,211 @@
+"""The web UI in a real browser (Chromium, driven by Playwright) against a real network:
+log in, watch a flow's counts move live, pause and resume a processor, replay a dead letter,
+export the YAML; a viewer is offered nothing it may not do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from elasticcode.flow import Flow
+from elasticcode.local import queues as control
+from elasticcode.network.server.ui import BUILT
+
+from .network import Network, add_user, redis_network
+from .services import unavailable
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+#: Screenshots go here (CI keeps them as artifacts).
+ARTIFACTS = Path(os.environ.get("ELASTICCODE_ARTIFACTS", Path(__file__).parents[1] / "build"))
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+#: Chromium as root, headless, and without reaching for Google's hosts (none answer here).
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+PICKY = """
+import os
+
+def picky(payload):
+    if payload["n"] == 3 and not os.path.exists({fixed!r}):
+        raise ValueError("three is odd")
+    return payload
+"""
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM)")
+    if not (BUILT / "index.html").is_file():
+        unavailable(f"the web UI is not built in {BUILT}: run scripts/setup")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    yield from redis_network(tmp_path)
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"))
+
+
+def log_in(page: Any, url: str, user: str, password: str) -> None:
+    page.goto(f"{url}/")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    playwright.expect(page.get_by_test_id("user")).to_have_text(user)
+
+
+def send(flow: Flow, target: str, numbers: range, broker: str) -> None:
+    """Send from a thread of its own: Playwright's loop runs in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        payloads = [{"n": n} for n in numbers]
+        pool.submit(control.send, flow, target, payloads, broker=broker).result()
+
+
+def number(page: Any, test_id: str) -> int:
+    text = page.get_by_test_id(test_id).inner_text()
+    return (
+        int(text.replace(",", "")) if text.strip() not in ("", "\u2013") else -1
+    )  # an en dash: not known yet
+
+
+def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> None:
+    expect = playwright.expect
+    server = net.start_server()
+    net.start_agent("one", capacity=4)
+    fixed = net.root / "fixed"
+    (net.root / "picky.py").write_text(PICKY.format(fixed=str(fixed)))
+    flow_file = net.deploy(
+        """
+        processors:
+          - {name: a, code: steps:inc, instances: 1}
+          - {name: picky, code: "picky:picky", retries: {max: 0}, instances: 1}
+          - {name: sink, code: steps:sink, instances: 1}
+        connections:
+          - {from: a, to: picky}
+          - {from: picky, to: sink}
+        """,
+        {"a": 1, "picky": 1, "sink": 1},
+    )
+    flow = Flow.load(flow_file)
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page.set_default_timeout(30_000)
+
+    # a wrong password says so; the right one shows the flows
+    page.goto(f"{server.url}/")
+    page.fill("input[name=user]", "admin")
+    page.fill("input[name=password]", "not-the-password")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_contain_text("wrong user name or password")
+    log_in(page, server.url, "admin", net.password)
+    page.click(f"text={net.flow_name}")
+    for name in ("a", "picky", "sink"):
+        expect(page.get_by_test_id(f"processor-{name}")).to_be_visible()
+    expect(page.get_by_test_id("live")).to_contain_text("live")
+    expect(page.get_by_test_id("agents")).to_contain_text("one")
+
+    # counts move on screen as messages arrive; n == 3 is dead-lettered by picky
+    sent = time.monotonic()
+    send(flow, "a", range(20), net.broker)
+    expect(page.get_by_test_id("in-sink")).to_have_text("19", timeout=60_000)
+    print(f"20 sent -> 19 shown at the sink after {time.monotonic() - sent:.2f}s")
+    expect(page.get_by_test_id("processor-picky")).to_contain_text("dead 1")
+    shot(page, "flow")
+
+    # pause the sink: its queue fills, its count stands; resume: it drains
+    pid = net.pids()[("sink", 0)]
+    page.get_by_test_id("processor-sink").click()
+    page.get_by_test_id("pause").click()
+    expect(page.get_by_test_id("status-sink")).to_have_text("paused")
+    net.wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sink's worker to stop")
+    send(flow, "a", range(20, 30), net.broker)
+    queue = page.get_by_test_id("queue-picky.success->sink.input")
+    expect(queue).to_contain_text("10 ·", timeout=60_000)
+    assert number(page, "in-sink") == 19
+    shot(page, "paused")
+    page.get_by_test_id("resume").click()
+    expect(page.get_by_test_id("in-sink")).to_have_text("29", timeout=60_000)
+    expect(queue).to_contain_text("0 ·")
+
+    # the dead letter, with its error and payload; replayed once its cause is fixed
+    page.get_by_test_id("tab-dead").click()
+    letters = page.get_by_test_id("dead-letters")
+    expect(letters).to_contain_text("ValueError: three is odd")
+    expect(letters.locator("pre.payload")).to_contain_text('"n": 3')
+    shot(page, "dead-letters")
+    fixed.touch()
+    letters.locator("input[type=checkbox]").check()
+    page.get_by_test_id("replay-chosen").click()
+    expect(page.get_by_test_id("dead-message")).to_have_text("replayed 1")
+    net.account(range(30), label="through the UI")
+    expect(page.get_by_test_id("in-sink")).to_have_text("30", timeout=60_000)
+    audit = net.api("GET", "/audit", params={"flow": net.flow_name})
+    assert any("replayed 1 dead letter(s)" in a["text"] for a in audit)
+
+    # the YAML shown and exported is the flow file deployed
+    page.get_by_test_id("tab-yaml").click()
+    with page.expect_download() as download:
+        page.get_by_test_id("export").click()
+    exported = yaml.safe_load(Path(download.value.path()).read_text())
+    # as deployed: the source file, with where its code is and the broker the server gave it
+    source = yaml.safe_load(flow_file.read_text())
+    assert exported.pop("path") == [str(net.root)]
+    assert exported.pop("settings") == {"broker": net.server_broker}
+    assert exported == source
+    shown = yaml.safe_load(page.get_by_test_id("yaml").inner_text())
+    assert shown == {**exported, "path": [str(net.root)], "settings": {"broker": net.server_broker}}
+
+    # a viewer sees the flow live, and is offered no operation
+    add_user(net, "watcher", "viewer")
+    viewer = browser.new_page()
+    log_in(viewer, server.url, "watcher", "pw-watcher-0123456789")
+    viewer.click(f"text={net.flow_name}")
+    expect(viewer.get_by_test_id("in-sink")).to_have_text("30")
+    viewer.get_by_test_id("processor-sink").click()
+    expect(viewer.get_by_test_id("processor-panel")).to_be_visible()
+    assert viewer.get_by_test_id("pause").count() == 0
+    assert viewer.get_by_test_id("tab-dead").count() == 0
+    viewer.get_by_test_id("logout").click()
+    expect(viewer.locator("input[name=user]")).to_be_visible()
+
+
+def test_the_pages_are_served_safely(net: Network) -> None:
+    if not (BUILT / "index.html").is_file():
+        unavailable(f"the web UI is not built in {BUILT}: run scripts/setup")
+    server = net.start_server()
+    home = httpx.get(f"{server.url}/", follow_redirects=True)
+    assert home.status_code == 200 and '<div id="root">' in home.text
+    policy = home.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert home.headers["cache-control"] == "no-cache"
+    asset = next(p.name for p in (BUILT / "assets").glob("*.js"))
+    got = httpx.get(f"{server.url}/ui/assets/{asset}")
+    assert got.status_code == 200 and "immutable" in got.headers["cache-control"]
+    # the pages hold no data: the API behind them still wants a credential
+    assert httpx.get(f"{server.url}/api/v1/flows").status_code == 401

@@ -1,0 +1,435 @@
+import {
+  Background,
+  BaseEdge,
+  Controls,
+  EdgeLabelRenderer,
+  type EdgeProps,
+  getBezierPath,
+  Handle,
+  type NodeProps,
+  Position,
+  ReactFlow,
+} from "@xyflow/react";
+import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
+import { call, type DeadLetter, type Me, may, type ProcessorInfo, type Revision } from "./api";
+import { connectionKey, type FlowDoc, type FlowEdge, type FlowNode, toGraph, toYaml } from "./flow";
+import { count, fill, type Live, rate, useLive } from "./live";
+
+type Ctx = { live: Live; controls: Record<string, ProcessorInfo>; keys: Record<string, string> };
+const LiveContext = createContext<Ctx>({
+  live: { view: null, state: "connecting", reason: "" },
+  controls: {},
+  keys: {},
+});
+
+function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
+  const { live, controls } = useContext(LiveContext);
+  const v = live.view?.processors[id];
+  const c = controls[id];
+  const status = c?.paused ? "paused" : (v?.status ?? "unknown");
+  const p99 = v?.process_ms?.p99;
+  return (
+    <div className={`node ${status} ${selected ? "selected" : ""}`} data-testid={`processor-${id}`}>
+      {data.inputs.map((port, i) => (
+        <Handle
+          key={port}
+          id={port}
+          type="target"
+          position={Position.Left}
+          style={{ top: `${((i + 1) * 100) / (data.inputs.length + 1)}%` }}
+          title={port}
+        />
+      ))}
+      <div className="title">
+        <span className={`dot ${status}`} />
+        <b>{id}</b>
+        <span className="status" data-testid={`status-${id}`}>
+          {status}
+        </span>
+      </div>
+      <div className="stats">
+        <span>
+          in <b data-testid={`in-${id}`}>{count(v?.totals.received)}</b> {rate(v?.rates.in)}
+        </span>
+        <span>
+          out <b data-testid={`out-${id}`}>{count(v?.totals.emitted)}</b> {rate(v?.rates.out)}
+        </span>
+        <span className={v?.totals.errors ? "bad" : ""}>
+          errors <b>{count(v?.totals.errors)}</b> · dead <b>{count(v?.totals.dead)}</b>
+        </span>
+        <span>
+          p99 {p99 === undefined ? "–" : `${p99} ms`} · ×{v?.instances ?? 0}
+          {v?.hosts.length ? ` on ${v.hosts.join(", ")}` : ""}
+        </span>
+      </div>
+      {data.outputs.map((port, i) => (
+        <Handle
+          key={port}
+          id={port}
+          type="source"
+          position={Position.Right}
+          style={{ top: `${((i + 1) * 100) / (data.outputs.length + 1)}%` }}
+          title={port}
+        />
+      ))}
+    </div>
+  );
+}
+
+function QueueEdge(props: EdgeProps<FlowEdge>) {
+  const { live, keys } = useContext(LiveContext);
+  const [path, x, y] = getBezierPath(props);
+  const key = keys[props.id];
+  const c = key ? live.view?.connections[key] : undefined;
+  const state = fill(c);
+  return (
+    <>
+      <BaseEdge id={props.id} path={path} className={`queue ${state}`} />
+      <EdgeLabelRenderer>
+        <div
+          className={`badge ${state}`}
+          style={{ transform: `translate(-50%, -50%) translate(${x}px, ${y}px)` }}
+          data-testid={`queue-${key}`}
+          title={c ? `${key}: ${count(c.depth)} of ${count(c.max_messages)} waiting` : key}
+        >
+          {count(c?.depth)} · {rate(c?.rate)}
+          {c?.back_pressure ? " · full" : ""}
+        </div>
+      </EdgeLabelRenderer>
+    </>
+  );
+}
+
+const nodeTypes = { processor: ProcessorNode };
+const edgeTypes = { queue: QueueEdge };
+
+export function FlowPage({ me, name }: { me: Me; name: string }) {
+  const [doc, setDoc] = useState<FlowDoc | null>(null);
+  const [error, setError] = useState("");
+  const [controls, setControls] = useState<Record<string, ProcessorInfo>>({});
+  const [selected, setSelected] = useState<string | null>(null);
+  const [tab, setTab] = useState<"processor" | "dead" | "revisions" | "yaml">("processor");
+  const live = useLive(name);
+  const path = `/flows/${encodeURIComponent(name)}`;
+
+  const loadControls = useCallback(() => {
+    call<ProcessorInfo[]>("GET", `${path}/processors`)
+      .then((ps) => setControls(Object.fromEntries(ps.map((p) => [p.name, p]))))
+      .catch((e: Error) => setError(e.message));
+  }, [path]);
+  const loadDoc = useCallback(() => {
+    call<FlowDoc>("GET", `${path}/export`)
+      .then(setDoc)
+      .catch((e: Error) => setError(e.message));
+  }, [path]);
+  useEffect(() => {
+    loadDoc();
+    loadControls();
+    const t = setInterval(loadControls, 5000);
+    return () => clearInterval(t);
+  }, [loadDoc, loadControls]);
+
+  const graph = useMemo(() => (doc ? toGraph(doc) : { nodes: [], edges: [] }), [doc]);
+  const keys = useMemo(() => {
+    const byName = new Map((doc?.processors ?? []).map((p) => [p.name, p]));
+    return Object.fromEntries(
+      graph.edges.map((e) => [e.id, connectionKey(e.data.connection, byName)]),
+    );
+  }, [doc, graph]);
+  const nodes = useMemo(
+    () => graph.nodes.map((n) => ({ ...n, selected: n.id === selected })),
+    [graph, selected],
+  );
+
+  if (error) return <p className="error">{error}</p>;
+  if (!doc) return <p>Loading…</p>;
+  return (
+    <LiveContext.Provider value={{ live, controls, keys }}>
+      <div className="flowpage">
+        <div className="canvas" data-testid="canvas">
+          <ReactFlow
+            nodes={nodes}
+            edges={graph.edges}
+            nodeTypes={nodeTypes}
+            edgeTypes={edgeTypes}
+            onNodeClick={(_, n) => {
+              setSelected(n.id);
+              setTab("processor");
+            }}
+            nodesConnectable={false}
+            fitView
+            minZoom={0.05}
+            proOptions={{ hideAttribution: true }}
+          >
+            <Background />
+            <Controls showInteractive={false} />
+          </ReactFlow>
+          <div className={`livestate ${live.state}`} data-testid="live">
+            {live.state === "live"
+              ? `live · ${new Date((live.view?.at ?? 0) * 1000).toLocaleTimeString()}`
+              : live.state === "closed"
+                ? `not live: ${live.reason}`
+                : "connecting…"}
+          </div>
+        </div>
+        <aside>
+          <nav>
+            {(["processor", "dead", "revisions", "yaml"] as const)
+              .filter((t) => t !== "dead" || may(me, "flow.operate", name))
+              .map((t) => (
+                <button
+                  type="button"
+                  key={t}
+                  className={tab === t ? "on" : ""}
+                  onClick={() => setTab(t)}
+                  data-testid={`tab-${t}`}
+                >
+                  {
+                    {
+                      processor: "Processor",
+                      dead: "Dead letters",
+                      revisions: "Revisions",
+                      yaml: "YAML",
+                    }[t]
+                  }
+                </button>
+              ))}
+          </nav>
+          {tab === "processor" && (
+            <ProcessorPanel
+              me={me}
+              flow={name}
+              info={selected ? controls[selected] : undefined}
+              onChange={loadControls}
+            />
+          )}
+          {tab === "dead" && <DeadLetters path={path} />}
+          {tab === "revisions" && (
+            <Revisions me={me} flow={name} path={path} onRollback={loadDoc} />
+          )}
+          {tab === "yaml" && <Yaml doc={doc} />}
+        </aside>
+      </div>
+    </LiveContext.Provider>
+  );
+}
+
+function ProcessorPanel(props: {
+  me: Me;
+  flow: string;
+  info: ProcessorInfo | undefined;
+  onChange: () => void;
+}) {
+  const { me, flow, info, onChange } = props;
+  const [error, setError] = useState("");
+  const [busy, setBusy] = useState(false);
+  if (!info) return <p className="hint">Click a processor to see and operate it.</p>;
+  const act = (action: string, body?: unknown) => {
+    setBusy(true);
+    setError("");
+    const where = `/flows/${encodeURIComponent(flow)}/processors/${encodeURIComponent(info.name)}`;
+    call("POST", `${where}/${action}`, body)
+      .then(onChange)
+      .catch((e: Error) => setError(e.message))
+      .finally(() => setBusy(false));
+  };
+  const operate = may(me, "flow.operate", flow);
+  return (
+    <div className="panel" data-testid="processor-panel">
+      <h2>{info.name}</h2>
+      <p>
+        {info.paused ? "paused" : "running"} · instances{" "}
+        {String(info.pinned ?? info.scaled ?? info.instances)}
+      </p>
+      <ul className="placed">
+        {info.placed.map((w) => (
+          <li key={`${w.instance}-${w.agent}`}>
+            #{w.instance} on {w.agent ?? "no agent yet"}: {w.state}
+          </li>
+        ))}
+      </ul>
+      {operate && (
+        <div className="actions">
+          {info.paused ? (
+            <button
+              type="button"
+              disabled={busy}
+              onClick={() => act("resume")}
+              data-testid="resume"
+            >
+              Resume
+            </button>
+          ) : (
+            <button type="button" disabled={busy} onClick={() => act("pause")} data-testid="pause">
+              Pause
+            </button>
+          )}
+          <button type="button" disabled={busy} onClick={() => act("restart")}>
+            Restart
+          </button>
+          <ScaleForm disabled={busy} onScale={(n) => act("scale", { instances: n })} />
+        </div>
+      )}
+      {error && <p className="error">{error}</p>}
+    </div>
+  );
+}
+
+function ScaleForm({ disabled, onScale }: { disabled: boolean; onScale: (n: number) => void }) {
+  const [n, setN] = useState("1");
+  return (
+    <form
+      className="scale"
+      onSubmit={(e) => {
+        e.preventDefault();
+        onScale(Number(n));
+      }}
+    >
+      <input
+        type="number"
+        min={0}
+        value={n}
+        onChange={(e) => setN(e.target.value)}
+        aria-label="instances"
+      />
+      <button type="submit" disabled={disabled}>
+        Scale
+      </button>
+    </form>
+  );
+}
+
+function DeadLetters({ path }: { path: string }) {
+  const [letters, setLetters] = useState<DeadLetter[] | null>(null);
+  const [chosen, setChosen] = useState<Set<string>>(new Set());
+  const [message, setMessage] = useState("");
+  const load = useCallback(() => {
+    call<DeadLetter[]>("GET", `${path}/dead-letters?traceback=true`)
+      .then(setLetters)
+      .catch((e: Error) => setMessage(e.message));
+  }, [path]);
+  useEffect(load, [load]);
+  const replay = (body: unknown) =>
+    call<{ replayed: number }>("POST", `${path}/dead-letters/replay`, body)
+      .then((r) => {
+        setMessage(`replayed ${r.replayed}`);
+        setChosen(new Set());
+        load();
+      })
+      .catch((e: Error) => setMessage(e.message));
+  if (!letters) return <p>{message || "Loading…"}</p>;
+  return (
+    <div className="panel" data-testid="dead-letters">
+      <div className="actions">
+        <button type="button" onClick={load}>
+          Refresh
+        </button>
+        <button
+          type="button"
+          disabled={!chosen.size}
+          onClick={() => replay({ ids: [...chosen] })}
+          data-testid="replay-chosen"
+        >
+          Replay {chosen.size || ""}
+        </button>
+        <button type="button" disabled={!letters.length} onClick={() => replay({ all: true })}>
+          Replay all
+        </button>
+      </div>
+      {message && <p data-testid="dead-message">{message}</p>}
+      {!letters.length && <p className="hint">No dead letters.</p>}
+      {letters.map((d) => {
+        const id = String(d.id);
+        return (
+          <details key={id} className="letter">
+            <summary>
+              <input
+                type="checkbox"
+                checked={chosen.has(id)}
+                onChange={(e) => {
+                  const next = new Set(chosen);
+                  if (e.target.checked) next.add(id);
+                  else next.delete(id);
+                  setChosen(next);
+                }}
+                aria-label={`choose ${id}`}
+              />{" "}
+              {d.processor ?? d.queue}: {d.error.split("\n").filter(Boolean).at(-1)}
+            </summary>
+            <p>
+              {d.deliveries} deliveries · {d.size} bytes · message {d.message_id ?? "?"}
+            </p>
+            <pre className="payload">{d.payload}</pre>
+            <pre className="traceback">{d.error}</pre>
+          </details>
+        );
+      })}
+    </div>
+  );
+}
+
+function Revisions(props: { me: Me; flow: string; path: string; onRollback: () => void }) {
+  const { me, flow, path, onRollback } = props;
+  const [revs, setRevs] = useState<Revision[] | null>(null);
+  const [message, setMessage] = useState("");
+  const load = useCallback(() => {
+    call<Revision[]>("GET", `${path}/revisions`)
+      .then(setRevs)
+      .catch((e: Error) => setMessage(e.message));
+  }, [path]);
+  useEffect(load, [load]);
+  if (!revs) return <p>{message || "Loading…"}</p>;
+  const current = revs.at(-1)?.revision;
+  return (
+    <div className="panel">
+      {message && <p>{message}</p>}
+      <ol className="revisions">
+        {[...revs].reverse().map((r) => (
+          <li key={r.revision}>
+            <b>{r.revision}</b> {new Date(r.created * 1000).toLocaleString()} {r.note}
+            {r.revision !== current && may(me, "flow.deploy", flow) && (
+              <button
+                type="button"
+                onClick={() =>
+                  call<{ revision: number }>("POST", `${path}/rollback`, { revision: r.revision })
+                    .then((x) => {
+                      setMessage(`deployed as revision ${x.revision}`);
+                      load();
+                      onRollback();
+                    })
+                    .catch((e: Error) => setMessage(e.message))
+                }
+              >
+                Roll back to this
+              </button>
+            )}
+          </li>
+        ))}
+      </ol>
+    </div>
+  );
+}
+
+function Yaml({ doc }: { doc: FlowDoc }) {
+  const text = useMemo(() => toYaml(doc), [doc]);
+  const download = () => {
+    const url = URL.createObjectURL(new Blob([text], { type: "application/yaml" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `${doc.name}.yaml`;
+    a.click();
+    URL.revokeObjectURL(url);
+  };
+  return (
+    <div className="panel">
+      <div className="actions">
+        <button type="button" onClick={download} data-testid="export">
+          Export YAML
+        </button>
+      </div>
+      <pre className="yaml" data-testid="yaml">
+        {text}
+      </pre>
+    </div>
+  );
+}
