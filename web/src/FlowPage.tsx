@@ -38,7 +38,9 @@ function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
           position={Position.Left}
           style={{ top: `${((i + 1) * 100) / (data.inputs.length + 1)}%` }}
           title={port}
-        />
+        >
+          {data.inputs.length > 1 && <span className="port in">{port}</span>}
+        </Handle>
       ))}
       <div className="title">
         <span className={`dot ${status}`} />
@@ -58,7 +60,7 @@ function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
           errors <b>{count(v?.totals.errors)}</b> · dead <b>{count(v?.totals.dead)}</b>
         </span>
         <span>
-          p99 {p99 === undefined ? "–" : `${p99} ms`} · ×{v?.instances ?? 0}
+          p99 {p99 === undefined || p99 === null ? "–" : `${p99} ms`} · ×{v?.instances ?? 0}
           {v?.hosts.length ? ` on ${v.hosts.join(", ")}` : ""}
         </span>
       </div>
@@ -70,7 +72,9 @@ function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
           position={Position.Right}
           style={{ top: `${((i + 1) * 100) / (data.outputs.length + 1)}%` }}
           title={port}
-        />
+        >
+          <span className="port out">{port}</span>
+        </Handle>
       ))}
     </div>
   );
@@ -338,10 +342,10 @@ function DeadLetters({ path }: { path: string }) {
       </div>
       {message && <p data-testid="dead-message">{message}</p>}
       {!letters.length && <p className="hint">No dead letters.</p>}
-      {letters.map((d) => {
+      {letters.map((d, i) => {
         const id = String(d.id);
         return (
-          <details key={id} className="letter">
+          <details key={id} className="letter" open={i === 0}>
             <summary>
               <input
                 type="checkbox"

@@ -8,7 +8,8 @@ others take over when its lease runs out. No message passes through a server.
 
 Every route but ``/health`` and ``/auth/login`` needs a credential and checks the caller's
 privilege (see ``network.privileges``). The API is described by OpenAPI at ``/openapi.json``
-(browsable at ``/docs``); each resource has a router of its own in this package.
+(browsable at ``/docs``); each resource has a router of its own in this package. The web UI
+is served at ``/ui/`` (``ui``).
 """
 
 from __future__ import annotations
@@ -286,7 +287,14 @@ def serve(settings: ServerSettings, listen: Listen | None = None) -> None:
             flush=True,
         )
     app = create_app(settings, cluster)
-    log.info("server %s on %s (API docs at /docs)", settings.server_id, listen.url)
+    log.info(
+        "server %s on %s (web UI at %s/ui/, API docs at /docs)",
+        settings.server_id,
+        listen.url,
+        listen.url,
+    )
+    if not ui.built():
+        log.warning("the web UI is not built in this installation: %s", ui.HOW_TO_BUILD)
     options: dict[str, object] = {}
     if listen.tls_cert:
         options |= {"ssl_certfile": listen.tls_cert, "ssl_keyfile": listen.tls_key}

@@ -30,11 +30,18 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>ElasticCode</title>
-<p>The web UI is not built in this installation. From a checkout of ElasticCode, run
-<code>scripts/setup</code> (it needs Node.js 20 or newer and npm), then start the server again.
-The API answers at <a href="/docs">/docs</a> meanwhile.</p>
+HOW_TO_BUILD = (
+    "from a checkout of ElasticCode, run scripts/setup (it needs Node.js 20 or newer and npm), "
+    "then start the server again"
+)
+NOT_BUILT = f"""<!doctype html><meta charset="utf-8"><title>ElasticCode</title>
+<p>The web UI is not built in this installation: {HOW_TO_BUILD}. The API answers meanwhile
+(<a href="/docs">/docs</a>).</p>
 """
+
+
+def built() -> bool:
+    return (BUILT / "index.html").is_file()
 
 
 class _Pages(StaticFiles):
@@ -58,7 +65,7 @@ def mount(app: FastAPI) -> None:
     async def home() -> RedirectResponse:
         return RedirectResponse("/ui/")
 
-    if (BUILT / "index.html").is_file():
+    if built():
         app.mount("/ui", _Pages(directory=BUILT, html=True), name="ui")
         return
 
