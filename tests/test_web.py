@@ -181,6 +181,27 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     shown = yaml.safe_load(page.get_by_test_id("yaml").inner_text())
     assert shown == {**exported, "path": [str(net.root)], "settings": {"broker": net.server_broker}}
 
+    # edit the YAML: a mistake is refused with what to fix; a change shows as a diff, and
+    # deploys as a new revision that the network runs
+    page.get_by_test_id("edit").click()
+    editor = page.get_by_test_id("yaml-editor")
+    text = editor.input_value()
+    editor.fill(text.replace("code: picky:picky", "code: picky:picky\n    retries: {max: -1}"))
+    page.get_by_test_id("deploy").click()
+    expect(page.get_by_test_id("deploy-message")).to_contain_text("not deployed")
+    expect(page.get_by_test_id("deploy-message")).to_contain_text("retries")
+    assert len(net.api("GET", f"/flows/{net.flow_name}/revisions")) == 1
+    sink = "code: steps:sink\n    instances: 1"
+    assert sink in text, text
+    editor.fill(text.replace(sink, "code: steps:sink\n    instances: 2"))
+    expect(page.get_by_test_id("diff")).to_contain_text("+     instances: 2")
+    expect(page.get_by_test_id("diff")).to_contain_text("-     instances: 1")
+    page.get_by_test_id("deploy").click()
+    expect(page.get_by_test_id("deploy-message")).to_have_text("deployed as revision 2")
+    net.wait(lambda: net.running({"a": 1, "picky": 1, "sink": 2}), 60, "the sink scaled to 2")
+    page.get_by_test_id("tab-revisions").click()
+    expect(page.locator(".revisions li").first).to_contain_text("deployed from the web UI")
+
     # a viewer sees the flow live, and is offered no operation
     add_user(net, "watcher", "viewer")
     viewer = browser.new_page()
@@ -191,6 +212,8 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     expect(viewer.get_by_test_id("processor-panel")).to_be_visible()
     assert viewer.get_by_test_id("pause").count() == 0
     assert viewer.get_by_test_id("tab-dead").count() == 0
+    viewer.get_by_test_id("tab-yaml").click()
+    assert viewer.get_by_test_id("edit").count() == 0
     viewer.get_by_test_id("logout").click()
     expect(viewer.locator("input[name=user]")).to_be_visible()
 

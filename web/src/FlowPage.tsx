@@ -10,9 +10,18 @@ import {
   Position,
   ReactFlow,
 } from "@xyflow/react";
+import { diffLines } from "diff";
 import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
 import { call, type DeadLetter, type Me, may, type ProcessorInfo, type Revision } from "./api";
-import { connectionKey, type FlowDoc, type FlowEdge, type FlowNode, toGraph, toYaml } from "./flow";
+import {
+  connectionKey,
+  type FlowDoc,
+  type FlowEdge,
+  type FlowNode,
+  fromYaml,
+  toGraph,
+  toYaml,
+} from "./flow";
 import { count, fill, type Live, rate, useLive } from "./live";
 
 type Ctx = { live: Live; controls: Record<string, ProcessorInfo>; keys: Record<string, string> };
@@ -211,7 +220,7 @@ export function FlowPage({ me, name }: { me: Me; name: string }) {
           {tab === "revisions" && (
             <Revisions me={me} flow={name} path={path} onRollback={loadDoc} />
           )}
-          {tab === "yaml" && <Yaml doc={doc} />}
+          {tab === "yaml" && <Yaml me={me} doc={doc} onDeploy={loadDoc} />}
         </aside>
       </div>
     </LiveContext.Provider>
@@ -414,8 +423,78 @@ function Revisions(props: { me: Me; flow: string; path: string; onRollback: () =
   );
 }
 
-function Yaml({ doc }: { doc: FlowDoc }) {
+function Yaml(props: { me: Me; doc: FlowDoc; onDeploy: () => void }) {
+  const { me, doc, onDeploy } = props;
   const text = useMemo(() => toYaml(doc), [doc]);
+  const [draft, setDraft] = useState<string | null>(null);
+  const [message, setMessage] = useState("");
+  const changes = useMemo(() => (draft === null ? [] : diffLines(text, draft)), [text, draft]);
+  const deploy = () => {
+    setMessage("");
+    let next: FlowDoc;
+    try {
+      next = fromYaml(draft ?? "");
+    } catch (e) {
+      setMessage(`not deployed: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    if (next.name !== doc.name) {
+      setMessage(
+        `not deployed: the flow is ${doc.name}; a new name is a new flow (elasticcode apply)`,
+      );
+      return;
+    }
+    call<{ revision: number; changed: boolean }>("POST", "/flows", {
+      document: next,
+      note: "deployed from the web UI",
+    })
+      .then((r) => {
+        setMessage(
+          r.changed
+            ? `deployed as revision ${r.revision}`
+            : `nothing changed: still revision ${r.revision}`,
+        );
+        setDraft(null);
+        onDeploy();
+      })
+      .catch((e: Error) => setMessage(`not deployed: ${e.message}`));
+  };
+  if (draft !== null) {
+    return (
+      <div className="panel">
+        <textarea
+          className="editor"
+          value={draft}
+          onChange={(e) => setDraft(e.target.value)}
+          spellCheck={false}
+          data-testid="yaml-editor"
+        />
+        <pre className="diff" data-testid="diff">
+          {changes.map((c, i) =>
+            c.added || c.removed ? (
+              // biome-ignore lint/suspicious/noArrayIndexKey: the parts of one diff, in order
+              <span key={i} className={c.added ? "added" : "removed"}>
+                {c.value
+                  .replace(/\n$/, "")
+                  .split("\n")
+                  .map((l) => `${c.added ? "+" : "-"} ${l}\n`)}
+              </span>
+            ) : null,
+          )}
+          {changes.every((c) => !c.added && !c.removed) && "no changes"}
+        </pre>
+        <div className="actions">
+          <button type="button" onClick={deploy} data-testid="deploy">
+            Deploy as a new revision
+          </button>
+          <button type="button" onClick={() => setDraft(null)}>
+            Cancel
+          </button>
+        </div>
+        {message && <p data-testid="deploy-message">{message}</p>}
+      </div>
+    );
+  }
   const download = () => {
     const url = URL.createObjectURL(new Blob([text], { type: "application/yaml" }));
     const a = document.createElement("a");
@@ -430,7 +509,13 @@ function Yaml({ doc }: { doc: FlowDoc }) {
         <button type="button" onClick={download} data-testid="export">
           Export YAML
         </button>
+        {may(me, "flow.deploy", doc.name) && (
+          <button type="button" onClick={() => setDraft(text)} data-testid="edit">
+            Edit
+          </button>
+        )}
       </div>
+      {message && <p data-testid="deploy-message">{message}</p>}
       <pre className="yaml" data-testid="yaml">
         {text}
       </pre>
