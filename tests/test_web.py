@@ -1,6 +1,7 @@
 """The web UI in a real browser (Chromium, driven by Playwright) against a real network:
-log in, watch a flow's counts move live, pause and resume a processor, replay a dead letter,
-export the YAML; a viewer is offered nothing it may not do."""
+log in, watch a flow's counts move live, pause and resume a processor, trace and replay a dead
+letter, export the YAML and deploy an edit of it, read the audit log; a viewer is offered
+nothing it may not do."""
 
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     (net.root / "picky.py").write_text(PICKY.format(fixed=str(fixed)))
     flow_file = net.deploy(
         """
+        settings: {lineage: full}
         processors:
           - {name: a, code: steps:inc, instances: 1}
           - {name: picky, code: "picky:picky", retries: {max: 0}, instances: 1}
@@ -159,6 +161,12 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     expect(letters).to_contain_text("ValueError: three is odd")
     expect(letters.locator("pre.payload")).to_contain_text('"n": 3')
     shot(page, "dead-letters")
+    letters.get_by_test_id("trace-letter").click()  # its lineage, from where it entered
+    trace = page.get_by_test_id("trace")
+    expect(trace).to_contain_text("dead-lettered at picky")
+    expect(trace).to_contain_text("ValueError: three is odd")
+    shot(page, "trace")
+    page.get_by_test_id("tab-dead").click()
     fixed.touch()
     letters.locator("input[type=checkbox]").check()
     page.get_by_test_id("replay-chosen").click()
@@ -176,10 +184,12 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     # as deployed: the source file, with where its code is and the broker the server gave it
     source = yaml.safe_load(flow_file.read_text())
     assert exported.pop("path") == [str(net.root)]
-    assert exported.pop("settings") == {"broker": net.server_broker}
+    assert exported.pop("settings") == {"lineage": "full", "broker": net.server_broker}
+    assert source.pop("settings") == {"lineage": "full"}
     assert exported == source
     shown = yaml.safe_load(page.get_by_test_id("yaml").inner_text())
-    assert shown == {**exported, "path": [str(net.root)], "settings": {"broker": net.server_broker}}
+    settings = {"lineage": "full", "broker": net.server_broker}
+    assert shown == {**exported, "path": [str(net.root)], "settings": settings}
 
     # edit the YAML: a mistake is refused with what to fix; a change shows as a diff, and
     # deploys as a new revision that the network runs
@@ -201,6 +211,8 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     net.wait(lambda: net.running({"a": 1, "picky": 1, "sink": 2}), 60, "the sink scaled to 2")
     page.get_by_test_id("tab-revisions").click()
     expect(page.locator(".revisions li").first).to_contain_text("deployed from the web UI")
+    page.get_by_test_id("tab-audit").click()
+    expect(page.get_by_test_id("audit")).to_contain_text("replayed 1 dead letter(s)")
 
     # a viewer sees the flow live, and is offered no operation
     add_user(net, "watcher", "viewer")
@@ -212,6 +224,7 @@ def test_the_ui_watches_and_operates_a_network(net: Network, browser: Any) -> No
     expect(viewer.get_by_test_id("processor-panel")).to_be_visible()
     assert viewer.get_by_test_id("pause").count() == 0
     assert viewer.get_by_test_id("tab-dead").count() == 0
+    assert viewer.get_by_test_id("tab-audit").count() == 0
     viewer.get_by_test_id("tab-yaml").click()
     assert viewer.get_by_test_id("edit").count() == 0
     viewer.get_by_test_id("logout").click()

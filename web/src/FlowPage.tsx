@@ -113,6 +113,17 @@ function QueueEdge(props: EdgeProps<FlowEdge>) {
   );
 }
 
+const TABS = ["processor", "dead", "trace", "revisions", "yaml", "audit"] as const;
+type Tab = (typeof TABS)[number];
+const TAB_NAMES: Record<Tab, string> = {
+  processor: "Processor",
+  dead: "Dead letters",
+  trace: "Trace",
+  revisions: "Revisions",
+  yaml: "YAML",
+  audit: "Audit",
+};
+
 const nodeTypes = { processor: ProcessorNode };
 const edgeTypes = { queue: QueueEdge };
 
@@ -121,7 +132,8 @@ export function FlowPage({ me, name }: { me: Me; name: string }) {
   const [error, setError] = useState("");
   const [controls, setControls] = useState<Record<string, ProcessorInfo>>({});
   const [selected, setSelected] = useState<string | null>(null);
-  const [tab, setTab] = useState<"processor" | "dead" | "revisions" | "yaml">("processor");
+  const [tab, setTab] = useState<Tab>("processor");
+  const [traced, setTraced] = useState("");
   const live = useLive(name);
   const path = `/flows/${encodeURIComponent(name)}`;
 
@@ -187,26 +199,21 @@ export function FlowPage({ me, name }: { me: Me; name: string }) {
         </div>
         <aside>
           <nav>
-            {(["processor", "dead", "revisions", "yaml"] as const)
-              .filter((t) => t !== "dead" || may(me, "flow.operate", name))
-              .map((t) => (
-                <button
-                  type="button"
-                  key={t}
-                  className={tab === t ? "on" : ""}
-                  onClick={() => setTab(t)}
-                  data-testid={`tab-${t}`}
-                >
-                  {
-                    {
-                      processor: "Processor",
-                      dead: "Dead letters",
-                      revisions: "Revisions",
-                      yaml: "YAML",
-                    }[t]
-                  }
-                </button>
-              ))}
+            {TABS.filter(
+              (t) =>
+                (t !== "dead" || may(me, "flow.operate", name)) &&
+                (t !== "audit" || may(me, "audit.read")),
+            ).map((t) => (
+              <button
+                type="button"
+                key={t}
+                className={tab === t ? "on" : ""}
+                onClick={() => setTab(t)}
+                data-testid={`tab-${t}`}
+              >
+                {TAB_NAMES[t]}
+              </button>
+            ))}
           </nav>
           {tab === "processor" && (
             <ProcessorPanel
@@ -216,7 +223,17 @@ export function FlowPage({ me, name }: { me: Me; name: string }) {
               onChange={loadControls}
             />
           )}
-          {tab === "dead" && <DeadLetters path={path} />}
+          {tab === "dead" && (
+            <DeadLetters
+              path={path}
+              onTrace={(id) => {
+                setTraced(id);
+                setTab("trace");
+              }}
+            />
+          )}
+          {tab === "trace" && <Trace path={path} start={traced} />}
+          {tab === "audit" && <Audit flow={name} />}
           {tab === "revisions" && (
             <Revisions me={me} flow={name} path={path} onRollback={loadDoc} />
           )}
@@ -312,7 +329,7 @@ function ScaleForm({ disabled, onScale }: { disabled: boolean; onScale: (n: numb
   );
 }
 
-function DeadLetters({ path }: { path: string }) {
+function DeadLetters({ path, onTrace }: { path: string; onTrace: (id: string) => void }) {
   const [letters, setLetters] = useState<DeadLetter[] | null>(null);
   const [chosen, setChosen] = useState<Set<string>>(new Set());
   const [message, setMessage] = useState("");
@@ -370,7 +387,16 @@ function DeadLetters({ path }: { path: string }) {
               {d.processor ?? d.queue}: {d.error.split("\n").filter(Boolean).at(-1)}
             </summary>
             <p>
-              {d.deliveries} deliveries · {d.size} bytes · message {d.message_id ?? "?"}
+              {d.deliveries} deliveries · {d.size} bytes · message {d.message_id ?? "?"}{" "}
+              {d.message_id && (
+                <button
+                  type="button"
+                  onClick={() => onTrace(d.message_id ?? "")}
+                  data-testid="trace-letter"
+                >
+                  Trace
+                </button>
+              )}
             </p>
             <pre className="payload">{d.payload}</pre>
             <pre className="traceback">{d.error}</pre>
@@ -519,6 +545,97 @@ function Yaml(props: { me: Me; doc: FlowDoc; onDeploy: () => void }) {
       <pre className="yaml" data-testid="yaml">
         {text}
       </pre>
+    </div>
+  );
+}
+
+type TraceNode = { id: string; events: Record<string, unknown>[]; children: TraceNode[] };
+
+function TraceTree({ node }: { node: TraceNode }) {
+  return (
+    <li>
+      <code>{node.id}</code>
+      <ul className="events">
+        {node.events.map((e, i) => (
+          // biome-ignore lint/suspicious/noArrayIndexKey: a message's events, in order
+          <li key={i} className={`event ${String(e.event)}`}>
+            {String(e.event)} {e.processor ? `at ${String(e.processor)}` : ""}
+            {e.host ? ` on ${String(e.host)}` : ""}
+            {typeof e.at === "number" ? ` ${new Date(e.at * 1000).toLocaleTimeString()}` : ""}
+            {e.error ? `: ${String(e.error).split("\n").filter(Boolean).at(-1)}` : ""}
+          </li>
+        ))}
+      </ul>
+      {node.children.length > 0 && (
+        <ul className="tree">
+          {node.children.map((c) => (
+            <TraceTree key={c.id} node={c} />
+          ))}
+        </ul>
+      )}
+    </li>
+  );
+}
+
+/** A message's lineage: from the message that entered the flow to every descendant. */
+function Trace({ path, start }: { path: string; start: string }) {
+  const [id, setId] = useState(start);
+  const [tree, setTree] = useState<TraceNode | null>(null);
+  const [message, setMessage] = useState("");
+  const look = useCallback(
+    (which: string) => {
+      setMessage("");
+      setTree(null);
+      if (!which) return;
+      call<TraceNode>("GET", `${path}/trace/${encodeURIComponent(which)}`)
+        .then(setTree)
+        .catch((e: Error) => setMessage(e.message));
+    },
+    [path],
+  );
+  useEffect(() => look(start), [look, start]);
+  return (
+    <div className="panel" data-testid="trace">
+      <form
+        className="actions"
+        onSubmit={(e) => {
+          e.preventDefault();
+          look(id.trim());
+        }}
+      >
+        <input value={id} onChange={(e) => setId(e.target.value)} placeholder="message id" />
+        <button type="submit">Trace</button>
+      </form>
+      {message && <p className="error">{message}</p>}
+      {tree && (
+        <ul className="tree">
+          <TraceTree node={tree} />
+        </ul>
+      )}
+    </div>
+  );
+}
+
+type AuditEntry = { id: number; time: number; kind: string; text: string; actor: string };
+
+function Audit({ flow }: { flow: string }) {
+  const [entries, setEntries] = useState<AuditEntry[] | null>(null);
+  const [message, setMessage] = useState("");
+  useEffect(() => {
+    call<AuditEntry[]>("GET", `/audit?flow=${encodeURIComponent(flow)}&limit=500`)
+      .then(setEntries)
+      .catch((e: Error) => setMessage(e.message));
+  }, [flow]);
+  if (!entries) return <p>{message || "Loading…"}</p>;
+  return (
+    <div className="panel" data-testid="audit">
+      <ol className="audit">
+        {[...entries].reverse().map((a) => (
+          <li key={a.id}>
+            {new Date(a.time * 1000).toLocaleString()} <b>{a.actor}</b> {a.text}
+          </li>
+        ))}
+      </ol>
     </div>
   );
 }
