@@ -21,22 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
-import sqlalchemy as sa
-
-from elasticcode.store.schema import engine_url
-
-ELASTICCODE = str(Path(sys.executable).with_name("elasticcode"))
+from bench_server import bench_server  # a sibling script (this folder is on sys.path)
 
 
 class Fleet:
@@ -232,54 +224,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8799)
     args = parser.parse_args()
 
-    name = f"ec_bench_{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex  # the first user's, for this run only
-    admin = sa.create_engine(engine_url(args.admin_db), isolation_level="AUTOCOMMIT")
-    with admin.connect() as db:
-        db.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = args.admin_db.rsplit("/", 1)[0] + f"/{name}"
-    server = None
-    try:
-        subprocess.run([ELASTICCODE, "db", "upgrade", "--db", url], check=True, capture_output=True)
-        log = open(f"/tmp/{name}-server.log", "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [
-                ELASTICCODE,
-                "server",
-                "start",
-                "--db",
-                url,
-                "--broker",
-                "redis://127.0.0.1:6379/0",
-                "--port",
-                str(args.port),
-                "--agent-timeout",
-                "120",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "ELASTICCODE_LOG": "WARNING",
-                "ELASTICCODE_ADMIN_PASSWORD": password,
-            },
-        )
-        base = f"http://127.0.0.1:{args.port}"
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/api/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        print(f"server log: {log.name}")
+    with bench_server(args.admin_db, args.port, password, "--agent-timeout", "120") as base:
         asyncio.run(bench(args, base, password))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(20)
-        with admin.connect() as db:
-            db.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -19,21 +19,17 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
+from bench_server import bench_server  # a sibling script (this folder is on sys.path)
 from playwright.sync_api import sync_playwright
 
 from elasticcode.network.server.ui import BUILT
-from elasticcode.store.schema import engine_url
 
-ELASTICCODE = str(Path(sys.executable).with_name("elasticcode"))
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -102,29 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (BUILT / "index.html").is_file():
         sys.exit(f"the web UI is not built in {BUILT}: run scripts/setup")
-    db_name = f"ec_bench_{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
-    admin = sa.create_engine(engine_url(args.admin_db), isolation_level="AUTOCOMMIT")
-    with admin.connect() as db:
-        db.execute(sa.text(f"CREATE DATABASE {db_name}"))
-    url = args.admin_db.rsplit("/", 1)[0] + f"/{db_name}"
-    server = None
-    try:
-        subprocess.run([ELASTICCODE, "db", "upgrade", "--db", url], check=True, capture_output=True)
-        log = open(f"/tmp/{db_name}-server.log", "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [ELASTICCODE, "server", "start", "--db", url, "--broker", "redis://127.0.0.1:6379/0",
-             "--port", str(args.port)],
-            stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "ELASTICCODE_LOG": "WARNING", "ELASTICCODE_ADMIN_PASSWORD": password},
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{args.port}"
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/api/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with bench_server(args.admin_db, args.port, password) as base:
         token = httpx.post(
             f"{base}/api/v1/auth/login", json={"user": "admin", "password": password}
         ).json()["token"]
@@ -132,7 +107,6 @@ def main() -> None:
         for n in args.processors:
             doc = flow(f"ui{n}", n)
             httpx.post(f"{base}/api/v1/flows", json={"document": doc}, headers=headers, timeout=60)
-        print(f"server log: {log.name}")
         print(f"{'processors':>10} {'to show, s (median of runs)':>28} {'view to screen, ms':>19}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -142,13 +116,6 @@ def main() -> None:
                 drawn = statistics.median(r[1] for r in runs)
                 print(f"{n:>10} {shown:>28.2f} {drawn:>19.1f}", flush=True)
             browser.close()
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(20)
-        with admin.connect() as db:
-            db.execute(sa.text(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-        admin.dispose()
 
 
 if __name__ == "__main__":
