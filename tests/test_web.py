@@ -245,3 +245,56 @@ def test_the_pages_are_served_safely(net: Network) -> None:
     assert got.status_code == 200 and "immutable" in got.headers["cache-control"]
     # the pages hold no data: the API behind them still wants a credential
     assert httpx.get(f"{server.url}/api/v1/flows").status_code == 401
+
+
+def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: Any) -> None:
+    expect = playwright.expect
+    server = net.start_server()
+    net.start_agent("one", capacity=4)
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page.set_default_timeout(30_000)
+    log_in(page, server.url, "admin", net.password)
+    page.get_by_test_id("new-flow").click()
+    page.get_by_test_id("flow-name").fill(net.flow_name)
+
+    # three processors dragged from the palette, connected port to port
+    canvas = page.get_by_test_id("design-canvas")
+    for x in (150, 450, 750):
+        page.get_by_test_id("palette-inline").drag_to(canvas, target_position={"x": x, "y": 300})
+    for name in ("inline", "inline-2", "inline-3"):
+        expect(page.get_by_test_id(f"processor-{name}")).to_be_visible()
+
+    def port(processor: str, kind: str, name: str) -> Any:
+        node = page.get_by_test_id(f"processor-{processor}")
+        return node.locator(f".react-flow__handle.{kind}[data-handleid='{name}']")
+
+    port("inline", "source", "success").drag_to(port("inline-2", "target", "input"))
+    port("inline-2", "source", "success").drag_to(port("inline-3", "target", "input"))
+    expect(page.locator(".react-flow__edge")).to_have_count(2)
+
+    # the first renamed in its editor (its connection follows); a bad name says why
+    page.get_by_test_id("processor-inline").click()
+    editor = page.get_by_test_id("element-editor")
+    editor.fill(editor.input_value().replace("name: inline", "name: first"))
+    page.get_by_test_id("element-apply").click()
+    expect(page.get_by_test_id("processor-first")).to_be_visible()
+    page.get_by_test_id("processor-inline-3").click()
+    editor.fill(editor.input_value().replace("name: inline-3", "name: inline-2"))
+    page.get_by_test_id("element-apply").click()
+    expect(page.get_by_test_id("design-problem")).to_contain_text("inline-2 already")
+
+    # reviewed as a flow file, deployed, and it runs
+    page.get_by_test_id("review").click()
+    expect(page.get_by_test_id("diff")).to_contain_text("from: first")
+    shot(page, "design")
+    page.get_by_test_id("deploy-drawn").click()
+    expect(page.get_by_test_id("live")).to_contain_text("live")
+    doc = net.api("GET", f"/flows/{net.flow_name}/export")
+    assert [p["name"] for p in doc["processors"]] == ["first", "inline-2", "inline-3"]
+    assert doc["connections"] == [
+        {"from": "first", "to": "inline-2"},
+        {"from": "inline-2", "to": "inline-3"},
+    ]
+    net.wait(lambda: net.running({"first": 1, "inline-2": 1, "inline-3": 1}), 90, "it to run")
+    send(Flow.from_dict(doc), "first", range(25), net.broker)
+    expect(page.get_by_test_id("in-inline-3")).to_have_text("25", timeout=60_000)

@@ -10,6 +10,7 @@ import {
   may,
   token,
 } from "./api";
+import { Designer } from "./Designer";
 import { FlowPage } from "./FlowPage";
 
 function useHash(): string {
@@ -39,13 +40,17 @@ export function App() {
   if (!checked) return null;
   if (!me) return <Login onIn={setMe} />;
   const flow = hash.startsWith("#/flows/") ? decodeURIComponent(hash.slice(8)) : null;
+  const design = hash.startsWith("#/design/") ? decodeURIComponent(hash.slice(9)) : null;
+  let page = <FlowList me={me} />;
+  if (flow) page = <FlowPage me={me} name={flow} key={flow} />;
+  if (design !== null) page = <Designer me={me} name={design || null} key={`d-${design}`} />;
   return (
     <div className="shell">
       <header>
         <a className="brand" href="#/">
           ElasticCode
         </a>
-        {flow && <span className="crumb">/ {flow}</span>}
+        {(flow || design) && <span className="crumb">/ {flow || design || "new flow"}</span>}
         <span className="grow" />
         {may(me, "agent.read") && <Agents />}
         <span data-testid="user">{me.user}</span>
@@ -58,7 +63,7 @@ export function App() {
           Log out
         </button>
       </header>
-      <main>{flow ? <FlowPage me={me} name={flow} key={flow} /> : <FlowList />}</main>
+      <main>{page}</main>
     </div>
   );
 }
@@ -130,7 +135,12 @@ function Agents() {
   );
 }
 
-function FlowList() {
+/** Whether any of the user's grants lets them deploy some flow. */
+function deploysSome(me: Me): boolean {
+  return me.grants.some((g) => (me.roles[g.role] ?? []).includes("flow.deploy"));
+}
+
+function FlowList({ me }: { me: Me }) {
   const [flows, setFlows] = useState<FlowInfo[] | null>(null);
   const [error, setError] = useState("");
   useEffect(() => {
@@ -140,37 +150,51 @@ function FlowList() {
   }, []);
   if (error) return <p className="error">{error}</p>;
   if (!flows) return <p>Loading…</p>;
+  const add = deploysSome(me) && (
+    <p className="actions">
+      <a className="button" href="#/design/" data-testid="new-flow">
+        New flow
+      </a>
+    </p>
+  );
   if (!flows.length) {
     return (
-      <p className="empty">
-        No flows yet: deploy one with <code>elasticcode apply FLOW.yaml --server URL</code>.
-      </p>
+      <div className="panel">
+        {add}
+        <p className="empty">
+          No flows yet: draw one, or deploy a file with{" "}
+          <code>elasticcode apply FLOW.yaml --server URL</code>.
+        </p>
+      </div>
     );
   }
   return (
-    <table className="flows">
-      <thead>
-        <tr>
-          <th>Flow</th>
-          <th>Revision</th>
-          <th>Processors</th>
-          <th>State</th>
-          <th>Updated</th>
-        </tr>
-      </thead>
-      <tbody>
-        {flows.map((f) => (
-          <tr key={f.name}>
-            <td>
-              <a href={`#/flows/${encodeURIComponent(f.name)}`}>{f.name}</a>
-            </td>
-            <td>{f.revision}</td>
-            <td>{f.processors}</td>
-            <td>{f.running ? "running" : "stopped"}</td>
-            <td>{new Date(f.updated * 1000).toLocaleString()}</td>
+    <div className="panel">
+      {add}
+      <table className="flows">
+        <thead>
+          <tr>
+            <th>Flow</th>
+            <th>Revision</th>
+            <th>Processors</th>
+            <th>State</th>
+            <th>Updated</th>
           </tr>
-        ))}
-      </tbody>
-    </table>
+        </thead>
+        <tbody>
+          {flows.map((f) => (
+            <tr key={f.name}>
+              <td>
+                <a href={`#/flows/${encodeURIComponent(f.name)}`}>{f.name}</a>
+              </td>
+              <td>{f.revision}</td>
+              <td>{f.processors}</td>
+              <td>{f.running ? "running" : "stopped"}</td>
+              <td>{new Date(f.updated * 1000).toLocaleString()}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
   );
 }

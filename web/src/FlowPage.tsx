@@ -31,7 +31,7 @@ const LiveContext = createContext<Ctx>({
   keys: {},
 });
 
-function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
+export function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
   const { live, controls } = useContext(LiveContext);
   const v = live.view?.processors[id];
   const c = controls[id];
@@ -89,7 +89,7 @@ function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
   );
 }
 
-function QueueEdge(props: EdgeProps<FlowEdge>) {
+export function QueueEdge(props: EdgeProps<FlowEdge>) {
   const { live, keys } = useContext(LiveContext);
   const [path, x, y] = getBezierPath(props);
   const key = keys[props.id];
@@ -214,6 +214,15 @@ export function FlowPage({ me, name }: { me: Me; name: string }) {
                 {TAB_NAMES[t]}
               </button>
             ))}
+            {may(me, "flow.deploy", name) && (
+              <a
+                className="button"
+                href={`#/design/${encodeURIComponent(name)}`}
+                data-testid="design"
+              >
+                Design
+              </a>
+            )}
           </nav>
           {tab === "processor" && (
             <ProcessorPanel
@@ -454,7 +463,6 @@ function Yaml(props: { me: Me; doc: FlowDoc; onDeploy: () => void }) {
   const text = useMemo(() => toYaml(doc), [doc]);
   const [draft, setDraft] = useState<string | null>(null);
   const [message, setMessage] = useState("");
-  const changes = useMemo(() => (draft === null ? [] : diffLines(text, draft)), [text, draft]);
   const deploy = () => {
     setMessage("");
     let next: FlowDoc;
@@ -495,20 +503,7 @@ function Yaml(props: { me: Me; doc: FlowDoc; onDeploy: () => void }) {
           spellCheck={false}
           data-testid="yaml-editor"
         />
-        <pre className="diff" data-testid="diff">
-          {changes.map((c, i) =>
-            c.added || c.removed ? (
-              // biome-ignore lint/suspicious/noArrayIndexKey: the parts of one diff, in order
-              <span key={i} className={c.added ? "added" : "removed"}>
-                {c.value
-                  .replace(/\n$/, "")
-                  .split("\n")
-                  .map((l) => `${c.added ? "+" : "-"} ${l}\n`)}
-              </span>
-            ) : null,
-          )}
-          {changes.every((c) => !c.added && !c.removed) && "no changes"}
-        </pre>
+        <DiffView from={text} to={draft} />
         <div className="actions">
           <button type="button" onClick={deploy} data-testid="deploy">
             Deploy as a new revision
@@ -637,5 +632,26 @@ function Audit({ flow }: { flow: string }) {
         ))}
       </ol>
     </div>
+  );
+}
+
+/** The lines ``to`` changes of ``from``, as a unified listing of what was added and removed. */
+export function DiffView({ from, to }: { from: string; to: string }) {
+  const changes = useMemo(() => diffLines(from, to), [from, to]);
+  return (
+    <pre className="diff" data-testid="diff">
+      {changes.map((c, i) =>
+        c.added || c.removed ? (
+          // biome-ignore lint/suspicious/noArrayIndexKey: the parts of one diff, in order
+          <span key={i} className={c.added ? "added" : "removed"}>
+            {c.value
+              .replace(/\n$/, "")
+              .split("\n")
+              .map((l) => `${c.added ? "+" : "-"} ${l}\n`)}
+          </span>
+        ) : null,
+      )}
+      {changes.every((c) => !c.added && !c.removed) && "no changes"}
+    </pre>
   );
 }

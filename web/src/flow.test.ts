@@ -1,6 +1,16 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { connectionKey, fromGraph, fromYaml, toGraph, toYaml } from "./flow";
+import {
+  addProcessor,
+  connect,
+  connectionKey,
+  fromGraph,
+  fromYaml,
+  remove,
+  toGraph,
+  toYaml,
+  updateProcessor,
+} from "./flow";
 
 const ENRICH = readFileSync(
   new URL("../../examples/enrichment/flow.yaml", import.meta.url),
@@ -67,5 +77,49 @@ describe("flow document and graph", () => {
     const connections = processors.slice(1).map((p, i) => ({ from: `p${i}`, to: p.name }));
     const graph = toGraph({ name: "big", processors, connections });
     expect(new Set(graph.nodes.map((n) => `${n.position.x},${n.position.y}`)).size).toBe(200);
+  });
+});
+
+describe("designing a flow", () => {
+  it("adds processors, connects their ports and writes the flow file", () => {
+    let g = toGraph({ name: "f" });
+    g = addProcessor(g, "source", { x: 0, y: 0 }, "read");
+    g = addProcessor(g, "python", { x: 300, y: 0 }, "clean");
+    g = addProcessor(g, "inline", { x: 600, y: 0 });
+    g = connect(g, "read", "success", "clean", "input");
+    g = connect(g, "clean", "failure", "inline", "input");
+    expect(() => connect(g, "read", "success", "clean", "input")).toThrow(/already/);
+    expect(() => connect(g, "clean", "success", "clean", "input")).toThrow(/itself/);
+    const doc = fromGraph({ name: "f" }, g);
+    expect(doc.processors?.map((p) => p.name)).toEqual(["read", "clean", "inline"]);
+    expect(doc.connections).toEqual([
+      { from: "read", to: "clean" },
+      { from: "clean.failure", to: "inline" },
+    ]);
+    expect(g.nodes.find((n) => n.id === "read")?.data.inputs).toEqual([]); // a source
+    expect(fromYaml(toYaml(doc))).toEqual(doc);
+  });
+
+  it("renames a processor with its connections, and removes one with them", () => {
+    let g = toGraph(
+      fromYaml(
+        "name: f\nprocessors:\n  - {name: a, code: m:a}\n  - {name: b, code: m:b}\nconnections:\n  - {from: a.failure, to: b}\n",
+      ),
+    );
+    g = updateProcessor(g, "a", { name: "first", code: "m:a", instances: 2 });
+    expect(fromGraph({ name: "f" }, g).connections).toEqual([{ from: "first.failure", to: "b" }]);
+    expect(() => updateProcessor(g, "first", { name: "b", code: "m:a" })).toThrow(/already/);
+    g = remove(g, new Set(["b"]));
+    expect(fromGraph({ name: "f" }, g)).toEqual({
+      name: "f",
+      processors: [{ name: "first", code: "m:a", instances: 2 }],
+    });
+  });
+
+  it("gives new processors names of their own", () => {
+    let g = toGraph({ name: "f" });
+    g = addProcessor(g, "python", { x: 0, y: 0 });
+    g = addProcessor(g, "python", { x: 0, y: 0 });
+    expect(g.nodes.map((n) => n.id)).toEqual(["python", "python-2"]);
   });
 });

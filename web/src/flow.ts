@@ -126,3 +126,133 @@ export function fromGraph(base: FlowDoc, graph: Graph): FlowDoc {
   if (base.connections === undefined && out.connections.length === 0) delete out.connections;
   return out;
 }
+
+/** The kinds of processor the palette offers, each with the entry a new one starts from. */
+export const KINDS = {
+  python: { label: "Python function", start: { code: "module:function" } },
+  inline: {
+    label: "Inline Python",
+    start: { inline: "def process(payload):\n    return payload\n" },
+  },
+  command: { label: "Command", start: { command: ["cat"] } },
+  git: {
+    label: "Code from git",
+    start: { git: { repo: "https://example.com/repo.git", ref: "main" }, code: "module:function" },
+  },
+  source: {
+    label: "Source (every second)",
+    start: { code: "module:function", source: { interval: "1s" } },
+  },
+} as const;
+export type Kind = keyof typeof KINDS;
+
+function nodeOf(p: Processor, position: { x: number; y: number }): FlowNode {
+  return {
+    id: p.name,
+    type: "processor",
+    position,
+    data: { processor: p, inputs: inputsOf(p), outputs: outputsOf(p) },
+  };
+}
+
+/** A name no processor of the graph has: ``base``, else ``base-2``, ``base-3``… */
+export function freeName(graph: Graph, base: string): string {
+  const taken = new Set(graph.nodes.map((n) => n.id));
+  if (!taken.has(base)) return base;
+  let i = 2;
+  while (taken.has(`${base}-${i}`)) i += 1;
+  return `${base}-${i}`;
+}
+
+export function addProcessor(
+  graph: Graph,
+  kind: Kind,
+  position: { x: number; y: number },
+  name?: string,
+): Graph {
+  const p: Processor = {
+    name: freeName(graph, name ?? kind),
+    ...structuredClone(KINDS[kind].start),
+  };
+  return { ...graph, nodes: [...graph.nodes, nodeOf(p, position)] };
+}
+
+/** A connection from an output port to an input port (in the short form where a port is
+ * the default one); an error where it would repeat one or loop on itself. */
+export function connect(
+  graph: Graph,
+  source: string,
+  sourceHandle: string,
+  target: string,
+  targetHandle: string,
+): Graph {
+  if (source === target) throw new Error(`${source} cannot feed itself`);
+  const to = graph.nodes.find((n) => n.id === target);
+  if (!to) throw new Error(`no processor ${target}`);
+  const connection: Connection = {
+    from: sourceHandle === "success" ? source : `${source}.${sourceHandle}`,
+    to: targetHandle === to.data.inputs[0] ? target : `${target}.${targetHandle}`,
+  };
+  const id = `${source}.${sourceHandle}->${target}.${targetHandle}`;
+  if (graph.edges.some((e) => e.id.split("#")[0] === id)) {
+    throw new Error(`${source}.${sourceHandle} already goes to ${target}.${targetHandle}`);
+  }
+  const edge: FlowEdge = {
+    id: `${id}#${graph.edges.length}`,
+    source,
+    target,
+    sourceHandle,
+    targetHandle,
+    type: "queue",
+    data: { connection },
+  };
+  return { ...graph, edges: [...graph.edges, edge] };
+}
+
+/** The processor ``name`` replaced by ``p`` (renamed too: its connections follow). */
+export function updateProcessor(graph: Graph, name: string, p: Processor): Graph {
+  if (typeof p.name !== "string" || !p.name) throw new Error("a processor needs a name");
+  if (p.name !== name && graph.nodes.some((n) => n.id === p.name)) {
+    throw new Error(`there is a processor ${p.name} already`);
+  }
+  const rename = (end: string) => {
+    const [proc, port] = end.split(".", 2);
+    return proc === name ? (port ? `${p.name}.${port}` : p.name) : end;
+  };
+  const nodes = graph.nodes.map((n) => (n.id === name ? nodeOf(p, n.position) : n));
+  const doc = fromGraph({ name: "" }, { nodes, edges: graph.edges });
+  doc.connections = (doc.connections ?? []).map((c) => ({
+    ...c,
+    from: rename(c.from),
+    to: rename(c.to),
+  }));
+  const positions = new Map(nodes.map((n) => [n.id, n.position]));
+  return withPositions(toGraph(doc), positions);
+}
+
+export function updateConnection(graph: Graph, edgeId: string, c: Connection): Graph {
+  if (typeof c.from !== "string" || typeof c.to !== "string") {
+    throw new Error("a connection needs from: and to:");
+  }
+  const edges = graph.edges.map((e) => (e.id === edgeId ? { ...e, data: { connection: c } } : e));
+  const doc = fromGraph({ name: "" }, { nodes: graph.nodes, edges });
+  return withPositions(toGraph(doc), new Map(graph.nodes.map((n) => [n.id, n.position])));
+}
+
+/** The graph without the processors and connections of ``ids`` (a processor's connections
+ * go with it). */
+export function remove(graph: Graph, ids: Set<string>): Graph {
+  const nodes = graph.nodes.filter((n) => !ids.has(n.id));
+  const kept = new Set(nodes.map((n) => n.id));
+  const edges = graph.edges.filter(
+    (e) => !ids.has(e.id) && kept.has(e.source) && kept.has(e.target),
+  );
+  return { nodes, edges };
+}
+
+function withPositions(graph: Graph, positions: Map<string, { x: number; y: number }>): Graph {
+  return {
+    ...graph,
+    nodes: graph.nodes.map((n) => ({ ...n, position: positions.get(n.id) ?? n.position })),
+  };
+}
