@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from ..code import check_code
 from ..code.git import resolve
@@ -90,7 +89,6 @@ def flow() -> None:
 @server_option
 @json_option
 def flow_list(api: Api, as_json: bool) -> None:
-    """The flows you may see: revision, running or stopped, processors."""
     rows = api("GET", "/flows")
     lines = [
         f"{f['name']:<20} revision {f['revision']:<4} "
@@ -98,26 +96,6 @@ def flow_list(api: Api, as_json: bool) -> None:
         for f in rows
     ]
     _echo(rows, as_json, lines or ["no flows; deploy one with `elasticcode apply FILE`"])
-
-
-@flow.command("export")
-@click.argument("name")
-@click.option("--revision", type=click.IntRange(1), default=None, help="[default: the current]")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Write the flow file here [default: standard output].",
-)  # fmt: skip
-@server_option
-def flow_export(name: str, revision: int | None, output: Path | None, api: Api) -> None:
-    """The flow file of flow NAME as deployed (one drawn in the web UI too), for
-    `elasticcode apply`; secrets stay references."""
-    doc = api("GET", f"/flows/{name}/export", params={"revision": revision} if revision else None)
-    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    output.write_text(text)
-    click.echo(f"flow {name}: written to {output}", err=True)
 
 
 @flow.command("revisions")
