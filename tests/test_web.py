@@ -295,6 +295,8 @@ def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: A
         {"from": "first", "to": "inline-2"},
         {"from": "inline-2", "to": "inline-3"},
     ]
+    exported = net.cli("export", net.flow_name, "--server", server.url).stdout
+    assert yaml.safe_load(exported) == doc  # the file `elasticcode apply` takes
     net.wait(lambda: net.running({"first": 1, "inline-2": 1, "inline-3": 1}), 90, "it to run")
     send(Flow.from_dict(doc), "first", range(25), net.broker)
     expect(page.get_by_test_id("in-inline-3")).to_have_text("25", timeout=60_000)

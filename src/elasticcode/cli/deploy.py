@@ -89,6 +89,7 @@ def flow() -> None:
 @server_option
 @json_option
 def flow_list(api: Api, as_json: bool) -> None:
+    """The flows you may see: revision, running or stopped, processors."""
     rows = api("GET", "/flows")
     lines = [
         f"{f['name']:<20} revision {f['revision']:<4} "
