@@ -300,3 +300,15 @@ def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: A
     net.wait(lambda: net.running({"first": 1, "inline-2": 1, "inline-3": 1}), 90, "it to run")
     send(Flow.from_dict(doc), "first", range(25), net.broker)
     expect(page.get_by_test_id("in-inline-3")).to_have_text("25", timeout=60_000)
+
+    # the exported file imported into a new design: laid out again; a bad file says why
+    (net.root / "exported.yaml").write_text(exported)
+    (net.root / "bad.yaml").write_text("- not\n- a flow\n")
+    page.goto(f"{server.url}/ui/#/design/")
+    page.get_by_test_id("import").set_input_files(str(net.root / "bad.yaml"))
+    expect(page.get_by_test_id("design-problem")).to_contain_text("bad.yaml: a flow file is")
+    page.get_by_test_id("import").set_input_files(str(net.root / "exported.yaml"))
+    for name in ("first", "inline-2", "inline-3"):
+        expect(page.get_by_test_id(f"processor-{name}")).to_be_visible()
+    expect(page.get_by_test_id("flow-name")).to_have_value(net.flow_name)
+    expect(page.locator(".react-flow__edge")).to_have_count(2)

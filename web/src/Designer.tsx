@@ -161,6 +161,34 @@ function Canvas({ me, name }: { me: Me; name: string | null }) {
               data-testid="flow-name"
             />
           </label>
+          <label className="field">
+            Import a flow file (YAML or JSON)
+            <input
+              type="file"
+              accept=".yaml,.yml,.json"
+              data-testid="import"
+              onChange={(e) => {
+                const file = e.target.files?.[0];
+                if (!file) return;
+                file.text().then((text) => {
+                  try {
+                    const imported = fromYaml(text);
+                    if (name !== null && imported.name !== name) {
+                      throw new Error(`the file is flow ${imported.name}, not ${name}`);
+                    }
+                    setBase({ ...imported, processors: undefined, connections: undefined });
+                    setFlowName(imported.name);
+                    setGraph(toGraph(imported));
+                    setSelected(null);
+                    setProblem("");
+                    setTimeout(() => flow.fitView(), 50);
+                  } catch (err) {
+                    setProblem(`${file.name}: ${err instanceof Error ? err.message : String(err)}`);
+                  }
+                });
+              }}
+            />
+          </label>
           <h3>Palette</h3>
           <p className="hint">
             Drag onto the canvas (or click); connect an output port to an input port.
