@@ -15,7 +15,7 @@ import {
 import { type DragEvent, useCallback, useEffect, useMemo, useState } from "react";
 import { parse, stringify } from "yaml";
 import { call, type Me, may } from "./api";
-import { DiffView, ProcessorNode, QueueEdge } from "./FlowPage";
+import { ProcessorNode, QueueEdge } from "./FlowPage";
 import {
   addProcessor,
   type Connection,
@@ -34,6 +34,7 @@ import {
   updateConnection,
   updateProcessor,
 } from "./flow";
+import { DiffView } from "./panels";
 
 const nodeTypes = { processor: ProcessorNode };
 const edgeTypes = { queue: QueueEdge };
