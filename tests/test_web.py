@@ -5,6 +5,7 @@ nothing it may not do."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from elasticcode.flow import Flow
 from elasticcode.local import queues as control
@@ -245,6 +248,16 @@ def test_the_pages_are_served_safely(net: Network) -> None:
     assert got.status_code == 200 and "immutable" in got.headers["cache-control"]
     # the pages hold no data: the API behind them still wants a credential
     assert httpx.get(f"{server.url}/api/v1/flows").status_code == 401
+    # a browser's websocket brings its token as a subprotocol, and gets only "elasticcode" back
+    ws_url = server.url.replace("http", "ws", 1) + "/api/v1/metrics/stream"
+    protocols: Any = ["elasticcode", f"bearer.{net.token}"]
+    with connect(ws_url, subprotocols=protocols) as ws:
+        assert ws.subprotocol == "elasticcode"
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    wrong: Any = ["elasticcode", "bearer.ec_u1_wrong"]
+    with connect(ws_url, subprotocols=wrong) as ws, pytest.raises(ConnectionClosed) as refused:
+        ws.recv(timeout=10)
+    assert refused.value.rcvd is not None and refused.value.rcvd.code == 4401
 
 
 def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: Any) -> None:

@@ -125,9 +125,13 @@ export function may(me: Me, privilege: string, flow?: string): boolean {
   );
 }
 
-/** The websocket of metrics views for a flow (the token as ?token=, as browsers must). */
+/** The websocket of metrics views for a flow; the token goes as a subprotocol (a browser
+ * cannot set a websocket's headers, and a URL is what proxies log). */
 export function metricsSocket(flow: string): WebSocket {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const q = new URLSearchParams({ flow, token: token() ?? "" });
-  return new WebSocket(`${scheme}://${location.host}${API}/metrics/stream?${q}`);
+  const q = new URLSearchParams({ flow });
+  return new WebSocket(`${scheme}://${location.host}${API}/metrics/stream?${q}`, [
+    "elasticcode",
+    `bearer.${token() ?? ""}`,
+  ]);
 }

@@ -51,13 +51,21 @@ def server_of(conn: HTTPConnection) -> Server:
 Srv = Annotated[Server, Depends(server_of)]
 
 
+#: The websocket subprotocol a browser asks for; beside it, ``bearer.TOKEN`` carries its
+#: credential (browsers cannot set a websocket's headers, and a URL gets logged).
+SUBPROTOCOL = "elasticcode"
+
+
 def bearer(conn: HTTPConnection) -> str:
-    """The token a request brings: ``Authorization: Bearer TOKEN`` (a websocket may pass it
-    as ``?token=`` instead, as browsers cannot set its headers)."""
+    """The token a request brings: ``Authorization: Bearer TOKEN``; a websocket may pass it
+    as the subprotocol ``bearer.TOKEN`` (beside ``elasticcode``), or as ``?token=``."""
     given = conn.headers.get("authorization", "")
     if given.lower().startswith("bearer "):
         return given[7:].strip()
     if conn.scope["type"] == "websocket":
+        for protocol in conn.scope.get("subprotocols", ()):
+            if protocol.startswith("bearer."):
+                return str(protocol[7:])
         return conn.query_params.get("token", "")
     return ""
 
@@ -75,7 +83,10 @@ async def authenticate(conn: HTTPConnection) -> Caller:
 async def websocket_user(ws: WebSocket) -> Caller | None:
     """Accept a websocket and authenticate its user; None (it is closed, with the reason
     a browser sees: 4401 no valid credential, 4403 an agent's) if there is none."""
-    await ws.accept()  # then refused with a reason, which a browser sees (an HTTP status not)
+    # accepted, then refused with a reason, which a browser sees (an HTTP status it does
+    # not); a browser's subprotocol answered (never the one that holds its token)
+    asked = ws.scope.get("subprotocols", ())
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in asked else None)
     try:
         caller = await authenticate(ws)
     except AuthError as exc:

@@ -63,7 +63,8 @@ async def audit(
 @router.websocket("/stream")
 async def event_stream(ws: WebSocket) -> None:
     """Events as they happen, one JSON object per message, those the caller may see. The
-    credential goes in ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
+    credential goes in ``Authorization: Bearer TOKEN``; from a browser, in the subprotocols
+    ``elasticcode`` and ``bearer.TOKEN`` (or ``?token=``)."""
     srv: Server = ws.app.state.server
     caller = await websocket_user(ws)
     if caller is None:

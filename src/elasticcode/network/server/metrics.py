@@ -73,7 +73,8 @@ async def metrics_stream(ws: WebSocket) -> None:
     """A view every interval and the events as they come, of the flows the caller may see;
     narrowed by ``?flow=``, ``&processor=``, ``&connection=``, ``&agent=`` (that agent's
     workers only). The credential goes in
-    ``Authorization: Bearer TOKEN``, or ``?token=`` (browsers)."""
+    ``Authorization: Bearer TOKEN``; from a browser, the subprotocols ``elasticcode`` and
+    ``bearer.TOKEN`` (or ``?token=``)."""
     srv: Server = ws.app.state.server
     caller = await websocket_user(ws)
     if caller is None:
