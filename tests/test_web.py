@@ -272,7 +272,7 @@ def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: A
 
     # three processors dragged from the palette, connected port to port
     canvas = page.get_by_test_id("design-canvas")
-    for x in (150, 450, 750):
+    for x in (80, 420, 760):
         page.get_by_test_id("palette-inline").drag_to(canvas, target_position={"x": x, "y": 300})
     for name in ("inline", "inline-2", "inline-3"):
         expect(page.get_by_test_id(f"processor-{name}")).to_be_visible()
@@ -281,8 +281,15 @@ def test_a_flow_drawn_by_drag_and_drop_deploys_and_runs(net: Network, browser: A
         node = page.get_by_test_id(f"processor-{processor}")
         return node.locator(f".react-flow__handle.{kind}[data-handleid='{name}']")
 
-    port("inline", "source", "success").drag_to(port("inline-2", "target", "input"))
-    port("inline-2", "source", "success").drag_to(port("inline-3", "target", "input"))
+    def drag(source: Any, target: Any) -> None:
+        a, b = source.bounding_box(), target.bounding_box()
+        page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=10)
+        page.mouse.up()
+
+    drag(port("inline", "source", "success"), port("inline-2", "target", "input"))
+    drag(port("inline-2", "source", "success"), port("inline-3", "target", "input"))
     expect(page.locator(".react-flow__edge")).to_have_count(2)
 
     # the first renamed in its editor (its connection follows); a bad name says why

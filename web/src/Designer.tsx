@@ -142,7 +142,8 @@ function Canvas({ me, name }: { me: Me; name: string | null }) {
           onEdgeClick={(_, e) => setSelected({ kind: "edge", id: e.id })}
           onPaneClick={() => setSelected(null)}
           deleteKeyCode={["Delete", "Backspace"]}
-          fitView
+          fitView={name !== null /* a drawn flow's first processor stays where it is dropped */}
+          fitViewOptions={{ maxZoom: 1 }}
           minZoom={0.05}
           proOptions={{ hideAttribution: true }}
         >
@@ -182,7 +183,7 @@ function Canvas({ me, name }: { me: Me; name: string | null }) {
                     setGraph(toGraph(imported));
                     setSelected(null);
                     setProblem("");
-                    setTimeout(() => flow.fitView(), 50);
+                    setTimeout(() => flow.fitView({ maxZoom: 1 }), 50);
                   } catch (err) {
                     setProblem(`${file.name}: ${err instanceof Error ? err.message : String(err)}`);
                   }
