@@ -67,6 +67,17 @@ connections:
 """
 
 
+#: A processor that fails on 3 (dead-lettered) until the file ``fixed`` exists.
+PICKY = """
+import os
+
+def picky(payload):
+    if payload["n"] == 3 and not os.path.exists({fixed!r}):
+        raise ValueError("three is odd")
+    return payload
+"""
+
+
 def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 

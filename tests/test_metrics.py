@@ -31,7 +31,7 @@ from elasticcode.metrics.hub import Subscription
 from elasticcode.metrics.view import FlowMetrics
 from elasticcode.store import StateStore, WorkerReport
 
-from .network import ELASTICCODE, Network, add_user, free_port, redis_network
+from .network import ELASTICCODE, PICKY, Network, add_user, free_port, redis_network
 
 FLOW = Flow.from_dict(
     {
@@ -644,16 +644,6 @@ def test_a_second_written_twice_adds_up(tmp_path: Path) -> None:
     (minute,) = history.points("m", at - 60, at + 60, resolution=60, names=["work"])
     assert minute["received"] == 14
     store.close()
-
-
-PICKY = """
-import os
-
-def picky(payload):
-    if payload["n"] == 3 and not os.path.exists({fixed!r}):
-        raise ValueError("three is odd")
-    return payload
-"""
 
 
 def test_a_network_lists_and_replays_its_dead_letters_and_their_lineage(net: Network) -> None:

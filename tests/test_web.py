@@ -24,7 +24,7 @@ from elasticcode.flow import Flow
 from elasticcode.local import queues as control
 from elasticcode.network.server.ui import BUILT
 
-from .network import Network, add_user, redis_network
+from .network import PICKY, Network, add_user, redis_network
 from .services import unavailable
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -42,15 +42,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-PICKY = """
-import os
-
-def picky(payload):
-    if payload["n"] == 3 and not os.path.exists({fixed!r}):
-        raise ValueError("three is odd")
-    return payload
-"""
 
 
 @pytest.fixture
