@@ -15,7 +15,7 @@ import {
 import { type DragEvent, useCallback, useEffect, useMemo, useState } from "react";
 import { parse, stringify } from "yaml";
 import { call, type Me, may } from "./api";
-import { ProcessorNode, QueueEdge } from "./FlowPage";
+import { LiveContext, ProcessorNode, QueueEdge } from "./FlowPage";
 import {
   addProcessor,
   type Connection,
@@ -41,10 +41,19 @@ const edgeTypes = { queue: QueueEdge };
 const DRAG = "application/x-elasticcode-kind";
 const NAME = /^[A-Za-z_][\w-]{0,99}$/;
 
+const DESIGN = {
+  live: { view: null, state: "closed", reason: "" },
+  controls: {},
+  keys: {},
+  design: true,
+} as const;
+
 export function Designer({ me, name }: { me: Me; name: string | null }) {
   return (
     <ReactFlowProvider>
-      <Canvas me={me} name={name} />
+      <LiveContext.Provider value={DESIGN}>
+        <Canvas me={me} name={name} />
+      </LiveContext.Provider>
     </ReactFlowProvider>
   );
 }

@@ -12,22 +12,35 @@ import {
 } from "@xyflow/react";
 import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
 import { call, type Me, may, type ProcessorInfo } from "./api";
-import { connectionKey, type FlowDoc, type FlowEdge, type FlowNode, toGraph } from "./flow";
+import {
+  connectionKey,
+  type FlowDoc,
+  type FlowEdge,
+  type FlowNode,
+  type Processor,
+  toGraph,
+} from "./flow";
 import { count, fill, type Live, rate, useLive } from "./live";
 import { Audit, DeadLetters, ProcessorPanel, Revisions, Trace, Yaml } from "./panels";
 
-type Ctx = { live: Live; controls: Record<string, ProcessorInfo>; keys: Record<string, string> };
-const LiveContext = createContext<Ctx>({
+type Ctx = {
+  live: Live;
+  controls: Record<string, ProcessorInfo>;
+  keys: Record<string, string>;
+  /** drawn in the designer: what each processor runs, not its counts */
+  design?: boolean;
+};
+export const LiveContext = createContext<Ctx>({
   live: { view: null, state: "connecting", reason: "" },
   controls: {},
   keys: {},
 });
 
 export function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
-  const { live, controls } = useContext(LiveContext);
+  const { live, controls, design } = useContext(LiveContext);
   const v = live.view?.processors[id];
   const c = controls[id];
-  const status = c?.paused ? "paused" : (v?.status ?? "unknown");
+  const status = design ? "" : c?.paused ? "paused" : (v?.status ?? "unknown");
   const p99 = v?.process_ms?.p99;
   return (
     <div className={`node ${status} ${selected ? "selected" : ""}`} data-testid={`processor-${id}`}>
@@ -50,21 +63,25 @@ export function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
           {status}
         </span>
       </div>
-      <div className="stats">
-        <span>
-          in <b data-testid={`in-${id}`}>{count(v?.totals.received)}</b> {rate(v?.rates.in)}
-        </span>
-        <span>
-          out <b data-testid={`out-${id}`}>{count(v?.totals.emitted)}</b> {rate(v?.rates.out)}
-        </span>
-        <span className={v?.totals.errors ? "bad" : ""}>
-          errors <b>{count(v?.totals.errors)}</b> · dead <b>{count(v?.totals.dead)}</b>
-        </span>
-        <span>
-          p99 {p99 === undefined || p99 === null ? "–" : `${p99} ms`} · ×{v?.instances ?? 0}
-          {v?.hosts.length ? ` on ${v.hosts.join(", ")}` : ""}
-        </span>
-      </div>
+      {design ? (
+        <Runs processor={data.processor} />
+      ) : (
+        <div className="stats">
+          <span>
+            in <b data-testid={`in-${id}`}>{count(v?.totals.received)}</b> {rate(v?.rates.in)}
+          </span>
+          <span>
+            out <b data-testid={`out-${id}`}>{count(v?.totals.emitted)}</b> {rate(v?.rates.out)}
+          </span>
+          <span className={v?.totals.errors ? "bad" : ""}>
+            errors <b>{count(v?.totals.errors)}</b> · dead <b>{count(v?.totals.dead)}</b>
+          </span>
+          <span>
+            p99 {p99 === undefined || p99 === null ? "–" : `${p99} ms`} · ×{v?.instances ?? 0}
+            {v?.hosts.length ? ` on ${v.hosts.join(", ")}` : ""}
+          </span>
+        </div>
+      )}
       {data.outputs.map((port, i) => (
         <Handle
           key={port}
@@ -81,8 +98,36 @@ export function ProcessorNode({ id, data, selected }: NodeProps<FlowNode>) {
   );
 }
 
+/** What a processor runs and how many of it, as its entry of the flow file says. */
+function Runs({ processor: p }: { processor: Processor }) {
+  const git = p.git as { repo?: string; ref?: string } | undefined;
+  const command = Array.isArray(p.command) ? p.command.join(" ") : p.command;
+  const what = p.inline
+    ? "inline Python"
+    : command
+      ? `command: ${String(command)}`
+      : String(p.code ?? p.name);
+  const scale = p.scale as { min?: number; max?: number } | undefined;
+  return (
+    <div className="stats">
+      <span className="runs">{what}</span>
+      {git && (
+        <span className="runs">
+          git {git.repo} @ {git.ref}
+        </span>
+      )}
+      <span>
+        {scale
+          ? `scales ${scale.min ?? 1}–${scale.max}`
+          : `instances ${String(p.instances ?? "auto")}`}
+        {p.source ? " · source" : ""}
+      </span>
+    </div>
+  );
+}
+
 export function QueueEdge(props: EdgeProps<FlowEdge>) {
-  const { live, keys } = useContext(LiveContext);
+  const { live, keys, design } = useContext(LiveContext);
   const [path, x, y] = getBezierPath(props);
   const key = keys[props.id];
   const c = key ? live.view?.connections[key] : undefined;
@@ -90,17 +135,19 @@ export function QueueEdge(props: EdgeProps<FlowEdge>) {
   return (
     <>
       <BaseEdge id={props.id} path={path} className={`queue ${state}`} />
-      <EdgeLabelRenderer>
-        <div
-          className={`badge ${state}`}
-          style={{ transform: `translate(-50%, -50%) translate(${x}px, ${y}px)` }}
-          data-testid={`queue-${key}`}
-          title={c ? `${key}: ${count(c.depth)} of ${count(c.max_messages)} waiting` : key}
-        >
-          {count(c?.depth)} · {rate(c?.rate)}
-          {c?.back_pressure ? " · full" : ""}
-        </div>
-      </EdgeLabelRenderer>
+      {!design && (
+        <EdgeLabelRenderer>
+          <div
+            className={`badge ${state}`}
+            style={{ transform: `translate(-50%, -50%) translate(${x}px, ${y}px)` }}
+            data-testid={`queue-${key}`}
+            title={c ? `${key}: ${count(c.depth)} of ${count(c.max_messages)} waiting` : key}
+          >
+            {count(c?.depth)} · {rate(c?.rate)}
+            {c?.back_pressure ? " · full" : ""}
+          </div>
+        </EdgeLabelRenderer>
+      )}
     </>
   );
 }
