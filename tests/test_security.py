@@ -308,6 +308,17 @@ def test_the_event_stream_wants_a_credential(net: Network) -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == code
     with websockets.sync.client.connect(f"{metrics_url}?token={viewer}", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    # a socket open when its token is revoked is closed, on both streams, within seconds
+    for url in (ws_url, metrics_url):
+        made = net.api("POST", "/tokens", json={"name": "for a socket"})
+        with websockets.sync.client.connect(f"{url}?token={made['token']}") as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+            net.api("DELETE", f"/tokens/{made['id']}")
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # views and events may come first
+                    ws.recv(timeout=20)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+            assert "no longer valid" in closed.value.rcvd.reason
 
 
 def test_deploying_code_is_a_privilege_of_its_own(net: Network) -> None:

@@ -4,6 +4,8 @@ server itself, and the caller, authenticated and checked against the route's pri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -96,6 +98,42 @@ async def websocket_user(ws: WebSocket) -> Caller | None:
         await ws.close(code=4403, reason="an agent's credential serves its heartbeat only")
         return None
     return caller
+
+
+#: How often an open websocket's credential is checked again (a revoked or expired token,
+#: a disabled user: the socket is closed within this, and the token cache's 5 s).
+RECHECK_EVERY = 5.0
+
+
+async def while_credential_holds(
+    ws: WebSocket, serve: Coroutine[Any, Any, None], every: float = RECHECK_EVERY
+) -> None:
+    """Run ``serve`` (one websocket's feed) until it ends, or until the credential the
+    socket was opened with is no longer valid: then close it (4401, with why)."""
+    feed = asyncio.ensure_future(serve)
+
+    async def watch() -> str:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await authenticate(ws)
+            except AuthError as exc:
+                return str(exc)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({feed, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (feed, watcher):
+            task.cancel()
+        await asyncio.gather(feed, watcher, return_exceptions=True)
+    if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+        with contextlib.suppress(Exception):  # it may have gone meanwhile
+            await ws.close(
+                code=4401, reason=f"credential no longer valid: {watcher.result()}"[:120]
+            )
+    elif feed.done() and not feed.cancelled() and (exc := feed.exception()) is not None:
+        raise exc
 
 
 #: What a route may need besides a privilege: any user's credential (``user``), an agent's

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from ..privileges import Caller
-from .context import Server, Srv, needs, websocket_user
+from .context import Server, Srv, needs, websocket_user, while_credential_holds
 
 router = APIRouter(tags=["server"])
 #: Subscribers one server takes; more are refused until some leave.
@@ -75,13 +75,18 @@ async def event_stream(ws: WebSocket) -> None:
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
     srv.subscribers.add(queue)
     allowed = visible(caller)
+
+    async def serve() -> None:
+        try:
+            await ws.send_json({"type": "hello", "server": srv.settings.server_id})
+            while True:
+                event = await queue.get()
+                if allowed(event.get("flow")):
+                    await ws.send_json(event)
+        except WebSocketDisconnect:
+            pass
+
     try:
-        await ws.send_json({"type": "hello", "server": srv.settings.server_id})
-        while True:
-            event = await queue.get()
-            if allowed(event.get("flow")):
-                await ws.send_json(event)
-    except WebSocketDisconnect:
-        pass
+        await while_credential_holds(ws, serve())
     finally:
         srv.subscribers.discard(queue)

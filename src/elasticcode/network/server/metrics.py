@@ -14,7 +14,7 @@ from ...metrics import lineage
 from ...metrics.hub import Subscription, feed
 from ...metrics.prometheus import CONTENT_TYPE, exposition
 from ..privileges import Caller
-from .context import Server, Srv, needs, websocket_user
+from .context import Server, Srv, needs, websocket_user, while_credential_holds
 
 router = APIRouter(tags=["metrics"])
 #: Metrics subscribers one server takes; more are refused until some leave.
@@ -107,7 +107,7 @@ async def metrics_stream(ws: WebSocket) -> None:
     )
     hello = {"type": "hello", "v": 1, "server": srv.settings.server_id}
     now = list(hub.views.values()) if host is None else []  # a host's come with the next
-    await feed(ws, sub, hub.subscribers, hello, now)
+    await while_credential_holds(ws, feed(ws, sub, hub.subscribers, hello, now))
 
 
 @router.get("/flows/{name}/trace/{message_id}", dependencies=[needs("flow.read")])
