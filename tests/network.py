@@ -367,6 +367,12 @@ class Network:
             time.sleep(0.1)
 
     # -- flows and messages ---------------------------------------------------------------------
+    def picky(self) -> Path:
+        """Write the module ``picky`` (see ``PICKY``); return the file that fixes it."""
+        fixed = self.root / "fixed"
+        (self.root / "picky.py").write_text(PICKY.format(fixed=str(fixed)))
+        return fixed
+
     def flow_file(self, body: str) -> Path:
         (self.root / "steps.py").write_text(STEPS.format(out=str(self.root)))
         path = self.root / "flow.yaml"

@@ -31,7 +31,7 @@ from elasticcode.metrics.hub import Subscription
 from elasticcode.metrics.view import FlowMetrics
 from elasticcode.store import StateStore, WorkerReport
 
-from .network import ELASTICCODE, PICKY, Network, add_user, free_port, redis_network
+from .network import ELASTICCODE, Network, add_user, free_port, redis_network
 
 FLOW = Flow.from_dict(
     {
@@ -649,8 +649,7 @@ def test_a_second_written_twice_adds_up(tmp_path: Path) -> None:
 def test_a_network_lists_and_replays_its_dead_letters_and_their_lineage(net: Network) -> None:
     server = net.start_server()
     net.start_agent("one", capacity=3)
-    fixed = net.root / "fixed"
-    (net.root / "picky.py").write_text(PICKY.format(fixed=str(fixed)))
+    fixed = net.picky()
     flow = net.deploy(
         """
         settings: {lineage: full}

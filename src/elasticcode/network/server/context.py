@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from ..privileges import FLOW_PRIVILEGES, PRIVILEGES, Caller
 from ..vault import Vault
 from .changes import Changes
 from .settings import ServerSettings
+
+log = logging.getLogger("elasticcode.server")
 
 
 @dataclass
@@ -67,7 +70,7 @@ def bearer(conn: HTTPConnection) -> str:
     if conn.scope["type"] == "websocket":
         for protocol in conn.scope.get("subprotocols", ()):
             if protocol.startswith("bearer."):
-                return str(protocol[7:])
+                return str(protocol.removeprefix("bearer."))
         return conn.query_params.get("token", "")
     return ""
 
@@ -113,12 +116,15 @@ async def while_credential_holds(
     feed = asyncio.ensure_future(serve)
 
     async def watch() -> str:
+        """Why the credential no longer holds (returns only then)."""
         while True:
             await asyncio.sleep(every)
             try:
                 await authenticate(ws)
             except AuthError as exc:
                 return str(exc)
+            except Exception:  # the state store away for a moment: the socket stays open
+                log.debug("could not check a websocket's credential again", exc_info=True)
 
     watcher = asyncio.ensure_future(watch())
     try:
@@ -127,12 +133,11 @@ async def while_credential_holds(
         for task in (feed, watcher):
             task.cancel()
         await asyncio.gather(feed, watcher, return_exceptions=True)
-    if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
-        with contextlib.suppress(Exception):  # it may have gone meanwhile
-            await ws.close(
-                code=4401, reason=f"credential no longer valid: {watcher.result()}"[:120]
-            )
-    elif feed.done() and not feed.cancelled() and (exc := feed.exception()) is not None:
+    if not watcher.cancelled():  # it returned: the credential no longer holds
+        with contextlib.suppress(Exception):  # the socket may have gone meanwhile
+            reason = f"credential no longer valid: {watcher.result()}"
+            await ws.close(code=4401, reason=reason[:120])
+    elif not feed.cancelled() and (exc := feed.exception()) is not None:
         raise exc
 
 
