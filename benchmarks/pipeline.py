@@ -75,7 +75,7 @@ class Sample:
     detail: str = ""
     #: peak resident memory (MB) of the largest process of each role or processor
     rss: dict[str, float] = field(default_factory=dict)
-    #: p99 latency of each hop in the steady state, ms (engine runs)
+    #: p99 latency of each hop in the steady state, ms
     hops99: tuple[float, float, float] = (float("nan"),) * 3
 
 
@@ -203,7 +203,7 @@ def run_once(
     status = "timeout" if dog.fired else result.status
     if result.dead_letters:
         status += f", {result.dead_letters} dead"
-    t0s, s1s, s2s, arrivals = times[0::4], times[1::4], times[2::4], times[3::4]
+    t0s, arrivals = times[0::4], times[3::4]
     first = min(t0s) if len(t0s) else ended
     last = max(arrivals) if len(arrivals) else ended
     sample = from_result(
@@ -214,18 +214,7 @@ def run_once(
         f"run {result.seconds:.2f} s, start-up {first - started:.2f} s, "
         f"shutdown {ended - last:.2f} s"
     )
-    sample.hops99 = steady_hops(t0s, s1s, s2s, arrivals)
     return sample
-
-
-def steady_hops(
-    t0s: array[float], s1s: array[float], s2s: array[float], arrivals: array[float]
-) -> tuple[float, float, float]:
-    """p99 of each hop in the steady state: the first 10% of messages (by creation), made
-    while the workers were still starting, are left out."""
-    order = sorted(range(len(t0s)), key=t0s.__getitem__)[len(t0s) // 10 :]
-    pick = [array("d", (xs[i] for i in order)) for xs in (t0s, s1s, s2s, arrivals)]
-    return raw_relay.hops(*pick, q=99)
 
 
 def run_raw(
@@ -248,6 +237,7 @@ def from_result(system: str, r: raw_relay.Result) -> Sample:
         r.cpu,
         r.hops,
         rss=r.rss,
+        hops99=r.hops99,
     )
 
 
@@ -510,7 +500,7 @@ def run(args: argparse.Namespace) -> tuple[int, Samples]:
                     f"{s.sink_rate:,.0f}), p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
                     f"wall {s.wall:.2f} s{', ' if s.detail else ''}{s.detail}, "
                     f"{s.received}/{s.messages} received, {s.status}\n"
-                    f"    {raw_relay.hops_text(s.hops)}; {raw_relay.cpu_text(s.cpu, s.received)}; "
+                    f"    {raw_relay.hops_text(s.hops, s.hops99)}; {raw_relay.cpu_text(s.cpu, s.received)}; "
                     f"{rss_text(s.rss)}",
                     flush=True,
                 )

@@ -110,6 +110,8 @@ class Result:
     hops: tuple[float, float, float] = (float("nan"),) * 3
     #: peak resident memory (MB) of the largest process of each role
     rss: dict[str, float] = field(default_factory=dict)
+    #: p99 latency of each hop in the steady state, ms (see ``steady_hops``)
+    hops99: tuple[float, float, float] = (float("nan"),) * 3
 
     @classmethod
     def measured(
@@ -130,6 +132,7 @@ class Result:
             sampler.between(min(t0s), max(arrivals)) if len(arrivals) else {},
             hops(t0s, s1s, s2s, arrivals),
             sampler.peak_rss(),
+            steady_hops(t0s, s1s, s2s, arrivals),
         )
 
 
@@ -296,8 +299,20 @@ def hops(
     return out[0], out[1], out[2]
 
 
-def hops_text(h: tuple[float, float, float]) -> str:
-    return f"hop p50s {h[0]:.1f} / {h[1]:.1f} / {h[2]:.1f} ms"
+def steady_hops(
+    t0s: Sequence[float], s1s: Sequence[float], s2s: Sequence[float], arrivals: Sequence[float]
+) -> tuple[float, float, float]:
+    """p99 of each hop in the steady state: the first 10% of messages (by creation), made
+    while the processes were still starting, are left out."""
+    order = sorted(range(len(t0s)), key=t0s.__getitem__)[len(t0s) // 10 :]
+    pick = [[xs[i] for i in order] for xs in (t0s, s1s, s2s, arrivals)]
+    return hops(*pick, q=99)
+
+
+def hops_text(h: tuple[float, float, float], h99: tuple[float, float, float]) -> str:
+    p50s = " / ".join(f"{x:.1f}" for x in h)
+    p99s = " / ".join(f"{x:.1f}" for x in h99)
+    return f"hop p50s {p50s} ms, steady p99s {p99s} ms"
 
 
 def document(i: int) -> dict[str, Any]:
@@ -1116,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.received}/{r.messages} received, {r.status}",
                 flush=True,
             )
-            print(f"    {hops_text(r.hops)}; {cpu_text(r.cpu, r.received)}", flush=True)
+            print(f"    {hops_text(r.hops, r.hops99)}; {cpu_text(r.cpu, r.received)}", flush=True)
     print(f"\n{'broker':<10}  {'msgs/s median (min-max)':>26}  {'p50 ms':>8}  {'p99 ms':>8}")
     for label, runs in results.items():
         rates = [r.rate for r in runs]

@@ -284,20 +284,32 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + timeout
         lost = False
 
-        async def fetch() -> Any:
+        async def taking(take: Callable[[], Awaitable[Any]]) -> Any:
             nonlocal lost
             if lost:  # the answer to the last try may never have arrived, with what it took
                 await self._return_lost(consumer, queues)
             try:
-                return await self._scripts["fetch"](keys=keys, args=args)
+                return await take()
             except Exception:
                 lost = True
                 raise
 
+        async def fetch() -> Any:
+            return await taking(lambda: self._scripts["fetch"](keys=keys, args=args))
+
+        async def take_new(block: int) -> Any:
+            # new entries, taken as they come in one blocking read; due retries and what
+            # expired or released consumers held come through the script above
+            streams = dict.fromkeys((self._stream(q) for q in queues), ">")
+            return await taking(
+                lambda: self._client.xreadgroup(GROUP, consumer, streams, limit, block)
+            )
+
+        held = self._held.setdefault(consumer, {})
+        by_stream = {self._stream(q): q for q in queues}
         while True:
             got, *idle = await self._call(fetch)
             if got:
-                held = self._held.setdefault(consumer, {})
                 out = []
                 for i, eid, body, n in got:
                     queue, entry = queues[i - 1], _text(eid)
@@ -307,13 +319,21 @@ class RedisBroker(Broker):
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            last, wake = idle
+            wake = idle[0]
             if wake >= 0:
                 left = min(left, wake / 1000)
             block = max(1, int(min(left, MAX_BLOCK) * 1000))
-            # wait (without taking anything) for an entry newer than the newest one seen
-            streams = {self._stream(q): _text(eid) for q, eid in zip(queues, last, strict=True)}
-            await self._call(self._client.xread, streams, count=1, block=block)
+            out = []
+            for stream, entries in await self._call(take_new, block) or ():
+                queue = by_stream[_text(stream)]
+                for eid, fields in entries:
+                    if fields:  # (an entry deleted meanwhile has none)
+                        entry = _text(eid)
+                        held.setdefault(queue, set()).add(entry)
+                        n = int(fields.get(b"n", 0)) + 1
+                        out.append(Delivery(queue, bytes(fields[b"b"]), (entry, consumer), n))
+            if out:
+                return out
 
     def _check(self, items: Sequence[tuple[str, bytes]]) -> None:
         for _, body in items:

@@ -68,17 +68,15 @@ for i = 1, nq do -- then new entries
   end
 end
 if #out > 0 then return {out} end
-local last, wake = {}, -1 -- nothing: where to wait for new entries, and the next due retry
+local wake = -1 -- nothing: when the next retry is due (ms from now; -1: none waits)
 for i = 1, nq do
-  local top = redis.call('XREVRANGE', KEYS[2 * i - 1], '+', '-', 'COUNT', 1)
-  last[i] = top[1] and top[1][1] or '0-0'
   local first = redis.call('ZRANGE', KEYS[2 * i], 0, 0, 'WITHSCORES')
   if first[2] then
     local w = math.max(0, tonumber(first[2]) - now)
     if wake < 0 or w < wake then wake = w end
   end
 end
-return {out, last, wake}
+return {out, wake}
 """
 )
 
