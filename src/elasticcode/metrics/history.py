@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import ElasticCodeError
-from ..store.db import upsert
+from ..store.db import upsert_many
 from ..store.tables import metric_points
 from ..units import parse_duration
 from . import lineage
@@ -142,7 +142,6 @@ class History:
             for flow, second in sorted(over, key=lambda k: k[1])
             for (kind, name), p in self._open.pop((flow, second)).items()
         }
-        rows = []
         with self.engine.begin() as db:
             # a second already written (a run resumed within it, two servers that both
             # thought they led): what is there is added to, not lost
@@ -156,9 +155,11 @@ class History:
                 ):
                     if (key := (flow, int(r.at), r.kind, r.name)) in points:
                         points[key].add(Point.of_row(r))
-            for (flow, second, kind, name), p in points.items():
-                rows.append(p.row(flow, 1, second, kind, name))
-                db.execute(upsert(self.engine, metric_points, rows[-1], list(_KEY)))
+            rows = [
+                p.row(flow, 1, second, kind, name)
+                for (flow, second, kind, name), p in points.items()
+            ]
+            upsert_many(db, metric_points, rows, list(_KEY))
             for flow in {r["flow"] for r in rows}:
                 last = max(r["at"] for r in rows if r["flow"] == flow)
                 self._roll_up(db, flow, 1, 60, last, everything)
@@ -192,9 +193,8 @@ class History:
         for r in rows:
             at = int(r.at) // coarse * coarse
             sums.setdefault((at, r.kind, r.name), Point()).add(Point.of_row(r))
-        for (at, kind, name), p in sums.items():
-            values = p.row(flow, coarse, at, kind, name)
-            db.execute(upsert(self.engine, metric_points, values, list(_KEY)))
+        values = [p.row(flow, coarse, at, kind, name) for (at, kind, name), p in sums.items()]
+        upsert_many(db, metric_points, values, list(_KEY))
 
     def prune(self, now: float | None = None) -> int:
         """Delete rows past their resolution's retention, and lineage past its own; return

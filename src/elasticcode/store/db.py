@@ -68,6 +68,18 @@ def upsert(engine: sa.Engine, table: sa.Table, values: dict[str, Any], keys: lis
     )
 
 
+def upsert_many(
+    db: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    """INSERT ``rows`` (each with the same columns), or UPDATE the rows with the same
+    ``keys``: one statement, its rows sent together."""
+    if not rows:
+        return
+    stmt = insert(db.engine, table)
+    update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+    db.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
