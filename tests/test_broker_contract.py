@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from elasticcode.brokers import Broker, Settlement, open_broker
+from elasticcode.brokers import Broker, Delivery, Settlement, open_broker
 from elasticcode.errors import BrokerError, UnknownBackend
 
 from .services import service_url
@@ -196,6 +196,25 @@ def test_fetch_from_several_queues(make: BrokerFactory, Q: str, Q2: str) -> None
     run(b.publish([(Q, b"a"), (Q2, b"b")]))
     got = run(b.fetch([Q, Q2], 10, "c", timeout=1))
     assert sorted((d.queue, d.body) for d in got) == [(Q, b"a"), (Q2, b"b")]
+
+
+def test_a_waiting_fetch_takes_what_arrives(make: BrokerFactory, Q: str, Q2: str) -> None:
+    """A fetch that found nothing and waits hands out a message published meanwhile, as
+    its first delivery, held by that consumer until it is acknowledged."""
+    b, producer = make(), make()
+
+    async def scenario() -> list[Delivery]:
+        waiting = asyncio.ensure_future(b.fetch([Q, Q2], 10, "c", timeout=10))
+        await asyncio.sleep(0.3)  # the fetch is waiting by now
+        assert not waiting.done()
+        await producer.publish([(Q2, b"late")])
+        return await waiting
+
+    got = run(scenario())
+    assert [(d.queue, d.body, d.delivery) for d in got] == [(Q2, b"late", 1)]
+    assert run(producer.fetch([Q, Q2], 10, "other", timeout=0.05)) == []
+    run(b.ack(got))
+    assert run(b.depth([Q2]))[Q2] == (0, 0)
 
 
 def test_depth_stats_purge_and_peek(make: BrokerFactory, Q: str) -> None:

@@ -288,6 +288,7 @@ class RedisBroker(Broker):
             nonlocal lost
             if lost:  # the answer to the last try may never have arrived, with what it took
                 await self._return_lost(consumer, queues)
+                lost = False
             try:
                 return await take()
             except Exception:
@@ -306,16 +307,17 @@ class RedisBroker(Broker):
             )
 
         held = self._held.setdefault(consumer, {})
+
+        def delivery(queue: str, eid: Any, body: Any, n: int) -> Delivery:
+            entry = _text(eid)
+            held.setdefault(queue, set()).add(entry)
+            return Delivery(queue, bytes(body), (entry, consumer), n)
+
         by_stream = {self._stream(q): q for q in queues}
         while True:
             got, *idle = await self._call(fetch)
             if got:
-                out = []
-                for i, eid, body, n in got:
-                    queue, entry = queues[i - 1], _text(eid)
-                    held.setdefault(queue, set()).add(entry)
-                    out.append(Delivery(queue, bytes(body), (entry, consumer), int(n)))
-                return out
+                return [delivery(queues[i - 1], eid, body, int(n)) for i, eid, body, n in got]
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
@@ -323,15 +325,12 @@ class RedisBroker(Broker):
             if wake >= 0:
                 left = min(left, wake / 1000)
             block = max(1, int(min(left, MAX_BLOCK) * 1000))
-            out = []
-            for stream, entries in await self._call(take_new, block) or ():
-                queue = by_stream[_text(stream)]
-                for eid, fields in entries:
-                    if fields:  # (an entry deleted meanwhile has none)
-                        entry = _text(eid)
-                        held.setdefault(queue, set()).add(entry)
-                        n = int(fields.get(b"n", 0)) + 1
-                        out.append(Delivery(queue, bytes(fields[b"b"]), (entry, consumer), n))
+            out = [
+                delivery(by_stream[_text(stream)], eid, f[b"b"], int(f.get(b"n", 0)) + 1)
+                for stream, entries in await self._call(take_new, block) or ()
+                for eid, f in entries
+                if f  # (an entry deleted meanwhile has no fields)
+            ]
             if out:
                 return out
 
