@@ -3,7 +3,7 @@
 Everything the servers know lives here, in the state store (PostgreSQL in a network), so a
 server holds nothing of its own: any server answers the API and the agents, and the leader
 alone (``Cluster.lead``) turns the desired state into placements. Agents fetch what concerns
-them (``Cluster.assignment``) and reconcile to it.
+them (``Cluster.assignments``) and reconcile to it.
 
 An instance's *spec* is a digest of what its worker runs: the processor's settings and code
 reference, the connections it reads and writes, the flow's settings and a restart counter.
@@ -40,6 +40,7 @@ from ..store.tables import (
     runs,
     workers,
 )
+from .assignments import Assignments
 
 #: The name of the leader lease's row.
 LEADER = "leader"
@@ -449,63 +450,37 @@ class Cluster:
                 placements.update().where(placements.c.agent_id == agent_id).values(agent_id=None)
             )
 
-    def assignment(self, agent_id: str) -> dict[str, Any]:
-        """What an agent should run: its instances and the flow documents they come from."""
+    def assignments(self) -> Assignments:
+        """Every agent's assignment, from one consistent read (see ``assignments``)."""
         with self.engine.connect() as db:
-            # the agent's generation and its placements in one query (none: no placement);
-            # an instance moving away from it is its own until it runs where it went
-            mine = sa.or_(placements.c.agent_id == agents.c.id, placements.c.leaving == agents.c.id)
-            found = db.execute(
-                sa.select(agents.c.assigned, placements)
-                .select_from(agents.outerjoin(placements, mine))
-                .where(agents.c.id == agent_id)
-            ).all()
-            if not found:
-                raise NotFound(f"no agent {agent_id}; it registers again")
-            rows = [r for r in found if r.flow is not None]
-            items, documents = self._items(db, rows)
-        return {"generation": int(found[0].assigned), "instances": items, "flows": documents}
-
-    def _items(self, db: sa.Connection, rows: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        if not rows:
-            return [], {}
-        names = sorted({r.flow for r in rows})
-        current = {f.name: f for f in db.execute(sa.select(flows).where(flows.c.name.in_(names)))}
-        docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
-        controls = {
-            (c.flow, c.processor): c.restarts
-            for c in db.execute(
-                sa.select(processor_controls).where(processor_controls.c.flow.in_(names))
-            ).all()
-        }
-        gone = db.execute(sa.select(agents.c.workers).where(agents.c.status != "up")).all()
-        # what workers of lost agents held goes to other consumers when their stand-ins start
-        lost: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for (workers_json,) in gone:
-            for w in json.loads(workers_json):
-                if w.get("consumer"):
-                    lost[(w["flow"], w["processor"])].append(w["consumer"])
-        items, documents = [], {}
-        for r in rows:
-            f = current.get(r.flow)
-            if f is None:  # removed since
-                continue
-            flow = self.parsed(f.name, f.revision, docs[f.name])
-            restarts = controls.get((r.flow, r.processor), 0)
-            items.append(
-                {
-                    "flow": r.flow,
-                    "processor": r.processor,
-                    "instance": r.instance,
-                    "revision": f.revision,
-                    "run_id": f.run_id,
-                    "spec": self.spec(flow, f.revision, r.processor, restarts),
-                    "release": lost.get((r.flow, r.processor), []),
+            if db.dialect.name == "postgresql":
+                db.execution_options(isolation_level="REPEATABLE READ")
+            with db.begin():
+                generations = {
+                    r.id: int(r.assigned)
+                    for r in db.execute(sa.select(agents.c.id, agents.c.assigned))
                 }
-            )
-            documents[f"{f.name}@{f.revision}"] = docs[f.name]
-        items.sort(key=lambda i: (i["flow"], i["processor"], i["instance"]))
-        return items, documents
+                placed = db.execute(sa.select(placements)).all()
+                current = {f.name: f for f in db.execute(sa.select(flows))}
+                docs = {n: self.document(db, n, f.revision) for n, f in current.items()}
+                restarts = {
+                    (c.flow, c.processor): c.restarts
+                    for c in db.execute(
+                        sa.select(
+                            processor_controls.c.flow,
+                            processor_controls.c.processor,
+                            processor_controls.c.restarts,
+                        )
+                    )
+                }
+                gone = db.execute(sa.select(agents.c.workers).where(agents.c.status != "up"))
+                gone_workers = [w for (w,) in gone]
+
+        def spec(name: str, revision: int, processor: str, restarts: int) -> str:
+            flow = self.parsed(name, revision, docs[name])
+            return self.spec(flow, revision, processor, restarts)
+
+        return Assignments(generations, placed, current, docs, restarts, gone_workers, spec)
 
     def document(self, db: sa.Connection, name: str, revision: int) -> dict[str, Any]:
         """A revision's document (revisions never change, so each is read once)."""

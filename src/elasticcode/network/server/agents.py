@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...units import Duration
 from .. import workerdb
+from ..assignments import Assignments
 from ..privileges import Caller
 from .context import Server, Srv, bearer, needs, who
 from .schemas import HeartbeatBody, RegisterBody
@@ -112,7 +113,7 @@ async def heartbeat(srv: Srv, agent_id: str, body: HeartbeatBody) -> Response:
     )
     if generation == body.applied:
         return JSONResponse({"generation": generation})
-    return await _assignment(srv, agent_id, body.known)
+    return await _assignment(srv, agent_id, body.known, generation)
 
 
 @router.get("/agents/{agent_id}/assignment", dependencies=[needs("agent.self")])
@@ -133,16 +134,17 @@ async def assignment(
     return await _assignment(srv, agent_id, [k for k in known.split(",") if k])
 
 
-async def _assignment(srv: Server, agent_id: str, known: list[str]) -> Response:
-    found = await run_in_threadpool(_with_credentials, srv, agent_id)
+async def _assignment(srv: Server, agent_id: str, known: list[str], least: int = -1) -> Response:
+    read = await srv.changes.assignments(agent_id, least)
+    found = await run_in_threadpool(_with_credentials, srv, read, agent_id)
     for name in known:  # documents the agent has already
         found["flows"].pop(name, None)
     return JSONResponse(found)  # large: straight to JSON, no response model
 
 
-def _with_credentials(srv: Server, agent_id: str) -> dict[str, Any]:
+def _with_credentials(srv: Server, read: Assignments, agent_id: str) -> dict[str, Any]:
     """The agent's assignment, with each of its flows' state-store URL and secrets."""
-    found = srv.cluster.assignment(agent_id)
+    found = read.of(agent_id)
     template = srv.settings.worker_db or srv.settings.db
     needed: set[str] = set()
     state: dict[str, str] = {}
@@ -153,5 +155,8 @@ def _with_credentials(srv: Server, agent_id: str) -> dict[str, Any]:
             doc = found["flows"][f"{flow}@{item['revision']}"]
             needed |= srv.cluster.secret_names(flow, item["revision"], doc)
     found["state"] = state
-    found["secrets"] = srv.vault.values(needed)
+    key = ("secrets", frozenset(needed))
+    if key not in read.memo:  # agents of the same flows need the same: read once per read
+        read.memo[key] = srv.vault.values(needed)
+    found["secrets"] = dict(read.memo[key])
     return found
