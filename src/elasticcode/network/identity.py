@@ -30,6 +30,9 @@ _TOKEN = re.compile(r"ec_([uae])([0-9a-f]{16})_([A-Za-z0-9_-]{32,})")
 #: How long a resolved token is trusted without asking the database again: a revocation
 #: takes effect on every server within this.
 CACHE_SECONDS = 5.0
+#: Agents' credentials due a check within this of each other are checked together, in one
+#: query (a network's agents all ask at once when a change reaches them).
+RECHECK_TOGETHER = CACHE_SECONDS / 2
 #: Seconds between updates of a token's ``last_used``.
 TOUCH_EVERY = 60.0
 NAME = re.compile(r"[A-Za-z0-9_.@-]{1,100}")
@@ -60,6 +63,7 @@ class Identities:
         self._cache: dict[str, tuple[float, Caller]] = {}
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._rechecking = threading.Lock()
 
     # -- users --------------------------------------------------------------------------------
     def first_admin(self, password: str | None) -> str | None:
@@ -293,6 +297,13 @@ class Identities:
             hit = self._cache.get(text)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
+        if hit is not None and hit[1].kind == "agent":
+            self._recheck_agents()
+            with self._lock:
+                hit = self._cache.get(text)
+            if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+                return hit[1]
+        # not known, or no longer valid: the whole check, which says why not
         with self.engine.connect() as db:
             row = self._row(db, text)
             if row.kind == "enrol":
@@ -326,6 +337,51 @@ class Identities:
                 self._cache.clear()
             self._cache[text] = (now, who)
         return who
+
+    def _recheck_agents(self) -> None:
+        """Check again, in one query, every agent credential whose check is due or nearly
+        so; those still valid (not revoked, not expired, their agent known) are trusted for
+        another ``CACHE_SECONDS``, the others dropped from the cache."""
+        with self._rechecking:  # one thread checks; the others then find the result
+            start = time.monotonic()
+            with self._lock:
+                due = {
+                    text: caller
+                    for text, (at, caller) in self._cache.items()
+                    if caller.kind == "agent" and start - at >= CACHE_SECONDS - RECHECK_TOGETHER
+                }
+            if not due:
+                return
+            ids = sorted({c.token_id for c in due.values() if c.token_id})
+            valid: set[str] = set()
+            with self.engine.connect() as db:
+                for i in range(0, len(ids), 1000):
+                    valid.update(
+                        db.execute(
+                            sa.select(tokens.c.id)
+                            .join(agents, agents.c.id == tokens.c.agent_id)
+                            .where(
+                                tokens.c.id.in_(ids[i : i + 1000]),
+                                tokens.c.kind == "agent",
+                                tokens.c.revoked.is_(False),
+                                sa.or_(tokens.c.expires.is_(None), tokens.c.expires >= time.time()),
+                            )
+                        ).scalars()
+                    )
+                now = time.time()
+                touch = [t for t in valid if now - self._touched.get(t, 0.0) >= TOUCH_EVERY]
+                if touch:
+                    db.execute(tokens.update().where(tokens.c.id.in_(touch)).values(last_used=now))
+                    db.commit()
+                    self._touched.update(dict.fromkeys(touch, now))
+            with self._lock:
+                for text, caller in due.items():
+                    if self._cache.get(text, (0.0, None))[1] is not caller:
+                        continue  # changed meanwhile
+                    if caller.token_id in valid:
+                        self._cache[text] = (start, caller)
+                    else:
+                        del self._cache[text]
 
     def _touch(self, token_id: str) -> None:
         now = time.time()
@@ -414,5 +470,7 @@ class Identities:
         self.forget_cache()
 
     def forget_cache(self) -> None:
+        """Check every token again at its next use (agents' credentials together)."""
         with self._lock:
-            self._cache.clear()
+            for text, (_, caller) in list(self._cache.items()):
+                self._cache[text] = (-CACHE_SECONDS, caller)
