@@ -143,7 +143,7 @@ class Leader:
                 .where(agents.c.status == "up")
                 .order_by(agents.c.id)
             ).all()
-            names = dict(db.execute(sa.select(agents.c.id, agents.c.name)).tuples().all())
+            names = {r.id: r.name for r in db.execute(sa.select(agents.c.id, agents.c.name))}
             flow_rows = db.execute(sa.select(flows).order_by(flows.c.name)).all()
             control_rows = db.execute(
                 sa.select(processor_controls).order_by(

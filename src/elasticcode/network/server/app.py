@@ -68,7 +68,7 @@ from . import (
 from .changes import Changes
 from .context import Server, privilege_of
 from .guard import Guard, local_names
-from .loops import lead, pump_events, sweep_blobs, watch_metrics
+from .loops import Nudge, lead, pump_events, sweep_blobs, watch_metrics
 from .settings import ServerSettings
 
 log = logging.getLogger("elasticcode.server")
@@ -169,6 +169,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
         app.include_router(module.router, prefix=API)
     ui.mount(app)
     _answer_errors(app)
+    app.add_middleware(Nudge, srv=srv)
     app.add_middleware(Guard, hosts=settings.hosts or ("*",))
     return app
 

@@ -41,6 +41,8 @@ class Server:
     subscribers: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     #: whether this server held the lease at its last round
     leading: bool = False
+    #: set by a change made through this server: the leader's next round starts at once
+    nudged: asyncio.Event = field(default_factory=asyncio.Event)
     #: the flows' metrics: newest views, subscribers, the history (written by the leader)
     metrics: MetricsHub = field(default_factory=MetricsHub)
     #: the instance counts of the processors that scale (decided while this server leads)

@@ -1,12 +1,17 @@
 """What a server does in the background: lead (when it holds the lease), pump new events
 to the event stream's subscribers, and (leading) sweep the claim check's orphaned blobs.
-(Watching assignments for waiting agents: ``changes``.)"""
+(Watching assignments for waiting agents: ``changes``.)
+
+A change made through a server (``Nudge``: any request that writes, but an agent's
+heartbeat) starts its leader's next round at once rather than at the next ``tick``, so it
+reaches the agents sooner; a change made through another server waits for the tick."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -42,7 +47,38 @@ async def lead(srv: Server) -> None:
             log.warning("cannot reach the state store (%s); retrying in %.0fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
-        await asyncio.sleep(srv.settings.tick)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(srv.nudged.wait(), srv.settings.tick)
+        srv.nudged.clear()
+
+
+#: Requests that change nothing the leader places by.
+CALM = ("GET", "HEAD", "OPTIONS")
+
+
+class Nudge:
+    """ASGI middleware: a request that changed something (it wrote, and was answered below
+    400) starts the leader's next round at once; an agent's heartbeat does not."""
+
+    def __init__(self, app: Any, srv: Server) -> None:
+        self.app = app
+        self.srv = srv
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in CALM
+            or scope["path"].endswith("/heartbeat")
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                self.srv.nudged.set()
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 async def pump_events(srv: Server) -> None:
