@@ -161,11 +161,16 @@ async def bench(args: argparse.Namespace, url: str, password: str) -> None:
             300,
             f"{args.instances} instances placed",
         )
-        print("placement: done", flush=True)
+        got = sorted(g[2] - t for g in fleet.got.values())
+        print(
+            f"placement: done (first agent {got[0]:.2f}s, half {got[len(got) // 2]:.2f}s)",
+            flush=True,
+        )
         rows.append(("placement", args.instances, len([a for a, g in fleet.got.items() if g[1]]),
                      applied, max(g[2] for g in fleet.got.values()) - t))  # fmt: skip
 
         async def change(label: str, call: Any, expect_instances: int) -> None:
+            await asyncio.sleep(3.0)  # from a network at rest
             before = fleet.snapshot()
             t = time.monotonic()
             await call()
