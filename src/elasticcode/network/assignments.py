@@ -57,8 +57,8 @@ class Assignments:
             for w in json.loads(workers_json):
                 if w.get("consumer"):
                     self._lost[(w["flow"], w["processor"])].append(w["consumer"])
-        #: what callers keep with this read (e.g. secret values), dropped with it
-        self.memo: dict[Any, Any] = {}
+        #: the values of the secrets a set of flows needs, read once for this read's agents
+        self.secrets: dict[frozenset[str], dict[str, str]] = {}
 
     def of(self, agent_id: str) -> dict[str, Any]:
         """One agent's assignment: its generation, its instances and their flows' documents

@@ -451,7 +451,7 @@ class Cluster:
             )
 
     def assignments(self) -> Assignments:
-        """Every agent's assignment, from one consistent read (see ``assignments``)."""
+        """Every agent's assignment, from one consistent read (see ``network.assignments``)."""
         with self.engine.connect() as db:
             if db.dialect.name == "postgresql":
                 db.execution_options(isolation_level="REPEATABLE READ")

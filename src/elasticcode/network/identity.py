@@ -368,12 +368,7 @@ class Identities:
                             )
                         ).scalars()
                     )
-                now = time.time()
-                touch = [t for t in valid if now - self._touched.get(t, 0.0) >= TOUCH_EVERY]
-                if touch:
-                    db.execute(tokens.update().where(tokens.c.id.in_(touch)).values(last_used=now))
-                    db.commit()
-                    self._touched.update(dict.fromkeys(touch, now))
+            self._touch(*valid)
             with self._lock:
                 for text, caller in due.items():
                     if self._cache.get(text, (0.0, None))[1] is not caller:
@@ -383,13 +378,15 @@ class Identities:
                     else:
                         del self._cache[text]
 
-    def _touch(self, token_id: str) -> None:
+    def _touch(self, *token_ids: str) -> None:
+        """Note the tokens as used now (each at most every ``TOUCH_EVERY``), in one update."""
         now = time.time()
-        if now - self._touched.get(token_id, 0.0) < TOUCH_EVERY:
+        due = [t for t in token_ids if now - self._touched.get(t, 0.0) >= TOUCH_EVERY]
+        if not due:
             return
-        self._touched[token_id] = now
+        self._touched.update(dict.fromkeys(due, now))
         with self.engine.begin() as db:
-            db.execute(tokens.update().where(tokens.c.id == token_id).values(last_used=now))
+            db.execute(tokens.update().where(tokens.c.id.in_(due)).values(last_used=now))
 
     def enrolling(self, text: str) -> Caller:
         """Who enrols an agent: the holder of an enrolment token (not yet spent; see

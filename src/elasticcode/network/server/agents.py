@@ -155,8 +155,8 @@ def _with_credentials(srv: Server, read: Assignments, agent_id: str) -> dict[str
             doc = found["flows"][f"{flow}@{item['revision']}"]
             needed |= srv.cluster.secret_names(flow, item["revision"], doc)
     found["state"] = state
-    key = ("secrets", frozenset(needed))
-    if key not in read.memo:  # agents of the same flows need the same: read once per read
-        read.memo[key] = srv.vault.values(needed)
-    found["secrets"] = dict(read.memo[key])
+    key = frozenset(needed)
+    if key not in read.secrets:  # agents of the same flows need the same: read once per read
+        read.secrets[key] = srv.vault.values(needed)
+    found["secrets"] = dict(read.secrets[key])
     return found
