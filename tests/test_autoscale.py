@@ -33,10 +33,18 @@ connections:
 
 
 def view(
-    backlog: int | None, rate_in: float, busy: float, instances: int, cpu: float = 0.0
+    backlog: int | None,
+    rate_in: float,
+    busy: float,
+    instances: int,
+    cpu: float = 0.0,
+    wait: float | None = None,
 ) -> dict[str, Any]:
     """What the metrics view of ``SCALED`` would show for one interval (``cpu``: cores its
-    instances used)."""
+    instances used; ``wait``: the p90 of how long messages waited, in seconds)."""
+    waited = {"count": 0, "p50": None, "p90": None, "p99": None}
+    if wait is not None:
+        waited = {"count": 100, "p50": wait * 500, "p90": wait * 1000, "p99": wait * 1000}
     return {
         "interval": 1.0,
         "processors": {
@@ -46,6 +54,7 @@ def view(
                 "cpu": cpu,
                 "instances": instances,
                 "waiting": backlog,
+                "wait_ms": waited,
             },
             "sink": {"rates": {"in": rate_in}, "busy": 0.1, "instances": 1, "waiting": 0},
         },
@@ -124,6 +133,28 @@ def test_a_target_backlog_per_instance() -> None:
     scaler.decide(flow, view(3500, 10, 1.0, 1), now=0.0)
     [d] = scaler.decide(flow, view(3500, 10, 1.0, 1), now=5.0)
     assert (d.before, d.after) == (1, 4) and "target 1,000 waiting per instance" in d.text()
+
+
+def test_busy_instances_whose_messages_wait_too_long_grow_on_the_wait() -> None:
+    # the queue looks empty (workers hold what they prefetched) while messages wait 6 s
+    flow, scaler = Flow.loads(SCALED), Autoscaler()
+    scaler.decide(flow, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=0.0)
+    [d] = scaler.decide(flow, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=5.0)
+    assert (d.before, d.after) == (2, 6)  # 2 × 6 s / 2 s
+    assert "waited 6s (p90), target 2s, 95% busy" in d.text()
+    # the same wait while the instances idle is not theirs to shorten (another host's clock,
+    # or a hold-up elsewhere): it holds them
+    scaler = Autoscaler()
+    scaler.decide(flow, view(0, 100, 0.5, 2, wait=6.0), {"slow": 2}, now=0.0)
+    assert scaler.decide(flow, view(0, 100, 0.5, 2, wait=6.0), {"slow": 2}, now=5.0) == []
+    # waits within the target, or a target backlog instead, leave the count to the backlog
+    scaler = Autoscaler()
+    scaler.decide(flow, view(0, 100, 0.95, 2, wait=1.5), {"slow": 2}, now=0.0)
+    assert scaler.decide(flow, view(0, 100, 0.95, 2, wait=1.5), {"slow": 2}, now=5.0) == []
+    by_backlog = Flow.loads(SCALED.replace("target_latency: 2s", "target_backlog: 1000"))
+    scaler = Autoscaler()
+    scaler.decide(by_backlog, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=0.0)
+    assert scaler.decide(by_backlog, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=5.0) == []
 
 
 def test_a_cpu_bound_processor_grows_only_onto_idle_cores() -> None:

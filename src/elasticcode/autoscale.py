@@ -10,11 +10,18 @@ placement follows. The signals, per processor:
 - **arrival**: how fast messages come in (what it took in the interval plus how much the
   backlog grew, or less what it shrank), smoothed;
 - **per instance**: how many messages one instance works through per second while busy
-  (messages in ÷ time busy), smoothed.
+  (messages in ÷ time busy), smoothed;
+- **wait**: how long messages waited before they were taken up (p90 of the interval,
+  ``wait_ms`` in the view), which also counts what workers hold and have not started yet.
 
 With ``target_latency`` the count wanted is enough instances to keep up with what arrives
 and clear the backlog within the target: ``(arrival + backlog / target_latency) / per
-instance``; with ``target_backlog``, ``backlog / target_backlog``. Then:
+instance``; with ``target_backlog``, ``backlog / target_backlog``. With ``target_latency``, when the instances are busy (at least
+``BUSY`` of the time) and messages waited longer than the target, at least
+``instances × wait / target_latency`` are wanted: the backlog misses what is prefetched and
+held by workers, the wait does not. Only busy instances are judged by their wait, since a
+message's wait is measured against the clock of the host that sent it, and a wait while
+instances idle is not theirs to shorten. Then:
 
 - **Up at once** (no sooner than ``up_after`` since the last change), at most doubling (or
   four more) per step, so that one noisy reading cannot jump to the maximum.
@@ -51,6 +58,8 @@ SMOOTHING = 0.5
 TOLERANCE = 0.1
 #: A processor whose CPU time is at least this share of its busy time is CPU-bound.
 CPU_BOUND = 0.7
+#: Instances busy at least this share of the time are judged by how long messages wait.
+BUSY = 0.9
 
 
 def starting_count(scale: Scale, instances: int | str) -> int:
@@ -246,6 +255,13 @@ class Autoscaler:
         else:  # not measured yet: what it has (one if something waits)
             need = max(st.count, 1) if backlog else st.count
             basis = "not measured yet"
+        wait = _p90_seconds(seen.get("wait_ms"))
+        target = scale.target_latency if scale.target_backlog is None else None
+        if target and wait is not None and wait > target and busy >= BUSY and running:
+            by_wait = math.ceil(running * wait / target)
+            if by_wait > need:
+                need = by_wait
+                basis = f"waited {wait:.3g}s (p90), target {target:g}s, {busy:.0%} busy"
         need = min(scale.max, max(scale.min, need))
         st.wanted.append((now, need))
         while st.wanted and st.wanted[0][0] < now - scale.down_after:
@@ -266,6 +282,14 @@ class Autoscaler:
                 why = f"backlog {_n(backlog)}, {basis}; at most {most} asked for over the last"
                 return Decision(flow, name, count, most, f"{why} {scale.down_after:g}s")
         return None
+
+
+def _p90_seconds(timing: Any) -> float | None:
+    """The p90 of a view's timing (milliseconds) in seconds; None when nothing was timed."""
+    if not isinstance(timing, dict) or not timing.get("count"):
+        return None
+    p90 = timing.get("p90")
+    return None if p90 is None else float(p90) / 1000
 
 
 def _smooth(old: float | None, new: float) -> float:
