@@ -140,7 +140,7 @@ def test_busy_instances_whose_messages_wait_too_long_grow_on_the_wait() -> None:
     flow, scaler = Flow.loads(SCALED), Autoscaler()
     scaler.decide(flow, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=0.0)
     [d] = scaler.decide(flow, view(0, 100, 0.95, 2, wait=6.0), {"slow": 2}, now=5.0)
-    assert (d.before, d.after) == (2, 6)  # 2 × 6 s / 2 s
+    assert (d.before, d.after) == (2, 6)  # 2 * 6 s / 2 s
     assert "waited 6s (p90), target 2s, 95% busy" in d.text()
     # the same wait while the instances idle is not theirs to shorten (another host's clock,
     # or a hold-up elsewhere): it holds them
@@ -289,17 +289,32 @@ def test_a_run_scales_a_slow_processor_up_for_a_burst_and_down_after_it(
     assert result.dead_letters == 0
 
 
+SPIN_COMMAND = """#!/usr/bin/env python3
+import json, sys, time
+
+for line in sys.stdin:  # CPU-bound, in a process of its own: about 4 ms per message
+    end = time.process_time() + 0.004
+    while time.process_time() < end:
+        pass
+    print(json.dumps({"outputs": [{"payload": json.loads(line)["payload"]}]}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["code: steps:spin", "command: ./spin.py"])
 def test_a_cpu_bound_processor_stops_growing_when_the_cores_are_busy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    # a command processor's CPU is spent in the process it runs: that counts too
     (tmp_path / "steps.py").write_text(LOCAL_STEPS)
+    (tmp_path / "spin.py").write_text(SPIN_COMMAND)
+    (tmp_path / "spin.py").chmod(0o755)
     (tmp_path / "flow.yaml").write_text(
         textwrap.dedent(
             f"""
             name: burst
             processors:
               - {{name: gen, code: steps:gen, source: true}}
-              - {{name: spin, code: steps:spin,
+              - {{name: spin, {how},
                  scale: {{min: 1, max: {4 * cores()}, target_latency: 1s, up_after: 1s,
                           down_after: 4s}}}}
               - {{name: sink, code: steps:sink, instances: 1}}

@@ -16,12 +16,12 @@ placement follows. The signals, per processor:
 
 With ``target_latency`` the count wanted is enough instances to keep up with what arrives
 and clear the backlog within the target: ``(arrival + backlog / target_latency) / per
-instance``; with ``target_backlog``, ``backlog / target_backlog``. With ``target_latency``, when the instances are busy (at least
-``BUSY`` of the time) and messages waited longer than the target, at least
-``instances × wait / target_latency`` are wanted: the backlog misses what is prefetched and
-held by workers, the wait does not. Only busy instances are judged by their wait, since a
-message's wait is measured against the clock of the host that sent it, and a wait while
-instances idle is not theirs to shorten. Then:
+instance``; with ``target_backlog``, ``backlog / target_backlog``. With ``target_latency``,
+when the instances are busy (at least ``BUSY`` of the time) and messages waited longer than
+the target, at least ``instances * wait / target_latency`` are wanted: the backlog misses
+what is prefetched and held by workers, the wait does not. Only busy instances are judged by
+their wait, since a message's wait is measured against the clock of the host that sent it,
+and a wait while instances idle is not theirs to shorten. Then:
 
 - **Up at once** (no sooner than ``up_after`` since the last change), at most doubling (or
   four more) per step, so that one noisy reading cannot jump to the maximum.

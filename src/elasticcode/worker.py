@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import os
+import resource
 import sys
 import time
 import traceback
@@ -59,14 +60,50 @@ EXIT_DISK_FULL = 5  # the embedded queues' disk is full
 HOST_ENV = "ELASTICCODE_HOST_NAME"
 
 
-def _cpu_wait() -> float:
-    """Seconds the worker's main thread has waited for a CPU while runnable (Linux's
+def _schedstat(pid: int | str) -> float:
+    """Seconds a process's main thread has waited for a CPU while runnable (Linux's
     schedstat; 0 where there is none)."""
     try:
-        with open("/proc/self/schedstat", "rb") as f:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
             return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _children() -> list[int]:
+    """The processes this worker started that still run (a command processor's, or what a
+    processor's code runs), where Linux lists them."""
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                pids += [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def _usage() -> tuple[float, float]:
+    """CPU seconds used, and seconds waited for a CPU while runnable, by this worker and the
+    processes it started: those still running (with what they reaped) and those it reaped.
+    Beyond Linux, the worker's own CPU time alone."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    waited = _schedstat("self")
+    for pid in _children():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14 to 17, counted from 1 before the name
+            cpu += sum(int(x) for x in fields[11:15]) / _TICKS
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile: its time is in RUSAGE_CHILDREN once reaped
+        waited += _schedstat(pid)
+    return cpu, waited
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class OutputError(ElasticCodeError):
@@ -447,10 +484,11 @@ class Consumer(Worker):
         deferred: list[Any] = []
         # how much of the time in the code is on a CPU, and how much waiting for one (the
         # autoscaler tells CPU-bound processors from those that wait, whatever else the host
-        # runs; the wait, a file read, only for processors that scale)
+        # runs); for processors that scale, the processes the worker started count too (a
+        # command processor's); the others, the worker's CPU time alone (no file reads)
         scales = self.spec.scale is not None
-        started, cpu = time.perf_counter(), time.process_time()
-        waited = _cpu_wait() if scales else 0.0
+        started = time.perf_counter()
+        cpu, waited = _usage() if scales else (time.process_time(), 0.0)
         if concurrent:
             await asyncio.gather(*(self._handle(d, settlement, deferred) for d in batch))
         else:
@@ -458,9 +496,12 @@ class Consumer(Worker):
                 await held.renew_if_due()  # sync code keeps the loop: renew between messages
                 await self._handle(d, settlement, deferred, isolated)
         self.report.busy += time.perf_counter() - started
-        self._cpu += time.process_time() - cpu
         if scales:
-            self._cpu_wait += _cpu_wait() - waited
+            cpu_now, waited_now = _usage()
+            self._cpu += cpu_now - cpu
+            self._cpu_wait += max(0.0, waited_now - waited)  # a child's ends with it
+        else:
+            self._cpu += time.process_time() - cpu
         await self.broker.settle(settlement)
         self._room -= len(settlement.publish)
         for fn in deferred:
