@@ -4,6 +4,8 @@ flapping, waking from zero) and a run on one host that scales a slow processor u
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -196,9 +198,13 @@ def test_host_cores_count_each_host_once_and_share_a_processors_cpu() -> None:
         }
     ]
     gpu = {"gpu": "true"}
-    agents = [("h1", 4, gpu), ("h1", 4, gpu), ("h2", 8, {}), ("h3", 2, gpu)]
+    agents = [("h1", 4, gpu, None), ("h1", 4, gpu, None), ("h2", 8, {}, None), ("h3", 2, gpu, None)]
     # slow may run on h1 (4 cores, however many agents) and h3 (2): 6 cores, 1.5 of them used
     assert host_cores(flow, views, agents) == {"slow": (6.0, 1.5)}
+    # what an agent measured busy on its host (other programs too) counts when it is more
+    agents[3] = ("h3", 2, gpu, 1.75)
+    agents[0] = ("h1", 4, gpu, 0.5)  # less than its workers use: their figure stands
+    assert host_cores(flow, views, agents) == {"slow": (6.0, 3.25)}
 
 
 def test_unknown_depths_decide_nothing() -> None:
@@ -300,11 +306,19 @@ for line in sys.stdin:  # CPU-bound, in a process of its own: about 4 ms per mes
 """
 
 
-@pytest.mark.parametrize("how", ["code: steps:spin", "command: ./spin.py"])
+HOG = "while True: pass"
+
+
+@pytest.mark.parametrize(
+    ("how", "hog"),
+    [("code: steps:spin", False), ("command: ./spin.py", False), ("code: steps:spin", True)],
+    ids=["code", "command", "other-programs"],
+)
 def test_a_cpu_bound_processor_stops_growing_when_the_cores_are_busy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, hog: bool
 ) -> None:
-    # a command processor's CPU is spent in the process it runs: that counts too
+    # a command processor's CPU is spent in the process it runs: that counts too; and with
+    # other programs keeping every core busy, it does not grow at all
     (tmp_path / "steps.py").write_text(LOCAL_STEPS)
     (tmp_path / "spin.py").write_text(SPIN_COMMAND)
     (tmp_path / "spin.py").chmod(0o755)
@@ -325,7 +339,13 @@ def test_a_cpu_bound_processor_stops_growing_when_the_cores_are_busy(
         )
     )
     monkeypatch.chdir(tmp_path)
-    result = run(tmp_path / "flow.yaml", state_dir=tmp_path / "state")
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(cores() if hog else 0)]
+    try:
+        result = run(tmp_path / "flow.yaml", state_dir=tmp_path / "state")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     print("\n".join(result.events))
     assert result.status == "finished"
     ups = [e for e in result.events if e.startswith("scaled spin") and "CPU-bound" in e]
@@ -340,7 +360,8 @@ def test_a_cpu_bound_processor_stops_growing_when_the_cores_are_busy(
         ]
     )
     print(f"peak instances of spin: {peak} on {cores()} cores (max {4 * cores()}); {ups}")
-    assert peak <= cores() + 1  # the backlog asked for its max; the cores allowed about one each
+    # the backlog asked for its max; the cores allowed about one each, or none taken by others
+    assert peak <= (1 if hog else cores() + 1)
     sunk = [int(line) for line in (tmp_path / "sunk.txt").read_text().split()]
     assert sorted(set(sunk)) == list(range(3010))
 

@@ -72,6 +72,10 @@ def test_placement_spreads_over_hosts_and_honours_labels(net: Network) -> None:
     # the CLI shows where each instance runs
     listing = net.cli("worker", "list", net.flow_name).stdout
     assert f"{net.flow_name}/train[1]" in listing and "agent three" in listing
+    # and how busy each agent's host is (for the leader's CPU-bound rule)
+    agents = json.loads(net.cli("agent", "list", "--json").stdout)
+    assert all(0 <= a["busy"] <= a["cores"] for a in agents), agents
+    assert "cores " in net.cli("agent", "list").stdout
 
 
 def test_live_changes_touch_only_what_changed_and_lose_nothing(net: Network) -> None:

@@ -42,6 +42,7 @@ and a wait while instances idle is not theirs to shorten. Then:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -50,7 +51,7 @@ from typing import Any
 
 from .flow import Flow, Scale
 
-__all__ = ["Autoscaler", "Decision", "host_cores", "starting_count"]
+__all__ = ["Autoscaler", "Decision", "HostCPU", "host_cores", "starting_count"]
 
 #: Weight of the newest reading in the smoothed rates.
 SMOOTHING = 0.5
@@ -67,14 +68,41 @@ def starting_count(scale: Scale, instances: int | str) -> int:
     return instances if isinstance(instances, int) else scale.min
 
 
+class HostCPU:
+    """The cores busy on this host, by anything, since the last reading (or since it was
+    made); Linux's ``/proc/stat``, None elsewhere."""
+
+    def __init__(self) -> None:
+        self._last = self._ticks()
+
+    @staticmethod
+    def _ticks() -> tuple[float, float] | None:
+        """All the CPU time so far, and the idle part of it (idle or waiting for I/O)."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                ticks = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return float(sum(ticks[:8])), float(sum(ticks[3:5]))  # guest time is in user time
+
+    def busy(self) -> float | None:
+        now = self._ticks()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        cores = os.cpu_count() or 1
+        return round(cores * (1 - (now[1] - last[1]) / (now[0] - last[0])), 3)
+
+
 def host_cores(
     flow: Flow,
     views: Iterable[dict[str, Any]],
-    agents: Iterable[tuple[str, int, Mapping[str, str]]],
+    agents: Iterable[tuple[str, int, Mapping[str, str], float | None]],
 ) -> dict[str, tuple[float, float]]:
     """For each scaled processor of ``flow``: the cores of the hosts it may run on (the
-    ``agents``, as (host, cores, labels), whose labels it asks for) and the cores all the
-    workers of ``views`` use there (a processor's CPU shared evenly over its hosts)."""
+    ``agents``, as (host, cores, labels, cores busy there), whose labels it asks for) and the
+    cores used there: what all the workers of ``views`` use (a processor's CPU shared evenly
+    over its hosts), or what the host's agent measured busy, by anything, when that is more."""
     used: dict[str, float] = {}
     for view in views:
         for p in view.get("processors", {}).values():
@@ -82,12 +110,15 @@ def host_cores(
             for h in hosts:
                 used[h] = used.get(h, 0.0) + float(p.get("cpu", 0.0)) / len(hosts)
     agents = list(agents)
+    for host, _, _, busy in agents:
+        if busy is not None:
+            used[host] = max(used.get(host, 0.0), busy)
     out = {}
     for p in flow.processors:
         if p.scale is None:
             continue
         cores: dict[str, int] = {}
-        for host, n, labels in agents:
+        for host, n, labels, _ in agents:
             if all(labels.get(k) == v for k, v in p.labels.items()):
                 cores[host] = max(cores.get(host, 0), n)
         if cores:
@@ -203,7 +234,10 @@ class Autoscaler:
         total, used = cores
         # with a backlog its instances are all busy: count them so, those decided and still
         # starting too (what they reported lags behind; a new one has reported nothing)
-        used = max(0.0, used - cpu) + max(running, d.before) * per
+        # (what it measured using is taken out first: no more than that core's worth each,
+        # since a rate over an interval that caught one report too many can say more)
+        mine = max(running, d.before) * per
+        used = max(0.0, used - min(cpu, mine)) + mine
         room = max(0, round((total - used) / per))
         after = min(d.after, d.before + room)
         why = (

@@ -310,17 +310,22 @@ def agent_enrol_token(expires: str, uses: int, api: Api) -> None:
 @server_option
 @json_option
 def agent_list(api: Api, as_json: bool) -> None:
-    """The agents, their state, slots and workers."""
+    """The agents, their state, slots, workers and how busy their hosts' cores are."""
     agents = api("GET", "/agents")
     now = time.time()
     lines = [
         f"{a['name']:<16} {a['status']:<6} host {a['host']:<16} "
         f"{len([w for w in a['workers'] if not w.get('retiring')])}/{a['capacity']} workers  "
+        f"cores {_busy(a.get('busy'))}/{a['cores']} busy  "
         f"labels {','.join(f'{k}={v}' for k, v in a['labels'].items()) or '-'}  "
         f"heartbeat {now - a['heartbeat']:.1f}s ago  id {a['id']}"
         for a in agents
     ]
     _echo(agents, as_json, lines or ["no agents; start one with `elasticcode agent start`"])
+
+
+def _busy(cores: float | None) -> str:
+    return "?" if cores is None else f"{cores:.1f}"
 
 
 @agent.command("forget")

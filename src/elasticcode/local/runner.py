@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..autoscale import Autoscaler
+from ..autoscale import Autoscaler, HostCPU
 from ..brokers import Broker, flow_broker
 from ..claimcheck import SWEEP_EVERY, SWEEP_GRACE, ClaimCheckBroker, with_claim_check
 from ..code import code_problems, envs
@@ -240,6 +240,7 @@ class _Run:
         self.endpoint: Endpoint | None = None
         #: the instance counts of the processors that scale (``scale:``)
         self.scaler = Autoscaler() if any(p.scale for p in flow.processors) else None
+        self.host_cpu = HostCPU()
 
     def _say(self, event: str) -> None:
         self.events.append(event)
@@ -320,8 +321,10 @@ class _Run:
             self.endpoint.publish(messages)
         if self.scaler is not None:
             view = next(m for m in messages if m.get("type") == "metrics")
-            # this host's cores, and what this run's workers use of them
+            # this host's cores, and what this run's workers use of them (or, when that is
+            # more, what is busy on it by anything)
             used = sum(float(p.get("cpu", 0.0)) for p in view["processors"].values())
+            used = max(used, self.host_cpu.busy() or 0.0)
             cores = {p.name: (float(os.cpu_count() or 1), used) for p in self.flow.processors}
             for d in self.scaler.decide(self.flow, view, cores=cores):
                 if d.processor not in self.broken:

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from ..autoscale import HostCPU
 from ..brokers import Broker, open_broker
 from ..code import envs
 from ..errors import BrokerError, ElasticCodeError
@@ -91,6 +92,7 @@ class Agent:
         self.id: str | None = None
         self.generation = 0
         self.heartbeat_every = 2.0
+        self.host_cpu = HostCPU()  # how busy the host is, for the leader's CPU-bound rule
         self.supervisor: Supervisor | None = None
         self.brokers: dict[str, Broker] = {}
         self.declared: set[tuple[str, int]] = set()
@@ -232,6 +234,7 @@ class Agent:
                         "applied": self.generation,
                         "workers": self._workers(),
                         "known": self._known(),
+                        "busy": self.host_cpu.busy(),
                     },
                 )
                 if "instances" in reply:

@@ -72,6 +72,8 @@ class AgentInfo:
     assigned: int
     applied: int
     workers: list[dict[str, Any]] = field(default_factory=list)
+    #: cores busy on its host (by anything), as it last measured; None: not known
+    busy: float | None = None
 
 
 @dataclass(slots=True)
@@ -387,28 +389,39 @@ class Cluster:
             record_event(db, "agent", None, text, who)
         return agent_id
 
-    def heartbeat(self, agent_id: str, applied: int, workers: list[dict[str, Any]]) -> int:
-        """Note an agent as alive; return the generation of its assignment."""
+    def heartbeat(
+        self,
+        agent_id: str,
+        applied: int,
+        workers: list[dict[str, Any]],
+        busy: float | None = None,
+    ) -> int:
+        """Note an agent as alive (with what it runs and how busy its host is); return the
+        generation of its assignment."""
+        values = {
+            "heartbeat": time.time(),
+            "status": "up",
+            "applied": applied,
+            "workers": json.dumps(workers),
+            "busy": busy,
+        }
         with self.engine.begin() as db:
+            # an agent that is up: one statement (the usual case, every agent every 2 s)
+            assigned = db.execute(
+                agents.update()
+                .where(agents.c.id == agent_id, agents.c.status == "up")
+                .values(**values)
+                .returning(agents.c.assigned)
+            ).scalar()
+            if assigned is not None:
+                return int(assigned)
             row = db.execute(
-                sa.select(agents.c.status, agents.c.assigned, agents.c.name).where(
-                    agents.c.id == agent_id
-                )
+                sa.select(agents.c.assigned, agents.c.name).where(agents.c.id == agent_id)
             ).first()
             if row is None:
                 raise NotFound(f"no agent {agent_id}; it registers again")
-            db.execute(
-                agents.update()
-                .where(agents.c.id == agent_id)
-                .values(
-                    heartbeat=time.time(),
-                    status="up",
-                    applied=applied,
-                    workers=json.dumps(workers),
-                )
-            )
-            if row.status != "up":
-                record_event(db, "agent", None, f"agent {row.name} is back")
+            db.execute(agents.update().where(agents.c.id == agent_id).values(**values))
+            record_event(db, "agent", None, f"agent {row.name} is back")
         return int(row.assigned)
 
     def agents(self) -> list[AgentInfo]:
@@ -429,6 +442,7 @@ class Cluster:
                 r.assigned,
                 r.applied,
                 json.loads(r.workers),
+                r.busy,
             )
             for r in rows
         ]

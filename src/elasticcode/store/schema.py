@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from ..errors import StateError, StateUnreachable
 
 #: The newest migration; a database at this revision needs nothing done.
-HEAD = "0006"
+HEAD = "0007"
 #: Tables the first migration creates: a database that has them but no version predates
 #: migrations and is stamped as at that revision.
 FIRST = ("runs", "sources", "workers", "attempts", "kv", "code_pins")

@@ -145,6 +145,8 @@ agents = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False, default=""),
     #: Its workers as it last reported them (JSON).
     sa.Column("workers", sa.Text, nullable=False, default="[]"),
+    #: The cores busy on its host (by anything) as it last measured them; None: not known.
+    sa.Column("busy", sa.Float),
 )
 
 placements = sa.Table(

@@ -109,7 +109,7 @@ async def forget_agent(srv: Srv, request: Request, agent_id: str) -> dict[str, A
 async def heartbeat(srv: Srv, agent_id: str, body: HeartbeatBody) -> Response:
     """An agent is alive; the answer holds its assignment when that changed."""
     generation = await run_in_threadpool(
-        srv.cluster.heartbeat, agent_id, body.applied, body.workers
+        srv.cluster.heartbeat, agent_id, body.applied, body.workers, body.busy
     )
     if generation == body.applied:
         return JSONResponse({"generation": generation})

@@ -168,7 +168,7 @@ def _scale(srv: Server, flow: Flow) -> None:
         for name, (scaled, pin) in recorded.items()
         if (count := pin if pin is not None else scaled) is not None
     }
-    up = [(a.host, a.cores, a.labels) for a in srv.cluster.agents() if a.status == "up"]
+    up = [(a.host, a.cores, a.labels, a.busy) for a in srv.cluster.agents() if a.status == "up"]
     cores = host_cores(flow, srv.metrics.views.values(), up)
     for d in srv.scaler.decide(flow, srv.metrics.views[flow.name], counts, cores=cores):
         if d.processor not in pinned:  # held: the count stays what the hand set

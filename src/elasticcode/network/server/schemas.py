@@ -32,6 +32,9 @@ class HeartbeatBody(BaseModel):
     applied: int = Field(0, ge=-1, le=2**62, description="the assignment generation it runs")
     workers: list[dict[str, Any]] = []
     known: list[str] = Field([], description="flow documents it has, as NAME@REVISION")
+    busy: float | None = Field(
+        None, ge=0, le=100_000, description="cores busy on its host since its last heartbeat"
+    )
 
 
 class ScaleBody(BaseModel):
