@@ -6,6 +6,7 @@ API starting the leader's round at once. (The figures at 1,000 agents:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -160,6 +161,53 @@ def test_a_change_through_the_api_starts_the_leaders_round_at_once(db: str) -> N
             assert gen["instances"] == []
             doc = _flow("nudged", 2, 1)
             r = await api.post("/flows", json={"document": doc}, headers=admin)
+            assert r.status_code < 300, r.text
+            params = {"have": gen["generation"], "wait": 10}
+            r = await api.get(f"/agents/{agent}/assignment", params=params, headers=mine)
+            assert len(r.json().get("instances", [])) == 2, r.json()
+
+    asyncio.run(go())
+
+
+def test_a_change_through_a_server_that_does_not_lead_starts_the_leaders_round(db: str) -> None:
+    # two servers on one database, both with a tick far longer than the test waits: the
+    # change is made through the one that follows, so only its nudge through PostgreSQL
+    # (NOTIFY, the leader LISTENs) can place the flow in time
+    apps = [
+        create_app(ServerSettings(db=db, tick=60.0, broker="redis://127.0.0.1:6379/0"))
+        for _ in range(2)
+    ]
+    apps[0].state.server.identities.first_admin("pw-for-this-test")
+
+    async def go() -> None:
+        leader, follower = apps
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(leader.router.lifespan_context(leader))
+            await asyncio.sleep(1.0)  # the first leads
+            await stack.enter_async_context(follower.router.lifespan_context(follower))
+            await asyncio.sleep(1.0)  # the second's first round found the lease held
+            assert leader.state.server.leading and not follower.state.server.leading
+            api, via = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=app), base_url="http://test/api/v1"
+                    )
+                )
+                for app in (leader, follower)
+            ]
+            r = await via.post(
+                "/auth/login", json={"user": "admin", "password": "pw-for-this-test"}
+            )
+            admin = {"authorization": f"Bearer {r.json()['token']}"}
+            r = await via.post("/agents/enrolment-tokens", json={}, headers=admin)
+            enrol = {"authorization": f"Bearer {r.json()['token']}"}
+            body = {"name": "one", "host": "h", "cores": 2, "memory": 2**30, "capacity": 4}
+            r = await api.post("/agents", json=body, headers=enrol)
+            agent, mine = r.json()["id"], {"authorization": f"Bearer {r.json()['token']}"}
+            await asyncio.sleep(1.0)  # the rounds the registration nudged are behind it
+            gen = (await api.get(f"/agents/{agent}/assignment", headers=mine)).json()
+            assert gen["instances"] == []
+            r = await via.post("/flows", json={"document": _flow("told", 2, 1)}, headers=admin)
             assert r.status_code < 300, r.text
             params = {"have": gen["generation"], "wait": 10}
             r = await api.get(f"/agents/{agent}/assignment", params=params, headers=mine)

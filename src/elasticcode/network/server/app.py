@@ -68,7 +68,7 @@ from . import (
 from .changes import Changes
 from .context import Server, privilege_of
 from .guard import Guard, local_names
-from .loops import Nudge, lead, pump_events, sweep_blobs, watch_metrics
+from .loops import Nudge, lead, listen_for_nudges, pump_events, sweep_blobs, watch_metrics
 from .settings import ServerSettings
 
 log = logging.getLogger("elasticcode.server")
@@ -148,6 +148,7 @@ def create_app(settings: ServerSettings, cluster: Cluster | None = None) -> Fast
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loops = (
             lead(srv),
+            listen_for_nudges(srv),
             srv.changes.watch(),
             pump_events(srv),
             watch_metrics(srv),

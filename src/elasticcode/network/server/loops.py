@@ -4,13 +4,15 @@ to the event stream's subscribers, and (leading) sweep the claim check's orphane
 
 A change made through a server (``Nudge``: any request that writes, but an agent's
 heartbeat) starts its leader's next round at once rather than at the next ``tick``, so it
-reaches the agents sooner; a change made through another server waits for the tick."""
+reaches the agents sooner: on this server when it leads, else through PostgreSQL
+(``network.nudges``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +21,7 @@ from ...autoscale import host_cores
 from ...claimcheck import SWEEP_EVERY, SWEEP_GRACE, ClaimCheckBroker
 from ...flow import Flow
 from ...metrics.hub import INTERVAL
+from .. import nudges
 from ..cluster import Cluster
 from ..leader import LEADING
 from .context import Server
@@ -63,6 +66,7 @@ class Nudge:
     def __init__(self, app: Any, srv: Server) -> None:
         self.app = app
         self.srv = srv
+        self._telling: asyncio.Task[None] | None = None  # one NOTIFY at a time
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -76,9 +80,36 @@ class Nudge:
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 self.srv.nudged.set()
+                if not self.srv.leading and (self._telling is None or self._telling.done()):
+                    self._telling = asyncio.create_task(self._tell_leader())
             await send(message)
 
         await self.app(scope, receive, sending)
+
+    async def _tell_leader(self) -> None:
+        engine = self.srv.cluster.engine
+        if not nudges.can_nudge(engine):
+            return
+        try:
+            await run_in_threadpool(nudges.notify, engine)
+        except Exception as exc:  # the leader's tick comes anyway
+            log.warning("cannot nudge the leader: %s", exc)
+
+
+async def listen_for_nudges(srv: Server) -> None:
+    """A change made through another server starts this one's round at once, when it leads."""
+    if not nudges.can_nudge(srv.cluster.engine):
+        return
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(srv.nudged.set)
+
+    try:
+        await asyncio.to_thread(nudges.listen, srv.cluster.engine, wake, stop)
+    finally:
+        stop.set()  # cancelled: the listening thread ends within a second
 
 
 async def pump_events(srv: Server) -> None:
