@@ -59,6 +59,16 @@ class Assignments:
                     self._lost[(w["flow"], w["processor"])].append(w["consumer"])
         #: the values of the secrets a set of flows needs, read once for this read's agents
         self.secrets: dict[frozenset[str], dict[str, str]] = {}
+        self._encoded: dict[str, str] = {}
+
+    def encoded(self, key: str) -> str:
+        """A flow document of this read (``NAME@REVISION``, as ``of`` names it) as JSON,
+        encoded once for all the agents that get it (a large flow's is tens of KB)."""
+        text = self._encoded.get(key)
+        if text is None:
+            doc = self._documents[key.rpartition("@")[0]]
+            text = self._encoded[key] = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        return text
 
     def of(self, agent_id: str) -> dict[str, Any]:
         """One agent's assignment: its generation, its instances and their flows' documents

@@ -9,6 +9,7 @@ and the values of the secrets those flows reference.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -137,9 +138,14 @@ async def assignment(
 async def _assignment(srv: Server, agent_id: str, known: list[str], least: int = -1) -> Response:
     read = await srv.changes.assignments(agent_id, least)
     found = await run_in_threadpool(_with_credentials, srv, read, agent_id)
+    flows = found.pop("flows")
     for name in known:  # documents the agent has already
-        found["flows"].pop(name, None)
-    return JSONResponse(found)  # large: straight to JSON, no response model
+        flows.pop(name, None)
+    # large: straight to JSON, no response model; each document as encoded once per read
+    head = json.dumps(found, ensure_ascii=False, separators=(",", ":"))
+    docs = ",".join(f"{json.dumps(name)}:{read.encoded(name)}" for name in flows)
+    body = f'{head[:-1]},"flows":{{{docs}}}}}'
+    return Response(body.encode(), media_type="application/json")
 
 
 def _with_credentials(srv: Server, read: Assignments, agent_id: str) -> dict[str, Any]:
