@@ -134,6 +134,20 @@ def test_agents_credentials_are_checked_again_together(db: str) -> None:
         cl.close()
 
 
+async def _admin_and_agent(
+    api: httpx.AsyncClient, agents: httpx.AsyncClient
+) -> tuple[dict[str, str], str, dict[str, str]]:
+    """The admin's credential (logged in through ``api``) and an agent enrolled through
+    ``agents``: its id and its own credential."""
+    r = await api.post("/auth/login", json={"user": "admin", "password": "pw-for-this-test"})
+    admin = {"authorization": f"Bearer {r.json()['token']}"}
+    r = await api.post("/agents/enrolment-tokens", json={}, headers=admin)
+    enrol = {"authorization": f"Bearer {r.json()['token']}"}
+    body = {"name": "one", "host": "h", "cores": 2, "memory": 2**30, "capacity": 4}
+    r = await agents.post("/agents", json=body, headers=enrol)
+    return admin, r.json()["id"], {"authorization": f"Bearer {r.json()['token']}"}
+
+
 def test_a_change_through_the_api_starts_the_leaders_round_at_once(db: str) -> None:
     # a tick far longer than the test waits: only the nudge can place the flow in time
     settings = ServerSettings(db=db, tick=60.0, broker="redis://127.0.0.1:6379/0")
@@ -147,15 +161,7 @@ def test_a_change_through_the_api_starts_the_leaders_round_at_once(db: str) -> N
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as api,
         ):
-            r = await api.post(
-                "/auth/login", json={"user": "admin", "password": "pw-for-this-test"}
-            )
-            admin = {"authorization": f"Bearer {r.json()['token']}"}
-            r = await api.post("/agents/enrolment-tokens", json={}, headers=admin)
-            enrol = {"authorization": f"Bearer {r.json()['token']}"}
-            body = {"name": "one", "host": "h", "cores": 2, "memory": 2**30, "capacity": 4}
-            r = await api.post("/agents", json=body, headers=enrol)
-            agent, mine = r.json()["id"], {"authorization": f"Bearer {r.json()['token']}"}
+            admin, agent, mine = await _admin_and_agent(api, api)
             await asyncio.sleep(1.0)  # the leader's first round is behind it
             gen = (await api.get(f"/agents/{agent}/assignment", headers=mine)).json()
             assert gen["instances"] == []
@@ -195,15 +201,7 @@ def test_a_change_through_a_server_that_does_not_lead_starts_the_leaders_round(d
                 )
                 for app in (leader, follower)
             ]
-            r = await via.post(
-                "/auth/login", json={"user": "admin", "password": "pw-for-this-test"}
-            )
-            admin = {"authorization": f"Bearer {r.json()['token']}"}
-            r = await via.post("/agents/enrolment-tokens", json={}, headers=admin)
-            enrol = {"authorization": f"Bearer {r.json()['token']}"}
-            body = {"name": "one", "host": "h", "cores": 2, "memory": 2**30, "capacity": 4}
-            r = await api.post("/agents", json=body, headers=enrol)
-            agent, mine = r.json()["id"], {"authorization": f"Bearer {r.json()['token']}"}
+            admin, agent, mine = await _admin_and_agent(via, api)
             await asyncio.sleep(1.0)  # the rounds the registration nudged are behind it
             gen = (await api.get(f"/agents/{agent}/assignment", headers=mine)).json()
             assert gen["instances"] == []
