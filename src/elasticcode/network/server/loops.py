@@ -66,7 +66,9 @@ class Nudge:
     def __init__(self, app: Any, srv: Server) -> None:
         self.app = app
         self.srv = srv
-        self._telling: asyncio.Task[None] | None = None  # one NOTIFY at a time
+        #: one NOTIFY at a time; a change made meanwhile asks for one more after it
+        self._telling: asyncio.Task[None] | None = None
+        self._again = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -80,20 +82,27 @@ class Nudge:
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 self.srv.nudged.set()
-                if not self.srv.leading and (self._telling is None or self._telling.done()):
-                    self._telling = asyncio.create_task(self._tell_leader())
+                if not self.srv.leading and nudges.can_nudge(self.srv.cluster.engine):
+                    self._tell_leader()
             await send(message)
 
         await self.app(scope, receive, sending)
 
-    async def _tell_leader(self) -> None:
-        engine = self.srv.cluster.engine
-        if not nudges.can_nudge(engine):
+    def _tell_leader(self) -> None:
+        if self._telling is not None and not self._telling.done():
+            self._again = True  # the NOTIFY under way may have left before this change
             return
-        try:
-            await run_in_threadpool(nudges.notify, engine)
-        except Exception as exc:  # the leader's tick comes anyway
-            log.warning("cannot nudge the leader: %s", exc)
+        self._telling = asyncio.create_task(self._notify())
+
+    async def _notify(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            try:
+                await run_in_threadpool(nudges.notify, self.srv.cluster.engine)
+            except Exception as exc:  # the leader's tick comes anyway
+                log.warning("cannot nudge the leader: %s", exc)
+                return
 
 
 async def listen_for_nudges(srv: Server) -> None:
