@@ -296,7 +296,7 @@ class Cluster:
             else:
                 raise FlowError(f"unknown action {action!r}; use pause, resume or restart")
             values = {"flow": flow, "processor": processor, "paused": paused, "restarts": restarts}
-            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            upsert(db, processor_controls, values, ["flow", "processor"])
             record_event(db, "processor", flow, f"processor {processor}: {action}", who)
 
     def scaled(self, flow: str) -> dict[str, tuple[int | None, int | None]]:
@@ -316,7 +316,7 @@ class Cluster:
         """The autoscaler's decision: the processor's count, and the event that says why."""
         with self.engine.begin() as db:
             values = {"flow": flow, "processor": processor, "scaled": count}
-            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            upsert(db, processor_controls, values, ["flow", "processor"])
             record_event(db, "scale", flow, text, who)
 
     def pin(self, flow: str, processor: str, count: int | None, who: Who = SYSTEM) -> None:
@@ -327,7 +327,7 @@ class Cluster:
             raise FlowError(f"processor {processor!r} does not scale: give it a number")
         with self.engine.begin() as db:
             values = {"flow": flow, "processor": processor, "pinned": count}
-            db.execute(upsert(self.engine, processor_controls, values, ["flow", "processor"]))
+            upsert(db, processor_controls, values, ["flow", "processor"])
             what = "released: it scales again" if count is None else f"held at {count} instance(s)"
             record_event(db, "scale", flow, f"processor {processor}: {what}", who)
 

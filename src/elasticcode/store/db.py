@@ -7,6 +7,7 @@ checks the schema (see ``schema.ensure``).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,11 @@ def open_engine(url: str, connections: int = 5) -> sa.Engine:
 
 def insert(engine: sa.Engine, table: sa.Table) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT."""
-    if engine.dialect.name == "postgresql":
+    return _insert(engine.dialect.name, table)
+
+
+def _insert(dialect: str, table: sa.Table) -> Any:
+    if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert(table)
@@ -60,12 +65,9 @@ def insert(engine: sa.Engine, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
-def upsert(engine: sa.Engine, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
+def upsert(db: sa.Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> None:
     """INSERT ``values``, or UPDATE the row with the same ``keys``."""
-    stmt = insert(engine, table).values(**values)
-    return stmt.on_conflict_do_update(
-        index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
-    )
+    db.execute(_upsert(db.engine.dialect.name, table, tuple(values), tuple(keys)), values)
 
 
 def upsert_many(
@@ -73,11 +75,17 @@ def upsert_many(
 ) -> None:
     """INSERT ``rows`` (each with the same columns), or UPDATE the rows with the same
     ``keys``: one statement, its rows sent together."""
-    if not rows:
-        return
-    stmt = insert(db.engine, table)
-    update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-    db.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+    if rows:
+        db.execute(_upsert(db.engine.dialect.name, table, tuple(rows[0]), tuple(keys)), rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert(dialect: str, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    """The statement of :func:`upsert_many`, made once per shape and kept: it is then
+    compiled once (building one per call cost more than a small write itself)."""
+    stmt = _insert(dialect, table)
+    update = {c: stmt.excluded[c] for c in columns if c not in keys}
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -165,7 +165,7 @@ class StateStore:
             "done": done,
         }
         with self.engine.begin() as db:
-            db.execute(upsert(self.engine, sources, values, ["run_id", "processor"]))
+            upsert(db, sources, values, ["run_id", "processor"])
 
     def sources_done(self, run_id: int, names: list[str]) -> bool:
         if not names:
@@ -206,7 +206,7 @@ class StateStore:
             "metrics": json.dumps(r.metrics, separators=(",", ":")) if r.metrics else None,
         }
         with self.engine.begin() as db:
-            db.execute(upsert(self.engine, workers, values, ["id"]))
+            upsert(db, workers, values, ["id"])
 
     def reports_of(self, ids: list[str]) -> list[WorkerReport]:
         """The reports of the workers named (by consumer id)."""
@@ -261,7 +261,7 @@ class KeyValue:
             "value": msgpack.packb(value, use_bin_type=True),
         }
         with self.store.engine.begin() as db:
-            db.execute(upsert(self.store.engine, kv, row, ["namespace", "key", "field"]))
+            upsert(db, kv, row, ["namespace", "key", "field"])
             rows = db.execute(
                 sa.select(kv.c.field, kv.c.value).where(
                     kv.c.namespace == self.namespace, kv.c.key == key
