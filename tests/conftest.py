@@ -44,15 +44,26 @@ class FlowDir:
         return path.read_text().splitlines() if path.exists() else []
 
 
-def kill_worker(processor: str, after: float, killed: list[int]) -> Callable[[Supervisor], None]:
-    """An ``on_start`` hook that kill -9s one worker of ``processor`` after ``after`` seconds."""
+def kill_worker(
+    processor: str, after: float, killed: list[int], when: Callable[[], bool] | None = None
+) -> Callable[[Supervisor], None]:
+    """An ``on_start`` hook that kill -9s one worker of ``processor`` after ``after`` seconds,
+    or, given ``when``, as soon as it is true (checked every 10 ms for up to 60 s)."""
 
     def hook(agent: Supervisor) -> None:
         def go() -> None:
-            time.sleep(after)
+            if when is None:
+                time.sleep(after)
+            else:
+                deadline = time.monotonic() + 60
+                while not when() and time.monotonic() < deadline:
+                    time.sleep(0.01)
             for inst in agent.instances:
                 if inst.processor == processor and inst.pid:
-                    os.kill(inst.pid, signal.SIGKILL)
+                    try:
+                        os.kill(inst.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue  # it ended meanwhile: another, if there is one
                     killed.append(inst.pid)
                     return
 

@@ -38,6 +38,8 @@ def step(payload):
         raise ValueError("ninety-nine is poison")
     if hashlib.sha256(payload["data"]).hexdigest() != payload["sha"]:
         raise ValueError("the payload changed on the way")
+    if payload["hops"] == 0:  # in the first stage (a): the test kills a worker of it now
+        open(os.path.join(OUT, "a-started"), "a").close()
     payload["hops"] += 1
     return payload
 
@@ -101,7 +103,11 @@ def test_50_mb_payloads_pass_three_stages_intact_with_a_worker_killed(
     flow = _big_flow(fd, n, 50 * MB)
     cleanup.append(flow)
     killed: list[int] = []
-    result = fd.run(flow, broker=small_broker, on_start=kill_worker("a", 4.0, killed))
+    result = fd.run(
+        flow,
+        broker=small_broker,
+        on_start=kill_worker("a", 0, killed, when=lambda: (fd.root / "a-started").exists()),
+    )
     assert result.status == "finished", result.events
     assert killed
     lines = [line.split() for line in fd.lines("sink.log")]
