@@ -212,7 +212,7 @@ class SQLiteBroker(Broker):
                 self._got_at = now
                 return got
             if now >= deadline:
-                return got
+                return []
             if now - self._got_at >= POLL_FLOWING:
                 step = next(steps, step)
             await asyncio.sleep(min(step, max(0.0, deadline - now)))

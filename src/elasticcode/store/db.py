@@ -81,8 +81,8 @@ def upsert_many(
 
 @functools.lru_cache(maxsize=256)
 def _upsert(dialect: str, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
-    """The statement of :func:`upsert_many`, made once per shape and kept: it is then
-    compiled once (building one per call cost more than a small write itself)."""
+    """The statement of :func:`upsert` and :func:`upsert_many`, made once per shape and
+    kept: it is then compiled once (building one per call cost more than a small write)."""
     stmt = _insert(dialect, table)
     update = {c: stmt.excluded[c] for c in columns if c not in keys}
     return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)
